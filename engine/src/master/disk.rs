@@ -1,0 +1,234 @@
+//! Disk replicas: registration by persist and by recovery, removal, failed persists,
+//! and remove-all with its wipe floors and tombstones.
+
+use alloc::collections::BTreeSet;
+use alloc::vec::Vec;
+
+use super::objects::{DiskEntry, EVICT_AFTER_PERSIST, Object, PERSISTING, Placements};
+use super::{DropReason, Master, MasterError, PinnedRemoved};
+use crate::descriptor::{DiskReplica, ReplicaStatus};
+use crate::ids::{NodeId, ObjectVersion};
+use crate::key::{Key, KeyRef};
+use crate::time::Instant;
+use crate::wire::{DiskReplicaOrigin, NodeCommand, RemoveAllSummary};
+
+impl Master {
+    /// Registers a disk replica of `key` at `version` held by `replica.node`.
+    ///
+    /// A `Persisted` replica must name the object's current, complete version; it ends
+    /// the pending persist (and, for an offload, frees the memory). A `Recovered`
+    /// replica of a key the master does not know recreates the object (disk only),
+    /// unless the master told that node to drop the record.
+    ///
+    /// Errors: `NodeNotRegistered`; `StaleVersion` (another version holds the key, the
+    /// object was removed while persisting, or the record was dropped or wiped);
+    /// `ObjectNotFound`; `ReplicaNotReady`; `InvalidSize` (length differs from the
+    /// object's).
+    pub fn handle_add_disk_replica(
+        &mut self,
+        now: Instant,
+        key: KeyRef<'_>,
+        version: ObjectVersion,
+        replica: DiskReplica,
+        origin: DiskReplicaOrigin,
+    ) -> Result<(), MasterError> {
+        if !self.nodes.contains_key(&replica.node) {
+            return Err(MasterError::NodeNotRegistered);
+        }
+        if let Some(pinned) = self.pinned_removed.remove(&version) {
+            // Removed while the node persisted it: the memory can go now, the record
+            // must not be registered (the tombstone stays until the node drops it).
+            self.free_placements(&pinned.placements);
+            return Err(MasterError::StaleVersion);
+        }
+        let Some(slot) = self.objects.find(key.as_bytes()) else {
+            return match origin {
+                DiskReplicaOrigin::Persisted => Err(MasterError::ObjectNotFound),
+                DiskReplicaOrigin::Recovered => self.recover(key, version, replica),
+            };
+        };
+        let o = self.object(slot);
+        if o.version != version {
+            return Err(MasterError::StaleVersion);
+        }
+        if o.status != ReplicaStatus::Complete {
+            return Err(MasterError::ReplicaNotReady);
+        }
+        if o.size != replica.len {
+            return Err(MasterError::InvalidSize);
+        }
+        let o = self.objects.get_mut(slot).expect("found above");
+        o.disk.retain(|d| d.replica.node != replica.node);
+        o.disk.push(DiskEntry { replica, online: true });
+        if origin == DiskReplicaOrigin::Persisted && o.has(PERSISTING) {
+            self.finish_persist(now, slot);
+        }
+        Ok(())
+    }
+
+    pub(super) fn recover(
+        &mut self,
+        key: KeyRef<'_>,
+        version: ObjectVersion,
+        replica: DiskReplica,
+    ) -> Result<(), MasterError> {
+        let below_floor = self.wipe_floors.get(&replica.node).is_some_and(|f| version < *f);
+        if below_floor || self.tombstones.contains(&(replica.node, version)) {
+            return Err(MasterError::StaleVersion);
+        }
+        self.objects.insert(Object {
+            key: key.as_bytes().into(),
+            version,
+            size: replica.len,
+            writer: replica.node,
+            started: Instant::ZERO,
+            lease_until: Instant::ZERO,
+            memory: Placements::new(),
+            disk: alloc::vec![DiskEntry { replica, online: true }],
+            status: ReplicaStatus::Complete,
+            flags: 0,
+        });
+        self.next_version = self.next_version.max(version.next());
+        Ok(())
+    }
+
+    /// A node no longer holds its disk replica of `key` at `version` (bucket evicted,
+    /// CRC failure, or a drop the master asked for, which clears the tombstone). An
+    /// object left with no replica leaves the table.
+    ///
+    /// Errors: `ObjectNotFound`; `StaleVersion`; `DiskReplicaNotFound`.
+    pub fn handle_remove_disk_replica(
+        &mut self,
+        _now: Instant,
+        node: NodeId,
+        key: KeyRef<'_>,
+        version: ObjectVersion,
+    ) -> Result<(), MasterError> {
+        if self.tombstones.remove(&(node, version)) {
+            return Ok(());
+        }
+        let slot = self.objects.find(key.as_bytes()).ok_or(MasterError::ObjectNotFound)?;
+        let o = self.object(slot);
+        if o.version != version {
+            return Err(MasterError::StaleVersion);
+        }
+        let at =
+            o.disk.iter().position(|d| d.replica.node == node).ok_or(MasterError::DiskReplicaNotFound)?;
+        let o = self.objects.get_mut(slot).expect("found above");
+        o.disk.swap_remove(at);
+        if !o.is_readable_somewhere() {
+            self.drop_object(slot, DropReason::DiskReplicaRemoved);
+        }
+        Ok(())
+    }
+
+    /// A node could not persist `key` at `version`. The memory is unpinned; an object
+    /// that was being evicted is dropped, since it cannot be kept anywhere.
+    ///
+    /// Errors: `ObjectNotFound`; `StaleVersion`; `PutNotInProgress` (no persist of
+    /// that version is pending).
+    pub fn handle_persist_failed(
+        &mut self,
+        now: Instant,
+        node: NodeId,
+        key: KeyRef<'_>,
+        version: ObjectVersion,
+    ) -> Result<(), MasterError> {
+        if let Some(pinned) = self.pinned_removed.remove(&version) {
+            self.free_placements(&pinned.placements);
+            self.tombstones.remove(&(pinned.node, version));
+            return Ok(());
+        }
+        let slot = self.objects.find(key.as_bytes()).ok_or(MasterError::ObjectNotFound)?;
+        let o = self.object(slot);
+        if o.version != version {
+            return Err(MasterError::StaleVersion);
+        }
+        if !o.has(PERSISTING) || self.persist_target(o) != Some(node) {
+            return Err(MasterError::PutNotInProgress);
+        }
+        let evicting = o.has(EVICT_AFTER_PERSIST);
+        self.clear_persist(slot);
+        if evicting {
+            self.drop_object(slot, DropReason::PersistFailed);
+            self.settle_eviction(now);
+        }
+        Ok(())
+    }
+
+    /// Removes every complete object that is not leased (or every one, if forced).
+    /// Puts in progress are skipped. Nodes whose records all belong to removed objects
+    /// are told to wipe their directory; otherwise each record is dropped by itself.
+    pub fn handle_remove_all(&mut self, now: Instant, force: bool) -> RemoveAllSummary {
+        let mut summary = RemoveAllSummary::default();
+        let mut doomed = Vec::new();
+        // A node can be wiped only if no surviving object has, or may soon have, a
+        // record on it; the floor is the oldest surviving version.
+        let mut blocked = BTreeSet::new();
+        let mut floor = self.next_version;
+        for (slot, o) in self.objects.iter() {
+            if o.status == ReplicaStatus::Complete && (force || !o.is_leased(now)) {
+                doomed.push(slot);
+                continue;
+            }
+            summary.skipped += 1;
+            floor = floor.min(o.version);
+            // Records a survivor holds, or is being written right now, would be lost
+            // by a wipe. (Persists it gets later are queued behind the wipe.)
+            blocked.extend(o.disk.iter().map(|d| d.replica.node));
+            if o.has(PERSISTING) {
+                blocked.extend(self.persist_target(o));
+            }
+        }
+        let wiped: BTreeSet<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(n, i)| i.has_storage && !blocked.contains(n))
+            .map(|(n, _)| *n)
+            .collect();
+        for node in &wiped {
+            self.commands.push_back(NodeCommand::WipeDisk { node: *node });
+            let f = self.wipe_floors.entry(*node).or_insert(floor);
+            *f = (*f).max(floor);
+        }
+        summary.removed = doomed.len() as u64;
+        for slot in doomed {
+            // Records on wiped nodes go with the wipe; those at or above the floor
+            // still need a tombstone, since the floor does not cover them.
+            let version = self.object(slot).version;
+            self.remove_complete(slot, |node| wiped.contains(&node) && version < floor);
+        }
+        summary
+    }
+
+    /// Removes a complete object, telling nodes to drop its disk records (except on
+    /// nodes for which `covered_by_wipe` says a wipe already takes care of them).
+    pub(super) fn remove_complete(&mut self, slot: u32, covered_by_wipe: impl Fn(NodeId) -> bool) {
+        let persist_node =
+            if self.object(slot).has(PERSISTING) { self.persist_target(self.object(slot)) } else { None };
+        let o = self.take_object(slot);
+        for d in o.disk.iter().map(|d| d.replica) {
+            if covered_by_wipe(d.node) {
+                continue;
+            }
+            self.tombstones.insert((d.node, o.version));
+            self.commands.push_back(NodeCommand::DropDiskReplica {
+                node: d.node,
+                key: Key::from_boxed_unchecked(o.key.clone()),
+                version: o.version,
+                replica: d,
+            });
+        }
+        match persist_node {
+            Some(node) => {
+                // A node is still copying this memory to disk: keep it allocated until
+                // the node answers, and refuse the record if the node restarts first.
+                if !covered_by_wipe(node) {
+                    self.tombstones.insert((node, o.version));
+                }
+                self.pinned_removed.insert(o.version, PinnedRemoved { placements: o.memory, node });
+            }
+            None => self.free_placements(&o.memory),
+        }
+    }
+}

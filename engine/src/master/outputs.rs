@@ -1,0 +1,62 @@
+//! What the master reports besides its answers: events and statistics.
+
+use crate::ids::ObjectVersion;
+use crate::key::Key;
+
+/// Why the master dropped an object (all of its replicas).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Evicted from memory with no disk replica and no way to persist it.
+    Evicted,
+    /// Its offload to disk failed while it was being evicted.
+    PersistFailed,
+    /// The node holding its last replica expired or restarted.
+    NodeLost,
+    /// The segment holding its last replica was unmounted.
+    SegmentUnmounted,
+    /// Its last disk replica was removed by the node holding it.
+    DiskReplicaRemoved,
+    /// A newer put of the same key preempted this unfinished one.
+    Preempted,
+    /// The put was never ended and passed the discard timeout.
+    Discarded,
+}
+
+/// Something that happened to the object table, for logs and statistics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MasterEvent {
+    /// An object version left the table without being removed by a client.
+    ObjectDropped {
+        /// Its key.
+        key: Key,
+        /// Its version.
+        version: ObjectVersion,
+        /// Why.
+        reason: DropReason,
+    },
+}
+
+/// Counters and gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MasterStats {
+    /// Objects in the table (complete or in progress).
+    pub objects: u64,
+    /// Mounted segments.
+    pub segments: u64,
+    /// Registered nodes.
+    pub nodes: u64,
+    /// Bytes of all mounted segments.
+    pub capacity_bytes: u64,
+    /// Bytes allocated (whole granules), including pinned memory of removed objects.
+    pub used_bytes: u64,
+    /// Objects whose memory replicas were evicted while a disk replica kept them.
+    pub evicted_to_disk: u64,
+    /// Objects dropped entirely by eviction.
+    pub evicted_dropped: u64,
+    /// Persist commands issued.
+    pub persists_requested: u64,
+    /// Disk records the master is waiting for nodes to confirm deleted.
+    pub tombstones: u64,
+    /// Removed objects whose memory stays pinned until a persist finishes.
+    pub pinned_removed: u64,
+}
