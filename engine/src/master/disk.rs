@@ -4,7 +4,7 @@
 use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 
-use super::objects::{DiskEntry, EVICT_AFTER_PERSIST, Object, PERSISTING, Placements};
+use super::objects::{DiskEntry, DiskState, EVICT_AFTER_PERSIST, Object, PERSISTING, Placements};
 use super::{DropReason, Master, MasterError, PinnedRemoved};
 use crate::descriptor::{DiskReplica, ReplicaStatus};
 use crate::ids::{NodeId, ObjectVersion};
@@ -35,9 +35,10 @@ impl Master {
         if !self.nodes.contains_key(&replica.node) {
             return Err(MasterError::NodeNotRegistered);
         }
-        if let Some(pinned) = self.pinned_removed.remove(&version) {
+        if self.pinned_removed.get(&version).is_some_and(|p| p.node == replica.node) {
             // Removed while the node persisted it: the memory can go now, the record
             // must not be registered (the tombstone stays until the node drops it).
+            let pinned = self.pinned_removed.remove(&version).expect("checked above");
             self.free_placements(&pinned.placements);
             return Err(MasterError::StaleVersion);
         }
@@ -59,7 +60,7 @@ impl Master {
         }
         let o = self.objects.get_mut(slot).expect("found above");
         o.disk.retain(|d| d.replica.node != replica.node);
-        o.disk.push(DiskEntry { replica, online: true });
+        o.disk.push(DiskEntry::online(replica));
         if origin == DiskReplicaOrigin::Persisted && o.has(PERSISTING) {
             self.finish_persist(now, slot);
         }
@@ -84,7 +85,7 @@ impl Master {
             started: Instant::ZERO,
             lease_until: Instant::ZERO,
             memory: Placements::new(),
-            disk: alloc::vec![DiskEntry { replica, online: true }],
+            disk: alloc::vec![DiskEntry::online(replica)],
             status: ReplicaStatus::Complete,
             flags: 0,
         });
@@ -134,9 +135,12 @@ impl Master {
         key: KeyRef<'_>,
         version: ObjectVersion,
     ) -> Result<(), MasterError> {
-        if let Some(pinned) = self.pinned_removed.remove(&version) {
+        if self.pinned_removed.get(&version).is_some_and(|p| p.node == node) {
+            let pinned = self.pinned_removed.remove(&version).expect("checked above");
             self.free_placements(&pinned.placements);
-            self.tombstones.remove(&(pinned.node, version));
+        }
+        // The object was removed: no record was written, so nothing is left to refuse.
+        if self.tombstones.remove(&(node, version)) {
             return Ok(());
         }
         let slot = self.objects.find(key.as_bytes()).ok_or(MasterError::ObjectNotFound)?;
@@ -144,10 +148,16 @@ impl Master {
         if o.version != version {
             return Err(MasterError::StaleVersion);
         }
-        if !o.has(PERSISTING) || self.persist_target(o) != Some(node) {
-            return Err(MasterError::PutNotInProgress);
+        let pinned_by_node = o.has(PERSISTING) && self.persist_target(o) == Some(node);
+        let pending_at = o.disk.iter().position(|d| d.replica.node == node && d.state == DiskState::Pending);
+        // The pin may already be gone (the node expired meanwhile); the pending entry
+        // stays until the node says whether it wrote a record.
+        let Some(at) = pending_at else { return Err(MasterError::PutNotInProgress) };
+        self.objects.get_mut(slot).expect("live").disk.swap_remove(at);
+        if !pinned_by_node {
+            return Ok(());
         }
-        let evicting = o.has(EVICT_AFTER_PERSIST);
+        let evicting = self.object(slot).has(EVICT_AFTER_PERSIST);
         self.clear_persist(slot);
         if evicting {
             self.drop_object(slot, DropReason::PersistFailed);
@@ -190,6 +200,9 @@ impl Master {
             self.commands.push_back(NodeCommand::WipeDisk { node: *node });
             let f = self.wipe_floors.entry(*node).or_insert(floor);
             *f = (*f).max(floor);
+            // The floor now refuses these records; their tombstones are redundant.
+            let f = *f;
+            self.tombstones.retain(|(n, v)| n != node || *v >= f);
         }
         summary.removed = doomed.len() as u64;
         for slot in doomed {
@@ -207,25 +220,25 @@ impl Master {
         let persist_node =
             if self.object(slot).has(PERSISTING) { self.persist_target(self.object(slot)) } else { None };
         let o = self.take_object(slot);
-        for d in o.disk.iter().map(|d| d.replica) {
-            if covered_by_wipe(d.node) {
+        for d in &o.disk {
+            if covered_by_wipe(d.replica.node) {
                 continue;
             }
-            self.tombstones.insert((d.node, o.version));
-            self.commands.push_back(NodeCommand::DropDiskReplica {
-                node: d.node,
-                key: Key::from_boxed_unchecked(o.key.clone()),
-                version: o.version,
-                replica: d,
-            });
+            // Refuse the record if the node recovers it before it has deleted it.
+            self.tombstones.insert((d.replica.node, o.version));
+            if d.state != DiskState::Pending {
+                self.commands.push_back(NodeCommand::DropDiskReplica {
+                    node: d.replica.node,
+                    key: Key::from_boxed_unchecked(o.key.clone()),
+                    version: o.version,
+                    replica: d.replica,
+                });
+            }
         }
         match persist_node {
+            // A node is still copying this memory to disk: keep it allocated until the
+            // node answers (its pending entry left a tombstone above).
             Some(node) => {
-                // A node is still copying this memory to disk: keep it allocated until
-                // the node answers, and refuse the record if the node restarts first.
-                if !covered_by_wipe(node) {
-                    self.tombstones.insert((node, o.version));
-                }
                 self.pinned_removed.insert(o.version, PinnedRemoved { placements: o.memory, node });
             }
             None => self.free_placements(&o.memory),

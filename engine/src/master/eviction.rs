@@ -1,7 +1,7 @@
 //! Placement, watermark eviction (second-chance CLOCK) and the persist pin that
 //! offload-on-evict and write-behind rely on.
 
-use super::objects::{EVICT_AFTER_PERSIST, Object, PERSISTING, Placement, Placements, REFERENCED};
+use super::objects::{DiskEntry, EVICT_AFTER_PERSIST, Object, PERSISTING, Placement, Placements, REFERENCED};
 use super::{DropReason, Master, PersistPolicy};
 use crate::descriptor::ReplicaStatus;
 use crate::ids::NodeId;
@@ -153,7 +153,12 @@ impl Master {
             reason,
         };
         self.commands.push_back(command);
-        self.objects.get_mut(slot).expect("live").flags |= PERSISTING;
+        let o = self.objects.get_mut(slot).expect("live");
+        o.flags |= PERSISTING;
+        // From now on the node may hold a record, whatever happens to the node.
+        if !o.disk.iter().any(|d| d.replica.node == node) {
+            o.disk.push(DiskEntry::pending(node, o.size));
+        }
         self.persists_requested += 1;
         true
     }

@@ -3,7 +3,7 @@
 
 use alloc::vec::Vec;
 
-use super::objects::{PERSISTING, Placements, SegmentSlot};
+use super::objects::{DiskState, EVICT_AFTER_PERSIST, PERSISTING, Placements, SegmentSlot};
 use super::{DropReason, Master, MasterError, NodeInfo};
 use crate::descriptor::ReplicaStatus;
 use crate::ids::{Incarnation, NodeId, ObjectVersion, SegmentId};
@@ -129,8 +129,13 @@ impl Master {
                 o.memory.iter().copied().partition(|p| p.segment == seg);
             o.memory = kept;
             let empty = !o.is_readable_somewhere();
-            // The segment's allocator disappears with it; only the byte count moves.
+            let evicting = o.has(EVICT_AFTER_PERSIST);
             for p in gone {
+                if evicting {
+                    // Still being offloaded from another replica: these bytes are no
+                    // longer among those the offload will free.
+                    self.pending_evict_bytes -= self.segments.placement_bytes(p);
+                }
                 self.segments.free(p);
             }
             if empty {
@@ -165,8 +170,8 @@ impl Master {
                 self.release_object(slot);
                 continue;
             }
-            for d in o.disk.iter_mut().filter(|d| d.replica.node == node) {
-                d.online = false;
+            for d in o.disk.iter_mut().filter(|d| d.replica.node == node && d.state == DiskState::Online) {
+                d.state = DiskState::Offline;
             }
             if !o.is_readable_somewhere() {
                 self.drop_object(slot, DropReason::NodeLost);

@@ -46,6 +46,8 @@ mod membership;
 mod objects;
 mod outputs;
 mod segments;
+#[cfg(feature = "sim")]
+pub mod sim;
 mod verify;
 
 pub use allocator::{AllocError, AllocId, AllocatorInconsistency, SegmentAllocator};
@@ -279,11 +281,11 @@ impl Master {
         if o.version != version {
             return Err(MasterError::PutNotInProgress);
         }
-        if o.writer != writer {
-            return Err(MasterError::NotWriter);
-        }
         if o.status != ReplicaStatus::Processing {
             return Err(MasterError::PutNotInProgress);
+        }
+        if o.writer != writer {
+            return Err(MasterError::NotWriter);
         }
         Ok(slot)
     }

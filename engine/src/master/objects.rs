@@ -14,7 +14,7 @@ use smallvec::SmallVec;
 
 use super::allocator::AllocId;
 use crate::descriptor::{DiskReplica, ReplicaStatus};
-use crate::ids::{NodeId, ObjectVersion};
+use crate::ids::{BucketId, NodeId, ObjectVersion};
 use crate::time::Instant;
 
 /// Index of a mounted segment in the master's segment slab.
@@ -39,14 +39,38 @@ pub(crate) const PERSISTING: u8 = 2;
 /// Flag: eviction chose this object; free its memory once the persist completes.
 pub(crate) const EVICT_AFTER_PERSIST: u8 = 4;
 
-/// A disk replica as the master tracks it.
+/// What the master knows about one node's record of an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DiskState {
+    /// The node was asked to persist the object and has not answered: a record may
+    /// exist (only `replica.node` is meaningful).
+    Pending,
+    /// Registered and readable.
+    Online,
+    /// Registered, but the node is gone (expired, or restarted and not yet
+    /// re-registered): not readable.
+    Offline,
+}
+
+/// A record of the object that a node holds, or may hold. Pending and offline entries
+/// are not readable but are remembered, so that removing the object tombstones every
+/// record a node might still find when it recovers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct DiskEntry {
     pub(crate) replica: DiskReplica,
-    /// False while the node holding it is gone (expired or restarted and not yet
-    /// re-registered): not readable, but remembered, so that removing the object still
-    /// tombstones the record the node will find when it recovers.
-    pub(crate) online: bool,
+    pub(crate) state: DiskState,
+}
+
+impl DiskEntry {
+    /// An entry for a persist requested from `node`.
+    pub(crate) fn pending(node: NodeId, len: u64) -> Self {
+        let replica = DiskReplica { node, bucket: BucketId(0), offset: 0, len, crc32c: 0 };
+        Self { replica, state: DiskState::Pending }
+    }
+
+    pub(crate) fn online(replica: DiskReplica) -> Self {
+        Self { replica, state: DiskState::Online }
+    }
 }
 
 /// One object version and its replicas.
@@ -78,7 +102,7 @@ impl Object {
 
     /// Disk replicas a reader can use.
     pub(crate) fn readable_disk(&self) -> impl Iterator<Item = &DiskReplica> {
-        self.disk.iter().filter(|d| d.online).map(|d| &d.replica)
+        self.disk.iter().filter(|d| d.state == DiskState::Online).map(|d| &d.replica)
     }
 
     pub(crate) fn has_readable_disk(&self) -> bool {

@@ -28,9 +28,25 @@ pub enum Inconsistency {
     /// A segment's allocations are not exactly the memory replicas that name it.
     #[error("segment {0:?}: allocations differ from the replicas placed in it")]
     Placements(SegmentId),
-    /// The byte counters disagree with the allocations.
-    #[error("used-byte counter disagrees with the allocations")]
-    UsedBytes,
+    /// The used-byte counter disagrees with the allocations.
+    #[error("used-byte counter says {counter}, the allocations add up to {actual}")]
+    UsedBytes {
+        /// The counter.
+        counter: u64,
+        /// The sum over allocations.
+        actual: u64,
+    },
+    /// The pending-eviction counter disagrees with the objects marked for eviction.
+    #[error("pending-eviction counter says {counter}, the marked objects add up to {actual}")]
+    PendingEviction {
+        /// The counter.
+        counter: u64,
+        /// The sum over marked objects.
+        actual: u64,
+    },
+    /// Memory replicas name a segment that is not mounted.
+    #[error("memory replicas name an unmounted segment")]
+    UnmountedSegment,
     /// An object's replicas or flags contradict its status.
     #[error("object version {0:?} is in an impossible state")]
     ObjectState(ObjectVersion),
@@ -78,7 +94,10 @@ impl Master {
         }
         self.pinned_removed.values().flat_map(|p| p.placements.iter()).for_each(&mut note);
         if pending != self.pending_evict_bytes {
-            return Err(Inconsistency::UsedBytes);
+            return Err(Inconsistency::PendingEviction {
+                counter: self.pending_evict_bytes,
+                actual: pending,
+            });
         }
         let mut used = 0;
         for (slot, segment) in self.segments.iter() {
@@ -94,8 +113,11 @@ impl Master {
             }
             used += extents.iter().map(|e| e.1).sum::<u64>();
         }
-        if !placed.is_empty() || used != self.segments.used_bytes() {
-            return Err(Inconsistency::UsedBytes);
+        if !placed.is_empty() {
+            return Err(Inconsistency::UnmountedSegment);
+        }
+        if used != self.segments.used_bytes() {
+            return Err(Inconsistency::UsedBytes { counter: self.segments.used_bytes(), actual: used });
         }
         Ok(())
     }
