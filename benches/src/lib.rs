@@ -1,1 +1,47 @@
-//! Shared helpers for the benches.
+//! Shared helpers for the benches: workload generation.
+
+use larder_engine::master::{Master, MasterConfig};
+use larder_engine::{Incarnation, Instant, KeyRef, NodeId, SegmentId};
+
+/// Length of the benches' keys: a 32-byte prefix hash, as inference engines use.
+pub const KEY_LEN: usize = 32;
+
+/// The writer node of the master benches.
+pub const WRITER: NodeId = NodeId(1);
+
+/// A distinct 32-byte key for every `i`, spread like a hash would be.
+pub fn key_bytes(i: u64) -> [u8; KEY_LEN] {
+    let mut out = [0u8; KEY_LEN];
+    let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x6c61_7264_6572;
+    for chunk in out.chunks_mut(8) {
+        // splitmix64 finaliser: cheap, bijective, well spread.
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        chunk.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out
+}
+
+/// A master with one node (no SSD tier) and one segment large enough that `objects`
+/// values of `value_size` bytes fill it to half.
+pub fn master_with_segment(objects: u64, value_size: u64) -> Master {
+    let mut m = Master::new(MasterConfig::default()).expect("default config");
+    let now = Instant::from_nanos(1);
+    let _ = m.handle_ping(now, WRITER, Incarnation(1), false);
+    let size = (objects * value_size * 2).max(1 << 30);
+    m.handle_mount_segment(now, WRITER, SegmentId(1), size).expect("mount");
+    m
+}
+
+/// Puts objects `range` (keys from [`key_bytes`]) and ends each put.
+pub fn fill(m: &mut Master, range: std::ops::Range<u64>, value_size: u64) {
+    let now = Instant::from_nanos(1);
+    for i in range {
+        let key = key_bytes(i);
+        let key = KeyRef::new(&key).expect("key");
+        let grant = m.handle_put_start(now, WRITER, key, value_size, 1).expect("put start");
+        m.handle_put_end(now, WRITER, key, grant.version).expect("put end");
+    }
+}

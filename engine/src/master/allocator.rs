@@ -166,6 +166,11 @@ impl SegmentAllocator {
         self.free
     }
 
+    /// Heap bytes held by the allocator's own structures.
+    pub fn heap_bytes(&self) -> usize {
+        self.nodes.capacity() * core::mem::size_of::<Node>() + self.vacant.capacity() * 4
+    }
+
     /// Number of live allocations.
     pub fn live_allocations(&self) -> u32 {
         self.live

@@ -1,5 +1,7 @@
 //! Answering decoded wire requests.
 
+use alloc::boxed::Box;
+
 use super::Master;
 use crate::time::Instant;
 use crate::wire::{Request, Response};
@@ -44,7 +46,7 @@ impl Master {
             Request::BatchPutStart { writer, replicas, items } => Response::BatchPutStart(
                 items
                     .iter()
-                    .map(|(k, size)| self.handle_put_start(now, *writer, *k, *size, *replicas))
+                    .map(|(k, size)| self.handle_put_start(now, *writer, *k, *size, *replicas).map(Box::new))
                     .collect(),
             ),
             Request::BatchPutEnd { writer, items } => Response::BatchPutEnd(
@@ -54,7 +56,7 @@ impl Master {
                 items.iter().map(|(k, v)| self.handle_put_revoke(now, *writer, *k, *v)).collect(),
             ),
             Request::BatchGetReplicaList { keys } => Response::BatchGetReplicaList(
-                keys.iter().map(|k| self.handle_get_replica_list(now, *k)).collect(),
+                keys.iter().map(|k| self.handle_get_replica_list(now, *k).map(Box::new)).collect(),
             ),
             Request::BatchExists { keys } => {
                 Response::BatchExists(keys.iter().map(|k| self.handle_exists(now, *k)).collect())

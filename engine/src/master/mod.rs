@@ -378,6 +378,7 @@ impl Master {
     /// their length plus the allocator's per-allocation overhead).
     pub fn heap_bytes(&self) -> usize {
         self.objects.heap_bytes()
+            + self.segments.heap_bytes()
             + self.in_progress.capacity() * core::mem::size_of::<(Instant, u32, ObjectVersion)>()
     }
 

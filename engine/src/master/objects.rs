@@ -172,7 +172,7 @@ impl ObjectTable {
         };
         let Self { slots, index, hasher, .. } = self;
         index.insert_unique(hash, slot, |&s| {
-            hasher.hash_one(&*slots[s as usize].as_ref().map_or(&[][..], |o| &o.key))
+            hasher.hash_one(slots[s as usize].as_ref().map_or(&[][..], |o| &o.key))
         });
         slot
     }

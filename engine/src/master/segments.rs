@@ -43,6 +43,12 @@ impl Segments {
         self.capacity_bytes
     }
 
+    /// Heap bytes held by the segment table and the allocators.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.slots.capacity() * core::mem::size_of::<Option<Segment>>()
+            + self.iter().map(|(_, s)| s.alloc.heap_bytes()).sum::<usize>()
+    }
+
     pub(crate) fn count(&self) -> usize {
         self.slots.iter().flatten().count()
     }
@@ -111,7 +117,7 @@ impl Segments {
         let granules = u32::try_from(self.granules(size)).ok()?;
         let mut candidates: SmallVec<[(u32, SegmentSlot); 8]> =
             self.iter().map(|(slot, s)| (s.alloc.free_granules(), slot)).collect();
-        candidates.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        candidates.sort_unstable_by_key(|c| core::cmp::Reverse(c.0));
         let mut placed: SmallVec<[Placement; 1]> = SmallVec::new();
         for (_, slot) in candidates {
             if placed.len() == usize::from(count) {

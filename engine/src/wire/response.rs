@@ -1,5 +1,6 @@
 //! Master → node responses. Each answers the request with the same tag.
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 use smallvec::SmallVec;
 
@@ -14,6 +15,10 @@ use crate::ids::ObjectVersion;
 use crate::master::MasterError;
 
 /// The master's answer to a [`Request`](super::Request) with the same name.
+///
+/// Batch answers box their per-item payloads: an item that is an error takes two bytes
+/// on the wire, so an unboxed item several times larger in memory would let a short
+/// message make the decoder allocate far more than its own size.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[allow(missing_docs)] // each variant answers the request of the same name
 pub enum Response {
@@ -30,15 +35,18 @@ pub enum Response {
     AddDiskReplica(Result<(), MasterError>),
     RemoveDiskReplica(Result<(), MasterError>),
     PersistFailed(Result<(), MasterError>),
-    BatchPutStart(Vec<Result<PutGrant, MasterError>>),
+    BatchPutStart(Vec<Result<Box<PutGrant>, MasterError>>),
     BatchPutEnd(Vec<Result<(), MasterError>>),
     BatchPutRevoke(Vec<Result<(), MasterError>>),
-    BatchGetReplicaList(Vec<Result<ReplicaList, MasterError>>),
+    BatchGetReplicaList(Vec<Result<Box<ReplicaList>, MasterError>>),
     BatchExists(Vec<bool>),
     BatchRemove(Vec<Result<(), MasterError>>),
 }
 
 type Unit = Result<(), MasterError>;
+
+/// Encoded size of a result's status (0, or an error code): the least a batch item takes.
+const STATUS_LEN: usize = 2;
 
 impl Response {
     /// Encodes the response into `buf`, returning the length written.
@@ -91,13 +99,13 @@ impl Response {
             Response::PersistFailed(r) => write_unit(w, TAG_PERSIST_FAILED, r),
             Response::BatchPutStart(rs) => {
                 write_header(w, KIND_RESPONSE, TAG_BATCH_PUT_START);
-                write_batch(w, rs, |w, r| write_result(w, r, write_grant))?;
+                write_batch(w, rs, |w, r| write_result(w, r, |w, g| write_grant(w, g)))?;
             }
             Response::BatchPutEnd(rs) => write_unit_batch(w, TAG_BATCH_PUT_END, rs)?,
             Response::BatchPutRevoke(rs) => write_unit_batch(w, TAG_BATCH_PUT_REVOKE, rs)?,
             Response::BatchGetReplicaList(rs) => {
                 write_header(w, KIND_RESPONSE, TAG_BATCH_GET_REPLICA_LIST);
-                write_batch(w, rs, |w, r| write_result(w, r, write_replica_list))?;
+                write_batch(w, rs, |w, r| write_result(w, r, |w, l| write_replica_list(w, l)))?;
             }
             Response::BatchExists(bs) => {
                 write_header(w, KIND_RESPONSE, TAG_BATCH_EXISTS);
@@ -142,16 +150,18 @@ impl Response {
             TAG_ADD_DISK_REPLICA => Response::AddDiskReplica(read_unit(&mut r)?),
             TAG_REMOVE_DISK_REPLICA => Response::RemoveDiskReplica(read_unit(&mut r)?),
             TAG_PERSIST_FAILED => Response::PersistFailed(read_unit(&mut r)?),
-            TAG_BATCH_PUT_START => {
-                Response::BatchPutStart(read_batch(&mut r, |r| read_result(r, read_grant))?)
-            }
-            TAG_BATCH_PUT_END => Response::BatchPutEnd(read_batch(&mut r, read_unit)?),
-            TAG_BATCH_PUT_REVOKE => Response::BatchPutRevoke(read_batch(&mut r, read_unit)?),
+            TAG_BATCH_PUT_START => Response::BatchPutStart(read_batch(&mut r, STATUS_LEN, |r| {
+                read_result(r, |r| read_grant(r).map(Box::new))
+            })?),
+            TAG_BATCH_PUT_END => Response::BatchPutEnd(read_batch(&mut r, STATUS_LEN, read_unit)?),
+            TAG_BATCH_PUT_REVOKE => Response::BatchPutRevoke(read_batch(&mut r, STATUS_LEN, read_unit)?),
             TAG_BATCH_GET_REPLICA_LIST => {
-                Response::BatchGetReplicaList(read_batch(&mut r, |r| read_result(r, read_replica_list))?)
+                Response::BatchGetReplicaList(read_batch(&mut r, STATUS_LEN, |r| {
+                    read_result(r, |r| read_replica_list(r).map(Box::new))
+                })?)
             }
-            TAG_BATCH_EXISTS => Response::BatchExists(read_batch(&mut r, |r| r.bool("exists"))?),
-            TAG_BATCH_REMOVE => Response::BatchRemove(read_batch(&mut r, read_unit)?),
+            TAG_BATCH_EXISTS => Response::BatchExists(read_batch(&mut r, 1, |r| r.bool("exists"))?),
+            TAG_BATCH_REMOVE => Response::BatchRemove(read_batch(&mut r, STATUS_LEN, read_unit)?),
             tag => {
                 return Err(DecodeError::UnknownTag { what: "response", tag });
             }
@@ -214,13 +224,15 @@ fn write_batch<T>(
     items.iter().try_for_each(|item| write_item(w, item))
 }
 
-/// Reads a batch whose items each take at least one byte (a boolean) — the bound the
-/// count is checked against.
+/// Reads a batch whose items each take at least `min_item_len` bytes: the count is
+/// checked against that before any space is reserved, so the reservation is bounded by
+/// the input (`size_of::<T>() / min_item_len` times its size, at most 8).
 fn read_batch<'a, T>(
     r: &mut Reader<'a>,
+    min_item_len: usize,
     mut read_item: impl FnMut(&mut Reader<'a>) -> Result<T, DecodeError>,
 ) -> Result<Vec<T>, DecodeError> {
-    let n = r.count("batch", MAX_BATCH, 1)?;
+    let n = r.count("batch", MAX_BATCH, min_item_len)?;
     let mut items = Vec::with_capacity(n);
     for _ in 0..n {
         items.push(read_item(r)?);

@@ -1,5 +1,6 @@
 //! Round trips and strictness for every message.
 
+use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -81,10 +82,10 @@ fn responses() -> Vec<Response> {
         Response::AddDiskReplica(Err(MasterError::StaleVersion)),
         Response::RemoveDiskReplica(Ok(())),
         Response::PersistFailed(Ok(())),
-        Response::BatchPutStart(vec![Ok(grant()), Err(MasterError::ObjectAlreadyExists)]),
+        Response::BatchPutStart(vec![Ok(Box::new(grant())), Err(MasterError::ObjectAlreadyExists)]),
         Response::BatchPutEnd(vec![Ok(()), Err(MasterError::PutNotInProgress)]),
         Response::BatchPutRevoke(vec![]),
-        Response::BatchGetReplicaList(vec![Ok(list()), Err(MasterError::ReplicaNotReady)]),
+        Response::BatchGetReplicaList(vec![Ok(Box::new(list())), Err(MasterError::ReplicaNotReady)]),
         Response::BatchExists(vec![true, false, true]),
         Response::BatchRemove(vec![Err(e), Ok(())]),
     ]

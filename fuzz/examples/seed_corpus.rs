@@ -1,0 +1,133 @@
+//! Writes the seed corpus: `cargo run --example seed_corpus` (in `fuzz/`).
+//!
+//! Messages come from a recorded trace: every request is sent through a real master,
+//! and the request, its response and the commands it produced are all saved, so the
+//! corpus holds each message kind as the system really emits it. Descriptors come from
+//! the replica lists in that trace. Operation sequences for `master_ops` are
+//! pseudo-random bytes of several lengths (every byte string is a valid sequence).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use larder_engine::master::{Master, MasterConfig};
+use larder_engine::wire::{DiskReplicaOrigin, Message, Request, Response};
+use larder_engine::{BucketId, DiskReplica, Incarnation, Instant, KeyRef, NodeId, ObjectVersion, SegmentId};
+
+struct Corpus {
+    dir: PathBuf,
+    count: usize,
+}
+
+impl Corpus {
+    fn new(root: &Path, target: &str) -> Self {
+        let dir = root.join(target);
+        fs::create_dir_all(&dir).expect("corpus dir");
+        Self { dir, count: 0 }
+    }
+
+    fn save(&mut self, bytes: &[u8]) {
+        fs::write(self.dir.join(format!("seed-{:03}", self.count)), bytes).expect("write seed");
+        self.count += 1;
+    }
+}
+
+fn encode(m: &Message<'_>) -> Vec<u8> {
+    let mut buf = vec![0u8; m.encoded_len().expect("encodable")];
+    m.encode(&mut buf).expect("encodable");
+    buf
+}
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+    let mut messages = Corpus::new(&root, "message_decode");
+    let mut descriptors = Corpus::new(&root, "descriptor_decode");
+    let mut master = Master::new(MasterConfig::default()).expect("config");
+    let now = Instant::from_nanos(1);
+    let (a, b) = (NodeId(1), NodeId(2));
+    let k = |s: &'static str| KeyRef::new(s.as_bytes()).expect("key");
+
+    let mut send = |master: &mut Master, request: Request<'_>| -> Response {
+        messages.save(&encode(&Message::Request(request.clone())));
+        let response = master.handle_request(now, &request);
+        messages.save(&encode(&Message::Response(response.clone())));
+        while let Some(command) = master.poll_command() {
+            messages.save(&encode(&Message::Command(command)));
+        }
+        response
+    };
+
+    send(&mut master, Request::Ping { node: a, incarnation: Incarnation(1), has_storage: true });
+    send(&mut master, Request::Ping { node: b, incarnation: Incarnation(1), has_storage: false });
+    send(&mut master, Request::MountSegment { node: a, segment: SegmentId(1), size: 64 << 20 });
+    send(&mut master, Request::MountSegment { node: b, segment: SegmentId(2), size: 64 << 20 });
+    let Response::PutStart(Ok(grant)) = send(
+        &mut master,
+        Request::PutStart { writer: a, key: k("prefix/0001"), size: 256 << 10, replicas: 2 },
+    ) else {
+        panic!("put start failed")
+    };
+    let v = grant.version;
+    send(&mut master, Request::PutEnd { writer: a, key: k("prefix/0001"), version: v });
+    let disk =
+        DiskReplica { node: a, bucket: BucketId(7), offset: 4096, len: 256 << 10, crc32c: 0x1234_5678 };
+    let origin = DiskReplicaOrigin::Persisted;
+    send(&mut master, Request::AddDiskReplica { key: k("prefix/0001"), version: v, replica: disk, origin });
+    if let Response::GetReplicaList(Ok(list)) =
+        send(&mut master, Request::GetReplicaList { key: k("prefix/0001") })
+    {
+        for d in &list.replicas {
+            let mut buf = [0u8; 64];
+            let n = d.encode(&mut buf).expect("descriptor");
+            descriptors.save(&buf[..n]);
+        }
+    }
+    send(&mut master, Request::Exists { key: k("prefix/0001") });
+    send(&mut master, Request::Remove { key: k("prefix/0001"), force: false });
+    send(&mut master, Request::Remove { key: k("prefix/0001"), force: true });
+    send(&mut master, Request::RemoveDiskReplica { node: a, key: k("prefix/0001"), version: v });
+    let items = vec![(k("batch/1"), 64 << 10), (k("batch/2"), 1 << 20), (k("batch/1"), 1)];
+    let Response::BatchPutStart(grants) =
+        send(&mut master, Request::BatchPutStart { writer: b, replicas: 1, items })
+    else {
+        panic!("batch put start failed")
+    };
+    let ended: Vec<(KeyRef<'_>, ObjectVersion)> = [k("batch/1"), k("batch/2")]
+        .into_iter()
+        .zip(&grants)
+        .filter_map(|(key, g)| g.as_ref().ok().map(|g| (key, g.version)))
+        .collect();
+    send(&mut master, Request::BatchPutEnd { writer: b, items: ended.clone() });
+    send(&mut master, Request::BatchPutRevoke { writer: b, items: ended });
+    send(&mut master, Request::BatchGetReplicaList { keys: vec![k("batch/1"), k("batch/2"), k("nope")] });
+    send(&mut master, Request::BatchExists { keys: vec![k("batch/1"), k("nope")] });
+    send(&mut master, Request::BatchRemove { force: false, keys: vec![k("batch/2")] });
+    send(&mut master, Request::PutStart { writer: a, key: k("late"), size: 4096, replicas: 1 });
+    send(&mut master, Request::PersistFailed { node: a, key: k("late"), version: v });
+    send(&mut master, Request::RemoveAll { force: true });
+    send(&mut master, Request::UnmountSegment { node: b, segment: SegmentId(2) });
+    send(&mut master, Request::Ping { node: a, incarnation: Incarnation(2), has_storage: true });
+
+    let mut ops = Corpus::new(&root, "master_ops");
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for len in [16usize, 64, 256, 1024, 4096, 16384] {
+        for _ in 0..3 {
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    // xorshift64: seeds only need to differ, not to be good randomness.
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect();
+            ops.save(&bytes);
+        }
+    }
+    println!(
+        "wrote {} message, {} descriptor and {} master_ops seeds under {}",
+        messages.count,
+        descriptors.count,
+        ops.count,
+        root.display()
+    );
+}
