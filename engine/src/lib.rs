@@ -17,6 +17,7 @@
 //! | [`codec`] | the strict little-endian reader/writer every format uses |
 //! | [`wire`] | master requests, responses and node commands |
 //! | [`master`] | the master state machine: objects, replicas, segments, leases, eviction |
+//! | [`uring`] | batch file I/O: the submission/completion machine and its drivers |
 #![no_std]
 #![deny(missing_docs)]
 
@@ -30,6 +31,7 @@ pub mod ids;
 pub mod key;
 pub mod master;
 pub mod time;
+pub mod uring;
 pub mod wire;
 
 pub use descriptor::{DiskReplica, MemoryReplica, ReplicaDescriptor, ReplicaStatus};

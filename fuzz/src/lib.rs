@@ -16,10 +16,10 @@ use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 #[global_allocator]
 static ALLOCATOR: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-/// The most a decoder may allocate for an input of `len` bytes: a small multiple of
-/// the input (a decoded batch entry takes a few times its encoded size) plus slack.
+/// The most a decoder may allocate for an input of `len` bytes: the bound the wire
+/// module documents (16 bytes per input byte) plus slack for tiny inputs.
 pub fn allocation_bound(len: usize) -> usize {
-    8 * len + 256
+    larder_engine::wire::MAX_DECODE_ALLOCATION_PER_BYTE * len + 256
 }
 
 /// Decodes a standalone replica descriptor; a decoded one must re-encode to the same

@@ -26,6 +26,9 @@ pub(crate) struct SegmentSlot(pub(crate) u32);
 pub(crate) struct Placement {
     pub(crate) segment: SegmentSlot,
     pub(crate) alloc: AllocId,
+    /// The allocation's offset in granules, cached so that a lookup need not touch the
+    /// allocator (a cache miss on every get).
+    pub(crate) offset: u32,
 }
 
 /// The memory replicas of one object (almost always exactly one).

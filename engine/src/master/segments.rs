@@ -125,7 +125,7 @@ impl Segments {
             }
             let segment = self.slots[slot.0 as usize].as_mut().expect("candidate is mounted");
             if let Some(alloc) = segment.alloc.allocate(granules) {
-                placed.push(Placement { segment: slot, alloc });
+                placed.push(Placement { segment: slot, alloc, offset: segment.alloc.offset(alloc) });
             }
         }
         if placed.len() < usize::from(count) {
@@ -161,10 +161,9 @@ impl Segments {
 
     /// The replica descriptor of a placement holding a value of `len` bytes.
     pub(crate) fn replica(&self, p: Placement, len: u64) -> MemoryReplica {
-        let segment = self.get(p.segment);
         MemoryReplica {
-            segment: segment.id,
-            offset: u64::from(segment.alloc.offset(p.alloc)) << self.granule_shift,
+            segment: self.get(p.segment).id,
+            offset: u64::from(p.offset) << self.granule_shift,
             len,
         }
     }

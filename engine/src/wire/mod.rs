@@ -8,10 +8,10 @@
 //!
 //! Decoding is strict: every length and count is bounded and checked against the bytes
 //! left before it is used, unknown versions and tags are precise errors, trailing bytes
-//! are an error, and the decoder never allocates more than a small multiple of the
-//! input's size (lists are pre-sized only after their count has been checked against
-//! the input). Requests borrow their keys from the input, so the master decodes without
-//! copying.
+//! are an error, and the decoder never allocates more than
+//! [`MAX_DECODE_ALLOCATION_PER_BYTE`] bytes per input byte: lists are pre-sized only
+//! after their count has been checked against the input. Requests borrow their keys
+//! from the input, so the master decodes without copying.
 //!
 //! Framing (length prefixes, request ids) belongs to the transport, not to this module.
 
@@ -35,6 +35,12 @@ pub const WIRE_FORMAT_VERSION: u8 = 1;
 
 /// The most entries one batch message may carry.
 pub const MAX_BATCH: usize = 65_536;
+
+/// The most memory a decode allocates, per byte of input. The worst case is a batch
+/// response: its items are reserved up front at 16 bytes each against their 2-byte
+/// minimum (8 per byte), and each item that decodes to a replica list adds a box of
+/// at most 4.3 times its encoded size (a 128-byte list from 30 bytes).
+pub const MAX_DECODE_ALLOCATION_PER_BYTE: usize = 16;
 
 /// The most replicas one object may have in a message.
 pub const MAX_REPLICAS: usize = 16;
