@@ -108,6 +108,16 @@ pub enum IoRequest {
 }
 
 impl IoRequest {
+    /// The file the operation is on.
+    pub fn file(&self) -> FileId {
+        match self {
+            IoRequest::Read { file, .. }
+            | IoRequest::Write { file, .. }
+            | IoRequest::Fsync { file }
+            | IoRequest::Fdatasync { file } => *file,
+        }
+    }
+
     /// The buffer the operation uses, if any.
     pub fn buf(&self) -> Option<BufId> {
         match self {
@@ -180,6 +190,8 @@ pub enum Outcome {
 pub struct Completion {
     /// The operation.
     pub id: OpId,
+    /// Its file.
+    pub file: FileId,
     /// Its buffer, which the kernel no longer touches.
     pub buf: Option<BufId>,
     /// How it ended.
@@ -419,6 +431,11 @@ impl IoMachine {
         let id = OpId { index, generation: slot.generation };
         slot.generation = slot.generation.wrapping_add(1);
         self.vacant.push(index);
-        self.completions.push_back(Completion { id, buf: op.request.buf(), outcome });
+        self.completions.push_back(Completion {
+            id,
+            file: op.request.file(),
+            buf: op.request.buf(),
+            outcome,
+        });
     }
 }

@@ -89,7 +89,7 @@ fn short_reads_are_resubmitted_for_the_remainder() {
     m.handle_completion(again.user_data, 60).unwrap();
     assert_eq!(
         completions(&mut m),
-        [Completion { id, buf: Some(BufId(1)), outcome: Outcome::Done { bytes: 100, eof: false } }]
+        [Completion { id, file: F, buf: Some(BufId(1)), outcome: Outcome::Done { bytes: 100, eof: false } }]
     );
     assert!(m.is_idle());
 }
@@ -159,11 +159,13 @@ fn errors_arrive_per_operation_with_their_errno() {
     assert_eq!(done.len(), 2);
     assert!(done.contains(&Completion {
         id: b,
+        file: F,
         buf: Some(BufId(1)),
         outcome: Outcome::Failed { errno: Errno(28), bytes: 0 }
     }));
     assert!(done.contains(&Completion {
         id: a,
+        file: F,
         buf: Some(BufId(0)),
         outcome: Outcome::Failed { errno: Errno(5), bytes: 50 }
     }));
@@ -204,7 +206,10 @@ fn cancelling_before_submission_completes_at_once_and_never_submits() {
     let a = m.push(read(0, 0, 10));
     let b = m.push(read(1, 0, 10));
     m.cancel(a).unwrap();
-    assert_eq!(completions(&mut m), [Completion { id: a, buf: Some(BufId(0)), outcome: Outcome::Cancelled }]);
+    assert_eq!(
+        completions(&mut m),
+        [Completion { id: a, file: F, buf: Some(BufId(0)), outcome: Outcome::Cancelled }]
+    );
     let subs = submissions(&mut m);
     assert_eq!(subs.len(), 1);
     assert_eq!(OpId::from_user_data(subs[0].user_data), b);
@@ -220,7 +225,10 @@ fn cancelling_in_flight_keeps_the_buffer_until_the_kernel_answers() {
     assert!(completions(&mut m).is_empty(), "the kernel may still write into buffer 7");
     // Even a short read is not resubmitted for a cancelled operation.
     m.handle_completion(s.user_data, 40).unwrap();
-    assert_eq!(completions(&mut m), [Completion { id: a, buf: Some(BufId(7)), outcome: Outcome::Cancelled }]);
+    assert_eq!(
+        completions(&mut m),
+        [Completion { id: a, file: F, buf: Some(BufId(7)), outcome: Outcome::Cancelled }]
+    );
     assert!(m.poll_submission().is_none());
     assert!(m.is_idle());
 }
