@@ -1,5 +1,11 @@
-//! Shared helpers for the benches: workload generation.
+//! Shared helpers for the benches (workload generation) and the comparison harness
+//! behind the `compare` binary.
 
+pub mod compare;
+
+use std::hash::BuildHasher;
+
+use foldhash::fast::FixedState;
 use larder_engine::master::{Master, MasterConfig};
 use larder_engine::{Incarnation, Instant, KeyRef, NodeId, SegmentId};
 
@@ -9,17 +15,15 @@ pub const KEY_LEN: usize = 32;
 /// The writer node of the master benches.
 pub const WRITER: NodeId = NodeId(1);
 
-/// A distinct 32-byte key for every `i`, spread like a hash would be.
+/// A distinct 32-byte key for every `i`, spread like the prefix hash it stands for:
+/// the index hashed under four seeds (the first word keeps `i` itself, so keys never
+/// collide).
 pub fn key_bytes(i: u64) -> [u8; KEY_LEN] {
     let mut out = [0u8; KEY_LEN];
-    let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x6c61_7264_6572;
-    for chunk in out.chunks_mut(8) {
-        // splitmix64 finaliser: cheap, bijective, well spread.
-        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        chunk.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    out[..8].copy_from_slice(&i.to_le_bytes());
+    for (seed, chunk) in out[8..].chunks_mut(8).enumerate() {
+        let word = FixedState::with_seed(seed as u64).hash_one(i);
+        chunk.copy_from_slice(&word.to_le_bytes());
     }
     out
 }

@@ -15,7 +15,10 @@
 //! | [`ids`] | node, segment, bucket ids and object versions |
 //! | [`descriptor`] | replica descriptors and their versioned binary form |
 //! | [`codec`] | the strict little-endian reader/writer every format uses |
+//! | [`checksum`] | CRC32C, hardware-accelerated with `std` |
+//! | [`disk`] | the SSD tier: bucket format, bucket protocol, and (with `std`) the tier |
 //! | [`wire`] | master requests, responses and node commands |
+//! | [`sync`] | std / loom switch for the primitives the bucket protocols use |
 //! | [`master`] | the master state machine: objects, replicas, segments, leases, eviction |
 //! | [`uring`] | batch file I/O: the submission/completion machine and its drivers |
 #![no_std]
@@ -25,11 +28,14 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod checksum;
 pub mod codec;
 pub mod descriptor;
+pub mod disk;
 pub mod ids;
 pub mod key;
 pub mod master;
+pub mod sync;
 pub mod time;
 pub mod uring;
 pub mod wire;

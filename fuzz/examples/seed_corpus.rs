@@ -9,6 +9,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use larder_engine::disk::format::{FooterBuilder, FooterEntry, RecordHeader, Trailer};
 use larder_engine::master::{Master, MasterConfig};
 use larder_engine::wire::{DiskReplicaOrigin, Message, Request, Response};
 use larder_engine::{BucketId, DiskReplica, Incarnation, Instant, KeyRef, NodeId, ObjectVersion, SegmentId};
@@ -107,6 +108,41 @@ fn main() {
     send(&mut master, Request::UnmountSegment { node: b, segment: SegmentId(2) });
     send(&mut master, Request::Ping { node: a, incarnation: Incarnation(2), has_storage: true });
 
+    let mut bucket = Corpus::new(&root, "bucket_decode");
+    let mut footer = FooterBuilder::new(larder_fuzz::FUZZ_BUCKET);
+    let mut offset = 0;
+    for (i, key) in ["prefix/1", "prefix/2", "a-much-longer-key-for-the-third-record"].into_iter().enumerate()
+    {
+        let header = RecordHeader {
+            key: k(key),
+            value_len: 1000 << i,
+            version: ObjectVersion(i as u64 + 1),
+            value_crc: 7,
+        };
+        let mut block = vec![2u8];
+        block.resize(1 + header.encoded_len(), 0);
+        header.encode(&mut block[1..]);
+        bucket.save(&block);
+        let entry = FooterEntry {
+            record_offset: offset,
+            value_len: header.value_len,
+            version: header.version,
+            value_crc: 7,
+            key: header.key,
+        };
+        offset = entry.record_end();
+        footer.push(&entry);
+    }
+    let footer = footer.finish();
+    let trailer = Trailer {
+        bucket: larder_fuzz::FUZZ_BUCKET,
+        footer_offset: offset,
+        footer_len: footer.len() as u64,
+        record_count: 3,
+    };
+    bucket.save(&[&[1u8][..], &footer].concat());
+    bucket.save(&[&[0u8][..], &trailer.file_len().to_le_bytes(), &trailer.encode()].concat());
+
     let mut ops = Corpus::new(&root, "master_ops");
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     for len in [16usize, 64, 256, 1024, 4096, 16384] {
@@ -124,9 +160,10 @@ fn main() {
         }
     }
     println!(
-        "wrote {} message, {} descriptor and {} master_ops seeds under {}",
+        "wrote {} message, {} descriptor, {} bucket and {} master_ops seeds under {}",
         messages.count,
         descriptors.count,
+        bucket.count,
         ops.count,
         root.display()
     );

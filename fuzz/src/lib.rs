@@ -6,10 +6,11 @@
 use std::alloc::System;
 
 use arbitrary::{Arbitrary, Unstructured};
-use larder_engine::ReplicaDescriptor;
+use larder_engine::disk::format::{Footer, FooterBuilder, RecordHeader, Trailer};
 use larder_engine::master::sim::{Cluster, Op};
 use larder_engine::master::{MasterConfig, PersistPolicy};
 use larder_engine::wire::Message;
+use larder_engine::{BucketId, ReplicaDescriptor};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
 /// Counts allocations, so that decoding can be held to its allocation bound.
@@ -45,6 +46,38 @@ pub fn message_decode(data: &[u8]) {
         let mut buf = vec![0u8; len];
         let n = message.encode(&mut buf).expect("a decoded message encodes");
         assert_eq!(&buf[..n], data, "re-encoding differs");
+    }
+}
+
+/// The bucket id every `bucket_decode` input is checked against.
+pub const FUZZ_BUCKET: BucketId = BucketId(0x0102_0304);
+
+/// Decodes bucket structures: the first byte picks a trailer (preceded by the file's
+/// length), a footer or a record header; the rest is the input. Whatever decodes must re-encode to the same bytes.
+pub fn bucket_decode(data: &[u8]) {
+    let Some((&selector, rest)) = data.split_first() else { return };
+    match selector % 3 {
+        0 => {
+            // The input is the file's length (8 bytes) and then the trailer.
+            let Some((len, trailer)) = rest.split_first_chunk::<8>() else { return };
+            if let Ok(t) = Trailer::decode(trailer, FUZZ_BUCKET, u64::from_le_bytes(*len)) {
+                assert_eq!(&t.encode()[..], trailer, "trailer re-encoding differs");
+            }
+        }
+        1 => {
+            if let Ok(footer) = Footer::decode(rest, FUZZ_BUCKET, u64::MAX) {
+                let mut b = FooterBuilder::new(FUZZ_BUCKET);
+                footer.entries.iter().for_each(|e| b.push(e));
+                assert_eq!(b.finish(), rest, "footer re-encoding differs");
+            }
+        }
+        _ => {
+            if let Ok(h) = RecordHeader::decode(rest) {
+                let mut out = vec![0u8; h.encoded_len()];
+                h.encode(&mut out);
+                assert_eq!(&out[..], &rest[..out.len()], "record header re-encoding differs");
+            }
+        }
     }
 }
 

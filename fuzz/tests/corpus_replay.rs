@@ -23,6 +23,7 @@ fn every_corpus_file_replays_cleanly() {
     for (target, body) in [
         ("descriptor_decode", larder_fuzz::descriptor_decode as fn(&[u8])),
         ("message_decode", larder_fuzz::message_decode),
+        ("bucket_decode", larder_fuzz::bucket_decode),
         ("master_ops", larder_fuzz::master_ops),
     ] {
         let files = replay(target, body);

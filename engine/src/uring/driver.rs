@@ -346,13 +346,7 @@ impl Driver {
 
     /// Hands queued operations to the backend, up to the queue depth.
     pub fn submit(&mut self) -> Result<(), DriverError> {
-        loop {
-            #[cfg(feature = "io-uring")]
-            if let Backend::Ring(ring) = &mut self.backend {
-                if ring.is_full() {
-                    break;
-                }
-            }
+        while self.backend_has_room() {
             let Some(sub) = self.machine.poll_submission() else { break };
             let prepared = self.prepare(sub);
             match &mut self.backend {
@@ -368,6 +362,16 @@ impl Driver {
                 pool.flush();
                 Ok(())
             }
+        }
+    }
+
+    /// Whether the backend takes another submission now (a full ring waits for the
+    /// kernel; the pool's queue is bounded by the machine's queue depth).
+    fn backend_has_room(&mut self) -> bool {
+        match &mut self.backend {
+            #[cfg(feature = "io-uring")]
+            Backend::Ring(ring) => !ring.is_full(),
+            Backend::Pool(_) => true,
         }
     }
 

@@ -1,0 +1,306 @@
+//! The write-behind queue: puts hand records to the bucket writer; `flush` waits until
+//! everything accepted before it is durable.
+//!
+//! - [`WriteBehind::push`] accepts an item and gives it a sequence number. The queue is
+//!   bounded in bytes: a producer waits while it is full (backpressure) — an item is
+//!   never dropped. (An item larger than the whole bound is taken when the queue is
+//!   empty, so it cannot wait forever.)
+//! - The writer takes items with [`WriteBehind::take`], makes them durable, then
+//!   reports with [`WriteBehind::settle`] that every item below a sequence number is
+//!   durable (or failed).
+//! - [`WriteBehind::flush`] notes the next sequence number, asks the writer to seal
+//!   early, and returns once everything below it has settled — with an error if any of
+//!   those items failed.
+//!
+//! Everything is one mutex and one condvar (waiters re-check their condition), which
+//! keeps the protocol small enough for loom to check exhaustively (`loom-tests`).
+
+use std::collections::VecDeque;
+use std::time::Duration;
+use std::vec::Vec;
+
+use crate::sync::{Condvar, Mutex, MutexGuard};
+
+/// Why a push or flush did not succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueueError {
+    /// The queue was closed (the tier is shutting down or failed).
+    #[error("write-behind queue is closed")]
+    Closed,
+    /// Some items accepted before the flush could not be made durable.
+    #[error("{failed} items accepted before the flush failed to persist")]
+    PersistFailed {
+        /// How many.
+        failed: u64,
+    },
+}
+
+/// What the writer gets from [`WriteBehind::take`].
+#[derive(Debug)]
+pub struct Taken<T> {
+    /// Items, in sequence order, with their sequence numbers.
+    pub items: Vec<(u64, T)>,
+    /// A flush is waiting for items up to this sequence number (exclusive): seal what
+    /// covers them without waiting for a deadline.
+    pub flush_upto: u64,
+    /// The queue is closed and empty: the writer should finish.
+    pub closed: bool,
+}
+
+#[derive(Debug)]
+struct State<T> {
+    items: VecDeque<(u64, T, usize)>,
+    queued_bytes: usize,
+    capacity: usize,
+    next_seq: u64,
+    /// Every item below this has settled (durable or failed).
+    settled: u64,
+    /// The highest sequence number any flush waits for.
+    flush_upto: u64,
+    /// Sequence numbers that failed to persist and no flush has reported yet.
+    failed: Vec<u64>,
+    closed: bool,
+}
+
+/// The queue. See the module documentation.
+#[derive(Debug)]
+pub struct WriteBehind<T> {
+    state: Mutex<State<T>>,
+    changed: Condvar,
+}
+
+impl<T> WriteBehind<T> {
+    /// A queue holding at most `capacity` bytes of items.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            state: Mutex::new(State {
+                items: VecDeque::new(),
+                queued_bytes: 0,
+                capacity,
+                next_seq: 0,
+                settled: 0,
+                flush_upto: 0,
+                failed: Vec::new(),
+                closed: false,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn wait<'a>(&self, guard: MutexGuard<'a, State<T>>) -> MutexGuard<'a, State<T>> {
+        self.changed.wait(guard).unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Accepts an item of `bytes` bytes, waiting while the queue is full. Returns its
+    /// sequence number.
+    pub fn push(&self, item: T, bytes: usize) -> Result<u64, QueueError> {
+        let mut s = self.lock();
+        while !s.closed && !s.items.is_empty() && s.queued_bytes + bytes > s.capacity {
+            s = self.wait(s);
+        }
+        if s.closed {
+            return Err(QueueError::Closed);
+        }
+        let seq = s.next_seq;
+        s.next_seq += 1;
+        s.queued_bytes += bytes;
+        s.items.push_back((seq, item, bytes));
+        drop(s);
+        self.changed.notify_all();
+        Ok(seq)
+    }
+
+    /// Takes up to `max_bytes` of items (at least one if any), waiting up to `timeout`
+    /// (`None`: indefinitely) while there is nothing to take and no flush waiting.
+    pub fn take(&self, max_bytes: usize, timeout: Option<Duration>) -> Taken<T> {
+        let mut s = self.lock();
+        let idle = |s: &State<T>| s.items.is_empty() && !s.closed && s.flush_upto <= s.settled;
+        if idle(&s) {
+            s = match timeout {
+                None => {
+                    while idle(&s) {
+                        s = self.wait(s);
+                    }
+                    s
+                }
+                Some(t) => self.wait_timeout(s, t),
+            };
+        }
+        let mut items = Vec::new();
+        let mut taken = 0;
+        while let Some((_, _, bytes)) = s.items.front() {
+            if !items.is_empty() && taken + bytes > max_bytes {
+                break;
+            }
+            let (seq, item, bytes) = s.items.pop_front().expect("front exists");
+            taken += bytes;
+            s.queued_bytes -= bytes;
+            items.push((seq, item));
+        }
+        let taken = Taken { items, flush_upto: s.flush_upto, closed: s.closed && s.items.is_empty() };
+        drop(s);
+        self.changed.notify_all();
+        taken
+    }
+
+    #[cfg(not(larder_loom))]
+    fn wait_timeout<'a>(
+        &self,
+        guard: MutexGuard<'a, State<T>>,
+        timeout: Duration,
+    ) -> MutexGuard<'a, State<T>> {
+        self.changed.wait_timeout(guard, timeout).unwrap_or_else(std::sync::PoisonError::into_inner).0
+    }
+
+    #[cfg(larder_loom)]
+    fn wait_timeout<'a>(
+        &self,
+        guard: MutexGuard<'a, State<T>>,
+        _timeout: Duration,
+    ) -> MutexGuard<'a, State<T>> {
+        // loom has no clock: a timed wait is a wait that may end for any reason.
+        self.wait(guard)
+    }
+
+    /// Reports that every item below `upto` has settled; `failed` lists those that
+    /// could not be made durable.
+    pub fn settle(&self, upto: u64, failed: &[u64]) {
+        let mut s = self.lock();
+        s.settled = s.settled.max(upto);
+        s.failed.extend_from_slice(failed);
+        drop(s);
+        self.changed.notify_all();
+    }
+
+    /// Waits until every item accepted before this call is durable.
+    pub fn flush(&self) -> Result<(), QueueError> {
+        let mut s = self.lock();
+        let target = s.next_seq;
+        s.flush_upto = s.flush_upto.max(target);
+        self.changed.notify_all();
+        while s.settled < target {
+            if s.closed && s.items.is_empty() && s.settled < target {
+                // Closed before the writer got to them: they never will be durable.
+                let failed = target - s.settled;
+                return Err(QueueError::PersistFailed { failed });
+            }
+            s = self.wait(s);
+        }
+        let before = s.failed.len();
+        s.failed.retain(|seq| *seq >= target);
+        match (before - s.failed.len()) as u64 {
+            0 => Ok(()),
+            failed => Err(QueueError::PersistFailed { failed }),
+        }
+    }
+
+    /// Closes the queue: pushes fail, the writer drains what is left and then sees
+    /// `closed`.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.changed.notify_all();
+    }
+
+    /// Bytes waiting to be taken.
+    pub fn queued_bytes(&self) -> usize {
+        self.lock().queued_bytes
+    }
+
+    /// Discards every item not yet taken (for remove-all); returns them so the caller
+    /// can account for them. They count as settled.
+    pub fn discard_queued(&self) -> Vec<(u64, T)> {
+        let mut s = self.lock();
+        let items: Vec<(u64, T)> = s.items.drain(..).map(|(seq, item, _)| (seq, item)).collect();
+        s.queued_bytes = 0;
+        drop(s);
+        self.changed.notify_all();
+        items
+    }
+}
+
+#[cfg(all(test, not(larder_loom)))]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::thread;
+
+    #[test]
+    fn flush_waits_for_everything_accepted_before_it() {
+        let q = Arc::new(WriteBehind::new(1 << 20));
+        for i in 0..5u32 {
+            q.push(i, 100).unwrap();
+        }
+        let writer = {
+            let q = Arc::clone(&q);
+            thread::spawn(move || {
+                let t = q.take(1 << 20, None);
+                assert_eq!(t.items.len(), 5);
+                assert_eq!(t.flush_upto, 5, "the flush asked for an early seal");
+                q.settle(5, &[]);
+            })
+        };
+        q.flush().unwrap();
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn producers_wait_while_the_queue_is_full() {
+        let q = Arc::new(WriteBehind::new(250));
+        q.push(0u32, 100).unwrap();
+        q.push(1, 100).unwrap();
+        let producer = {
+            let q = Arc::clone(&q);
+            thread::spawn(move || q.push(2, 100).unwrap())
+        };
+        thread::sleep(Duration::from_millis(50));
+        assert!(!producer.is_finished(), "the third push must wait for room");
+        assert_eq!(q.queued_bytes(), 200);
+        let t = q.take(100, None);
+        assert_eq!(t.items.len(), 1);
+        assert_eq!(producer.join().unwrap(), 2);
+    }
+
+    #[test]
+    fn an_item_larger_than_the_bound_is_taken_when_the_queue_is_empty() {
+        let q = WriteBehind::new(10);
+        q.push(0u32, 1000).unwrap();
+        assert_eq!(q.take(5, Some(Duration::ZERO)).items.len(), 1);
+    }
+
+    #[test]
+    fn failures_are_reported_by_the_flush_that_covers_them() {
+        let q = WriteBehind::new(1 << 20);
+        for i in 0..4u32 {
+            q.push(i, 1).unwrap();
+        }
+        q.settle(4, &[1, 2]);
+        assert_eq!(q.flush(), Err(QueueError::PersistFailed { failed: 2 }));
+        q.push(4, 1).unwrap();
+        q.settle(5, &[]);
+        assert_eq!(q.flush(), Ok(()), "a failure is reported once");
+    }
+
+    #[test]
+    fn close_fails_pushes_and_pending_flushes() {
+        let q = WriteBehind::new(1 << 20);
+        q.push(0u32, 1).unwrap();
+        q.discard_queued();
+        q.close();
+        assert_eq!(q.push(1, 1), Err(QueueError::Closed));
+        assert_eq!(q.flush(), Err(QueueError::PersistFailed { failed: 1 }));
+        let t = q.take(1, None);
+        assert!(t.closed && t.items.is_empty());
+    }
+
+    #[test]
+    fn take_times_out_when_idle() {
+        let q: WriteBehind<u32> = WriteBehind::new(1);
+        let t = q.take(1, Some(Duration::from_millis(10)));
+        assert!(t.items.is_empty() && !t.closed);
+    }
+}
