@@ -1,10 +1,41 @@
-//! The SSD tier: the bucket file format and the bucket protocol (both `no_std`), and
-//! with `std` the write-behind queue.
+//! The SSD tier.
+//!
+//! - [`format`] (`no_std`): the bucket file format.
+//! - [`protocol`] (`no_std`): who reads a bucket and who deletes it, exactly once.
+//! - [`queue`]: the write-behind queue and its flush barrier.
+//! - [`Tier`]: bucket files in a locked node directory, written behind the caller,
+//!   read back checksummed, evicted for capacity, recovered at open.
 
 pub mod format;
 pub mod protocol;
 #[cfg(feature = "std")]
 pub mod queue;
+
+#[cfg(feature = "std")]
+mod dir;
+#[cfg(feature = "std")]
+mod error;
+#[cfg(feature = "std")]
+mod index;
+#[cfg(feature = "std")]
+mod reader;
+#[cfg(feature = "std")]
+mod recovery;
+#[cfg(feature = "std")]
+mod tier;
+#[cfg(feature = "std")]
+mod writer;
+
+#[cfg(feature = "std")]
+pub use dir::LOCK_FILE;
+#[cfg(feature = "std")]
+pub use error::TierError;
+#[cfg(feature = "std")]
+pub use reader::ReadResult;
+#[cfg(feature = "std")]
+pub use recovery::RecoveredRecord;
+#[cfg(feature = "std")]
+pub use tier::{DirectIo, DropCause, Tier, TierConfig, TierEvent, TierStats};
 
 #[cfg(test)]
 mod tests;

@@ -154,6 +154,11 @@ impl<U: Unlink> Bucket<U> {
         }
     }
 
+    /// What deletes the bucket's file.
+    pub fn unlinker(&self) -> &U {
+        &self.unlinker
+    }
+
     /// The current phase and reader count (a snapshot).
     pub fn state(&self) -> (Phase, u64) {
         decode(self.word.load(Ordering::Acquire))

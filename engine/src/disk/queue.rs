@@ -211,15 +211,10 @@ impl<T> WriteBehind<T> {
         self.lock().queued_bytes
     }
 
-    /// Discards every item not yet taken (for remove-all); returns them so the caller
-    /// can account for them. They count as settled.
-    pub fn discard_queued(&self) -> Vec<(u64, T)> {
-        let mut s = self.lock();
-        let items: Vec<(u64, T)> = s.items.drain(..).map(|(seq, item, _)| (seq, item)).collect();
-        s.queued_bytes = 0;
-        drop(s);
-        self.changed.notify_all();
-        items
+    /// The sequence number the next accepted item will get: every item accepted so far
+    /// is below it.
+    pub fn next_seq(&self) -> u64 {
+        self.lock().next_seq
     }
 }
 
@@ -286,15 +281,17 @@ mod tests {
     }
 
     #[test]
-    fn close_fails_pushes_and_pending_flushes() {
+    fn close_fails_pushes_and_lets_the_writer_drain() {
         let q = WriteBehind::new(1 << 20);
         q.push(0u32, 1).unwrap();
-        q.discard_queued();
+        assert_eq!(q.next_seq(), 1);
         q.close();
         assert_eq!(q.push(1, 1), Err(QueueError::Closed));
-        assert_eq!(q.flush(), Err(QueueError::PersistFailed { failed: 1 }));
         let t = q.take(1, None);
-        assert!(t.closed && t.items.is_empty());
+        assert_eq!(t.items.len(), 1, "items accepted before the close are still written");
+        assert!(t.closed, "and the writer learns it may finish");
+        q.settle(1, &[]);
+        assert_eq!(q.flush(), Ok(()));
     }
 
     #[test]

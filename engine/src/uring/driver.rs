@@ -408,6 +408,9 @@ impl Driver {
     /// Takes in what the backend completed (without blocking) and resubmits the
     /// remainders of short transfers. Returns how many kernel completions it saw.
     pub fn reap(&mut self) -> Result<usize, DriverError> {
+        // Clear the eventfd before draining, so that it is readable again exactly when
+        // a completion arrives after this drain.
+        eventfd::reset(&self.wake);
         let machine = &mut self.machine;
         let on_completion = |user_data: u64, result: i32| {
             let handled = machine.handle_completion(user_data, result);

@@ -1,7 +1,7 @@
 //! The eventfd that tells a runtime "completions may be ready".
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// A non-blocking, close-on-exec eventfd.
 pub(super) fn new() -> io::Result<OwnedFd> {
@@ -32,9 +32,17 @@ pub(super) fn reset(fd: &OwnedFd) {
 
 /// Blocks until the fd is readable (or a signal interrupts the wait).
 pub(super) fn wait_readable(fd: &OwnedFd) -> io::Result<()> {
-    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    // SAFETY: polls one live pollfd; -1 waits without a timeout.
-    let ret = unsafe { libc::poll(&raw mut pfd, 1, -1) };
+    wait_any(&[fd.as_raw_fd()], None)
+}
+
+/// Blocks until one of `fds` is readable, a signal interrupts the wait, or `timeout`
+/// passes.
+pub(crate) fn wait_any(fds: &[RawFd], timeout: Option<std::time::Duration>) -> io::Result<()> {
+    let mut pfds: std::vec::Vec<libc::pollfd> =
+        fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    let timeout_ms = timeout.map_or(-1, |t| i32::try_from(t.as_millis()).unwrap_or(i32::MAX));
+    // SAFETY: polls `pfds.len()` live pollfds owned by this function.
+    let ret = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
     if ret < 0 {
         let err = io::Error::last_os_error();
         if err.kind() != io::ErrorKind::Interrupted {
@@ -42,4 +50,26 @@ pub(super) fn wait_readable(fd: &OwnedFd) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// An eventfd one thread signals to wake another that polls it.
+#[derive(Debug)]
+pub(crate) struct Notifier(OwnedFd);
+
+impl Notifier {
+    pub(crate) fn new() -> io::Result<Self> {
+        new().map(Notifier)
+    }
+
+    pub(crate) fn notify(&self) {
+        signal(&self.0);
+    }
+
+    pub(crate) fn reset(&self) {
+        reset(&self.0);
+    }
+
+    pub(crate) fn fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
 }

@@ -8,7 +8,7 @@ mod buffers;
 #[cfg(feature = "std")]
 mod driver;
 #[cfg(feature = "std")]
-mod eventfd;
+pub(crate) mod eventfd;
 #[cfg(feature = "std")]
 mod pool;
 #[cfg(feature = "std")]

@@ -1,0 +1,181 @@
+//! A node's directory, `<root>/<cluster>/<node>/`: the `LOCK` file one process holds,
+//! bucket files named by id (never by key), and transient `*.tmp` files.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::string::{String, ToString};
+use std::vec::Vec;
+
+use super::error::TierError;
+use crate::ids::{BucketId, NodeId};
+
+/// Name of the lock file.
+pub const LOCK_FILE: &str = "LOCK";
+const BUCKET_SUFFIX: &str = ".bucket";
+const TMP_SUFFIX: &str = ".tmp";
+
+/// An open, locked node directory. The lock is released when this is dropped (or the
+/// process dies: `flock` locks go with the descriptor).
+#[derive(Debug)]
+pub(super) struct NodeDir {
+    path: PathBuf,
+    _lock: File,
+}
+
+impl NodeDir {
+    /// Opens (creating if needed) `<root>/<cluster>/<node>/` and takes its lock.
+    ///
+    /// Errors: the root does not exist or is not a writable directory; another process
+    /// holds the lock (the error names the path and, when it can, the holder).
+    pub(super) fn open(root: &Path, cluster: &str, node: NodeId) -> Result<Self, TierError> {
+        match fs::metadata(root) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(TierError::BadRoot { path: root.to_path_buf(), reason: "not a directory" }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(TierError::BadRoot { path: root.to_path_buf(), reason: "does not exist" });
+            }
+            Err(e) => return Err(TierError::io("inspect storage root", root, e)),
+        }
+        if cluster.is_empty() || cluster.contains('/') || cluster == "." || cluster == ".." {
+            return Err(TierError::BadRoot {
+                path: root.join(cluster),
+                reason: "cluster name must be one path component",
+            });
+        }
+        let path = root.join(cluster).join(node.0.to_string());
+        fs::create_dir_all(&path).map_err(|e| {
+            if e.kind() == io::ErrorKind::PermissionDenied {
+                TierError::BadRoot { path: root.to_path_buf(), reason: "not writable" }
+            } else {
+                TierError::io("create node directory", &path, e)
+            }
+        })?;
+        let lock = lock(&path)?;
+        Ok(Self { path, _lock: lock })
+    }
+
+    /// The directory.
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Path of a published bucket.
+    pub(super) fn bucket_path(&self, id: BucketId) -> PathBuf {
+        self.path.join(std::format!("{:016x}{BUCKET_SUFFIX}", id.0))
+    }
+
+    /// Path of a bucket being written.
+    pub(super) fn tmp_path(&self, id: BucketId) -> PathBuf {
+        self.path.join(std::format!("{:016x}{BUCKET_SUFFIX}{TMP_SUFFIX}", id.0))
+    }
+
+    /// Makes renames and unlinks in the directory durable.
+    pub(super) fn sync(&self) -> Result<(), TierError> {
+        File::open(&self.path)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| TierError::io("fsync node directory", &self.path, e))
+    }
+
+    /// Deletes every `*.tmp` file (left by a crash mid-write); returns how many.
+    pub(super) fn remove_tmp_files(&self) -> Result<usize, TierError> {
+        let mut removed = 0;
+        for entry in self.entries()? {
+            if entry.1.ends_with(TMP_SUFFIX) {
+                fs::remove_file(&entry.0).map_err(|e| TierError::io("remove temporary file", &entry.0, e))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Every published bucket in the directory, by id.
+    pub(super) fn buckets(&self) -> Result<Vec<(BucketId, PathBuf)>, TierError> {
+        let mut out: Vec<(BucketId, PathBuf)> = self
+            .entries()?
+            .into_iter()
+            .filter_map(|(path, name)| {
+                let hex = name.strip_suffix(BUCKET_SUFFIX)?;
+                (hex.len() == 16)
+                    .then(|| u64::from_str_radix(hex, 16).ok())
+                    .flatten()
+                    .map(|id| (BucketId(id), path))
+            })
+            .collect();
+        out.sort_by_key(|(id, _)| *id);
+        Ok(out)
+    }
+
+    /// Deletes everything in the directory except the lock, the temporary files (those
+    /// of a crashed run were deleted at open; the rest belong to the writer) and the
+    /// files of the buckets in `retired` (the bucket protocol deletes those, after
+    /// their last reader).
+    pub(super) fn wipe(&self, retired: &[BucketId]) -> Result<usize, TierError> {
+        let mut removed = 0;
+        let spared: Vec<PathBuf> = retired.iter().map(|id| self.bucket_path(*id)).collect();
+        for (path, name) in self.entries()? {
+            if name == LOCK_FILE || name.ends_with(TMP_SUFFIX) || spared.contains(&path) {
+                continue;
+            }
+            match fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(TierError::io("wipe node directory", &path, e)),
+            }
+        }
+        self.sync()?;
+        Ok(removed)
+    }
+
+    fn entries(&self) -> Result<Vec<(PathBuf, String)>, TierError> {
+        let read =
+            fs::read_dir(&self.path).map_err(|e| TierError::io("list node directory", &self.path, e))?;
+        let mut out = Vec::new();
+        for entry in read {
+            let entry = entry.map_err(|e| TierError::io("list node directory", &self.path, e))?;
+            if let Some(name) = entry.file_name().to_str() {
+                out.push((entry.path(), name.to_string()));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Takes the node directory's lock, recording who holds it.
+fn lock(dir: &Path) -> Result<File, TierError> {
+    let path = dir.join(LOCK_FILE);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(&path)
+        .map_err(|e| TierError::io("open lock file", &path, e))?;
+    // SAFETY: flock on a descriptor we own; no pointers involved.
+    let ret = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if ret != 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Err(TierError::Locked { path, holder: (!holder.is_empty()).then(|| holder.to_string()) });
+        }
+        return Err(TierError::io("lock node directory", &path, err));
+    }
+    let holder = std::format!("pid {} on {}\n", std::process::id(), hostname());
+    file.set_len(0)
+        .and_then(|()| file.seek(SeekFrom::Start(0)))
+        .and_then(|_| file.write_all(holder.as_bytes()))
+        .map_err(|e| TierError::io("write lock file", &path, e))?;
+    Ok(file)
+}
+
+fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}

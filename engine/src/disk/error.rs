@@ -1,0 +1,97 @@
+//! What the SSD tier reports when it cannot do what was asked.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::string::String;
+
+use super::format::FormatError;
+use super::queue::QueueError;
+use crate::ids::BucketId;
+use crate::key::Key;
+use crate::uring::DriverError;
+
+/// A tier error. Every variant says what failed and where.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TierError {
+    /// The storage root is missing, not a directory, or not writable.
+    #[error("storage root {path}: {reason}")]
+    BadRoot {
+        /// The root (or the directory under it that failed).
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// Another process owns the node directory.
+    #[error("node directory is locked by another process: {path}{}", holder.as_deref().map(|h| std::format!(" (held by {h})")).unwrap_or_default())]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+        /// Who holds it, as the holder recorded ("pid 123 on host").
+        holder: Option<String>,
+    },
+    /// The device is full.
+    #[error("no space left on the device holding {path}")]
+    NoSpace {
+        /// The file being written.
+        path: PathBuf,
+    },
+    /// An I/O operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On which file.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The value's bytes do not match their CRC32C: the record is dropped, never
+    /// returned.
+    #[error("record for {key:?} in bucket {bucket:?} failed its checksum")]
+    Corrupted {
+        /// The key.
+        key: Key,
+        /// The bucket.
+        bucket: BucketId,
+    },
+    /// A bucket file's trailer, footer or a record header is damaged.
+    #[error("bucket {bucket:?} is damaged: {source}")]
+    Damaged {
+        /// The bucket.
+        bucket: BucketId,
+        /// What is wrong.
+        source: FormatError,
+    },
+    /// No record under this key.
+    #[error("not found")]
+    NotFound,
+    /// A value too large for one record.
+    #[error("value of {len} bytes is larger than a record can hold ({max})")]
+    ValueTooLarge {
+        /// Its length.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// The write-behind queue refused or could not complete.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// The I/O driver could not be started or used.
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    /// The tier has been closed.
+    #[error("the tier is closed")]
+    Closed,
+}
+
+impl TierError {
+    /// An I/O error on `path`, classified (ENOSPC becomes [`TierError::NoSpace`]).
+    pub fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
+        if source.raw_os_error() == Some(libc::ENOSPC) {
+            TierError::NoSpace { path: path.to_path_buf() }
+        } else {
+            TierError::Io { op, path: path.to_path_buf(), source }
+        }
+    }
+}

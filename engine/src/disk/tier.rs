@@ -1,0 +1,445 @@
+//! The SSD tier: puts are persisted behind the caller into bucket files, reads come
+//! back checksummed, capacity is enforced by evicting whole buckets, and reopening a
+//! node directory recovers everything that was published.
+//!
+//! Threads: one bucket writer and one reader, each owning an I/O driver (io_uring, or
+//! the thread-pool fallback). Callers on any thread put, flush, read and remove.
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::string::String;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use std::vec::Vec;
+
+use bytes::Bytes;
+use crossbeam_queue::SegQueue;
+
+use super::dir::NodeDir;
+use super::error::TierError;
+use super::format::MAX_VALUE_LEN;
+use super::index::Index;
+use super::queue::WriteBehind;
+use super::reader::{ReadJob, ReadResult, Reader, wait_all};
+use super::recovery::{RecoveredRecord, recover, recovered_records};
+use super::writer::{PersistItem, Writer};
+use crate::ids::{BucketId, NodeId, ObjectVersion};
+use crate::key::{Key, KeyRef};
+use crate::sync::Arc;
+use crate::uring::{Driver, DriverConfig, DriverKind, IO_ALIGN, aligned_zeroed};
+
+/// Whether bucket files use `O_DIRECT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DirectIo {
+    /// Use it if the filesystem accepts it (probed once per directory), else buffered.
+    #[default]
+    Auto,
+    /// Always buffered I/O.
+    Never,
+}
+
+/// Tier configuration.
+#[derive(Debug, Clone)]
+pub struct TierConfig {
+    /// The storage root (must exist and be a writable directory).
+    pub root: PathBuf,
+    /// The cluster's directory name under the root.
+    pub cluster: String,
+    /// This node (its directory is `<root>/<cluster>/<node>/`).
+    pub node: NodeId,
+    /// Physical bytes the node's buckets may take; `None`: unlimited.
+    pub max_bytes: Option<u64>,
+    /// Use (fraction of `max_bytes`) at which bucket eviction starts (0.9).
+    pub high_watermark: f64,
+    /// Use eviction brings the node down to (0.8).
+    pub low_watermark: f64,
+    /// A bucket is sealed once it holds this many bytes (64 MiB).
+    pub bucket_bytes: u64,
+    /// ... or this long after its first record (20 ms).
+    pub bucket_deadline: Duration,
+    /// Bytes the write-behind queue holds before puts wait (256 MiB).
+    pub queue_bytes: usize,
+    /// Size of the writer's write chunks (1 MiB).
+    pub chunk_bytes: usize,
+    /// Chunks the writer keeps in flight (16).
+    pub write_depth: u32,
+    /// Reads the reader keeps in flight (64).
+    pub read_depth: u32,
+    /// `O_DIRECT` or not.
+    pub direct_io: DirectIo,
+    /// The I/O drivers' configuration (backend choice, threads).
+    pub driver: DriverConfig,
+    /// Queue [`TierEvent`]s for [`Tier::poll_event`] (the store uses them to keep the
+    /// master informed). Off, nothing is queued.
+    pub events: bool,
+}
+
+impl TierConfig {
+    /// Defaults for a node directory under `root`.
+    pub fn new(root: impl Into<PathBuf>, cluster: impl Into<String>, node: NodeId) -> Self {
+        Self {
+            root: root.into(),
+            cluster: cluster.into(),
+            node,
+            max_bytes: None,
+            high_watermark: 0.9,
+            low_watermark: 0.8,
+            bucket_bytes: 64 << 20,
+            bucket_deadline: Duration::from_millis(20),
+            queue_bytes: 256 << 20,
+            chunk_bytes: 1 << 20,
+            write_depth: 16,
+            read_depth: 64,
+            direct_io: DirectIo::Auto,
+            driver: DriverConfig::default(),
+            events: false,
+        }
+    }
+}
+
+/// Something the tier did that the master should hear about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TierEvent {
+    /// A record is durable and readable.
+    Persisted {
+        /// The key.
+        key: Key,
+        /// The version.
+        version: ObjectVersion,
+        /// Where.
+        replica: crate::descriptor::DiskReplica,
+    },
+    /// A record could not be persisted.
+    PersistFailed {
+        /// The key.
+        key: Key,
+        /// The version.
+        version: ObjectVersion,
+        /// Because the device is full.
+        no_space: bool,
+    },
+    /// A record left the tier without a client removing it.
+    Dropped {
+        /// The key.
+        key: Key,
+        /// The version.
+        version: ObjectVersion,
+        /// Why.
+        cause: DropCause,
+    },
+}
+
+/// Why a record left the tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropCause {
+    /// Its bucket was evicted for capacity.
+    Evicted,
+    /// Its value failed its checksum.
+    Corrupted,
+}
+
+/// Tier statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TierStats {
+    /// Physical bytes of published buckets.
+    pub bytes: u64,
+    /// Published buckets.
+    pub buckets: u64,
+    /// Indexed records.
+    pub objects: u64,
+    /// Bytes waiting in the write-behind queue.
+    pub queued_bytes: u64,
+    /// Buckets evicted for capacity.
+    pub evicted_buckets: u64,
+    /// Records evicted for capacity.
+    pub evicted_records: u64,
+    /// Reads whose value failed its checksum.
+    pub crc_failures: u64,
+    /// Buckets that could not be written.
+    pub write_failures: u64,
+    /// Of those, because the device was full.
+    pub no_space: u64,
+    /// `*.tmp` files deleted at open.
+    pub tmp_removed: u64,
+    /// Damaged buckets deleted at open.
+    pub damaged_removed: u64,
+    /// Whether bucket files use `O_DIRECT` (false: the buffered fallback).
+    pub direct_io: bool,
+    /// The I/O backend (the thread pool is the fallback).
+    pub driver: DriverKind,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    pub(super) evicted_buckets: AtomicU64,
+    pub(super) evicted_records: AtomicU64,
+    pub(super) crc_failures: AtomicU64,
+    pub(super) write_failures: AtomicU64,
+    pub(super) no_space: AtomicU64,
+}
+
+/// Puts that a remove cancelled before they were published: a record whose sequence
+/// number is below its key's entry (or below `all_before`) is not indexed.
+#[derive(Debug, Default)]
+pub(super) struct Removals {
+    all_before: u64,
+    keys: HashMap<Key, u64>,
+}
+
+impl Removals {
+    pub(super) fn cancels(&self, key: &Key, seq: u64) -> bool {
+        seq < self.all_before || self.keys.get(key).is_some_and(|s| seq < *s)
+    }
+
+    /// Every put below `upto` has been published or failed: their removals are done.
+    pub(super) fn forget_before(&mut self, upto: u64) {
+        self.keys.retain(|_, s| *s > upto);
+    }
+}
+
+/// State shared by the tier's callers and its threads.
+#[derive(Debug)]
+pub(super) struct Shared {
+    pub(super) config: TierConfig,
+    pub(super) dir: NodeDir,
+    pub(super) direct_io: bool,
+    pub(super) queue: WriteBehind<PersistItem>,
+    pub(super) removals: Mutex<Removals>,
+    pub(super) stats: Counters,
+    index: Mutex<Index>,
+    events: SegQueue<TierEvent>,
+    tmp_removed: u64,
+    damaged_removed: u64,
+    driver_kind: DriverKind,
+}
+
+impl Shared {
+    pub(super) fn lock_index(&self) -> MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn emit(&self, event: TierEvent) {
+        if self.config.events {
+            self.events.push(event);
+        }
+    }
+
+    /// Evicts whole buckets once physical use passes the high watermark.
+    pub(super) fn enforce_capacity(&self) {
+        let Some(max) = self.config.max_bytes else { return };
+        let (high, low) = (
+            (max as f64 * self.config.high_watermark) as u64,
+            (max as f64 * self.config.low_watermark) as u64,
+        );
+        let mut index = self.lock_index();
+        if index.physical_bytes() <= high {
+            return;
+        }
+        let buckets_before = index.buckets();
+        let gone = index.evict_to(low);
+        let evicted_buckets = (buckets_before - index.buckets()) as u64;
+        drop(index);
+        self.stats.evicted_buckets.fetch_add(evicted_buckets, Ordering::Relaxed);
+        self.stats.evicted_records.fetch_add(gone.len() as u64, Ordering::Relaxed);
+        for (key, record) in gone {
+            self.emit(TierEvent::Dropped { key, version: record.version, cause: DropCause::Evicted });
+        }
+    }
+
+    /// A record failed its checksum: it leaves the index (unless a newer version
+    /// replaced it meanwhile).
+    pub(super) fn drop_corrupted(&self, key: &Key, version: ObjectVersion, bucket: BucketId) {
+        self.stats.crc_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(key = ?key, bucket = ?bucket, "record failed its checksum; dropped");
+        if self.lock_index().remove_version(key.as_bytes(), version) {
+            self.emit(TierEvent::Dropped { key: key.clone(), version, cause: DropCause::Corrupted });
+        }
+    }
+}
+
+/// An open SSD tier. See the module documentation.
+#[derive(Debug)]
+pub struct Tier {
+    shared: Arc<Shared>,
+    reader: Option<Reader>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl Tier {
+    /// Opens the node directory (creating it if needed), recovers what it holds and
+    /// starts the writer and reader. Returns the recovered records, for the master.
+    pub fn open(config: TierConfig) -> Result<(Tier, Vec<RecoveredRecord>), TierError> {
+        let dir = NodeDir::open(&config.root, &config.cluster, config.node)?;
+        let direct_io = config.direct_io == DirectIo::Auto && probe_direct_io(&dir);
+        if config.direct_io == DirectIo::Auto && !direct_io {
+            tracing::info!(dir = %dir.path().display(), "O_DIRECT refused here; using buffered I/O");
+        }
+        let recovery = recover(&dir, direct_io)?;
+        let records = recovered_records(&recovery.index, config.node);
+        let write_driver =
+            Driver::open(&DriverConfig { queue_depth: config.write_depth, ..config.driver.clone() })?;
+        let read_driver =
+            Driver::open(&DriverConfig { queue_depth: config.read_depth, ..config.driver.clone() })?;
+        let shared = Arc::new(Shared {
+            queue: WriteBehind::new(config.queue_bytes),
+            removals: Mutex::new(Removals::default()),
+            stats: Counters::default(),
+            index: Mutex::new(recovery.index),
+            events: SegQueue::new(),
+            tmp_removed: recovery.tmp_removed as u64,
+            damaged_removed: recovery.damaged_removed as u64,
+            driver_kind: write_driver.info().kind,
+            direct_io,
+            dir,
+            config,
+        });
+        let writer = {
+            let w = Writer::new(Arc::clone(&shared), write_driver, recovery.next_bucket);
+            std::thread::Builder::new()
+                .name("larder-writer".into())
+                .spawn(move || w.run())
+                .map_err(|e| TierError::io("start bucket writer", shared.dir.path(), e))?
+        };
+        let reader = Reader::start(Arc::clone(&shared), read_driver)
+            .map_err(|e| TierError::io("start reader", shared.dir.path(), e))?;
+        shared.enforce_capacity();
+        Ok((Tier { shared, reader: Some(reader), writer: Some(writer) }, records))
+    }
+
+    /// The node directory.
+    pub fn dir(&self) -> &std::path::Path {
+        self.shared.dir.path()
+    }
+
+    /// Accepts `value` of `key` at `version` for persistence and returns; the bucket
+    /// writer makes it durable behind the caller. Waits while the write-behind queue is
+    /// full (never drops).
+    pub fn put(&self, key: KeyRef<'_>, version: ObjectVersion, value: Bytes) -> Result<(), TierError> {
+        if value.is_empty() || value.len() as u64 > MAX_VALUE_LEN {
+            return Err(TierError::ValueTooLarge { len: value.len() as u64, max: MAX_VALUE_LEN });
+        }
+        let bytes = value.len();
+        self.shared.queue.push(PersistItem { key: key.to_key(), version, value }, bytes)?;
+        Ok(())
+    }
+
+    /// Waits until every put accepted before this call is durable; an error if any of
+    /// them could not be persisted.
+    pub fn flush(&self) -> Result<(), TierError> {
+        Ok(self.shared.queue.flush()?)
+    }
+
+    /// Starts a read of `key`; the receiver yields the value (or an error) when it is
+    /// in memory and its checksum verified. It is also a `Future`.
+    pub fn read(&self, key: KeyRef<'_>) -> Result<oneshot::Receiver<ReadResult>, TierError> {
+        let pinned = self.shared.lock_index().pin(key.as_bytes()).ok_or(TierError::NotFound)?;
+        let (reply, rx) = oneshot::channel();
+        self.reader.as_ref().ok_or(TierError::Closed)?.submit(ReadJob { key: key.to_key(), pinned, reply });
+        Ok(rx)
+    }
+
+    /// Reads `key` (blocking).
+    pub fn get(&self, key: KeyRef<'_>) -> ReadResult {
+        self.read(key)?.recv().map_err(|_| TierError::Closed)?
+    }
+
+    /// Reads many keys with all the reads in flight at once (blocking).
+    pub fn get_many(&self, keys: &[KeyRef<'_>]) -> Vec<ReadResult> {
+        wait_all(keys.iter().map(|k| self.read(*k)).collect())
+    }
+
+    /// The version indexed for `key`, if any.
+    pub fn version_of(&self, key: KeyRef<'_>) -> Option<ObjectVersion> {
+        self.shared.lock_index().get(key.as_bytes()).map(|r| r.version)
+    }
+
+    /// Removes `key`: its record becomes dead bytes (a bucket with nothing left alive is
+    /// deleted at once), and puts of it not yet published are cancelled. Returns the
+    /// version that was indexed, if any.
+    pub fn remove(&self, key: KeyRef<'_>) -> Option<ObjectVersion> {
+        let seq = self.shared.queue.next_seq();
+        self.shared.removals.lock().unwrap_or_else(PoisonError::into_inner).keys.insert(key.to_key(), seq);
+        self.shared.lock_index().remove(key.as_bytes()).map(|r| r.version)
+    }
+
+    /// Removes everything: every record, every bucket, every file in the node
+    /// directory but the lock (the bucket being written is abandoned as it seals).
+    pub fn remove_all(&self) -> Result<usize, TierError> {
+        let seq = self.shared.queue.next_seq();
+        self.shared.removals.lock().unwrap_or_else(PoisonError::into_inner).all_before = seq;
+        let (records, retired) = self.shared.lock_index().clear();
+        // Retired buckets are unlinked by the protocol (after their last reader);
+        // anything else in the directory goes now.
+        self.shared.dir.wipe(&retired)?;
+        Ok(records)
+    }
+
+    /// Statistics.
+    pub fn stats(&self) -> TierStats {
+        let index = self.shared.lock_index();
+        let c = &self.shared.stats;
+        TierStats {
+            bytes: index.physical_bytes(),
+            buckets: index.buckets() as u64,
+            objects: index.records() as u64,
+            queued_bytes: self.shared.queue.queued_bytes() as u64,
+            evicted_buckets: c.evicted_buckets.load(Ordering::Relaxed),
+            evicted_records: c.evicted_records.load(Ordering::Relaxed),
+            crc_failures: c.crc_failures.load(Ordering::Relaxed),
+            write_failures: c.write_failures.load(Ordering::Relaxed),
+            no_space: c.no_space.load(Ordering::Relaxed),
+            tmp_removed: self.shared.tmp_removed,
+            damaged_removed: self.shared.damaged_removed,
+            direct_io: self.shared.direct_io,
+            driver: self.shared.driver_kind,
+        }
+    }
+
+    /// The next event, if [`TierConfig::events`] is on.
+    pub fn poll_event(&self) -> Option<TierEvent> {
+        self.shared.events.pop()
+    }
+
+    /// Writes out everything accepted, stops the threads and releases the directory.
+    /// Deletes no files.
+    pub fn close(mut self) -> Result<(), TierError> {
+        let flushed = self.shared.queue.flush();
+        self.shutdown();
+        Ok(flushed?)
+    }
+
+    fn shutdown(&mut self) {
+        self.shared.queue.close();
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+        self.reader.take();
+    }
+}
+
+impl Drop for Tier {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Whether the directory's filesystem accepts `O_DIRECT` (tmpfs, some FUSE and network
+/// filesystems do not): writes one aligned block to a probe file.
+fn probe_direct_io(dir: &NodeDir) -> bool {
+    let path = dir.path().join(".direct-probe.tmp");
+    let ok = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+        .and_then(|mut f| f.write_all(&aligned_zeroed(IO_ALIGN)))
+        .is_ok();
+    let _ = std::fs::remove_file(&path);
+    ok
+}

@@ -1,0 +1,248 @@
+//! The SSD tier against real files: puts, flush, reads, removes, capacity, recovery,
+//! locking, bad roots, both I/O drivers and the buffered fallback.
+
+mod support;
+
+use std::time::Duration;
+
+use larder_engine::disk::{DirectIo, DropCause, LOCK_FILE, Tier, TierError, TierEvent};
+use larder_engine::uring::{DriverChoice, DriverKind};
+use larder_engine::{NodeId, ObjectVersion};
+use support::{config, files, k, key, scratch, value};
+
+fn put_range(tier: &Tier, range: std::ops::Range<u64>, version: u64) {
+    for i in range {
+        tier.put(k(&key(i)), ObjectVersion(version), value(i, version)).unwrap();
+    }
+}
+
+fn check_range(tier: &Tier, range: std::ops::Range<u64>, version: u64) {
+    let keys: Vec<Vec<u8>> = range.clone().map(key).collect();
+    let refs: Vec<_> = keys.iter().map(|k| k.as_slice()).map(k).collect();
+    for (i, got) in range.zip(tier.get_many(&refs)) {
+        let (v, bytes) = got.unwrap_or_else(|e| panic!("key {i}: {e}"));
+        assert_eq!(v, ObjectVersion(version));
+        assert!(bytes == value(i, version), "key {i}: wrong bytes");
+    }
+}
+
+#[test]
+fn puts_flush_and_read_back_byte_identical_on_both_drivers() {
+    for (choice, kind) in
+        [(DriverChoice::IoUring, DriverKind::IoUring), (DriverChoice::ThreadPool, DriverKind::ThreadPool)]
+    {
+        let root = scratch(&format!("roundtrip-{choice:?}"));
+        let mut c = config(&root);
+        c.driver.choice = choice;
+        let (tier, recovered) = Tier::open(c).unwrap();
+        assert!(recovered.is_empty());
+        put_range(&tier, 0..200, 1);
+        tier.flush().unwrap();
+        check_range(&tier, 0..200, 1);
+        let s = tier.stats();
+        assert_eq!((s.objects, s.driver), (200, kind));
+        assert!(s.direct_io, "ext4 accepts O_DIRECT");
+        assert!(s.buckets > 5, "small buckets: {s:?}");
+        assert_eq!(s.bytes % 4096, 0);
+    }
+}
+
+#[test]
+fn buffered_io_is_the_fallback_and_works_the_same() {
+    let root = scratch("buffered");
+    let mut c = config(&root);
+    c.direct_io = DirectIo::Never;
+    let (tier, _) = Tier::open(c).unwrap();
+    put_range(&tier, 0..50, 3);
+    tier.flush().unwrap();
+    check_range(&tier, 0..50, 3);
+    assert!(!tier.stats().direct_io);
+}
+
+#[test]
+fn reopening_recovers_everything_published() {
+    let root = scratch("reopen");
+    let (tier, _) = Tier::open(config(&root)).unwrap();
+    put_range(&tier, 0..300, 1);
+    put_range(&tier, 0..20, 2); // newer versions of twenty keys
+    tier.close().unwrap();
+    let (tier, recovered) = Tier::open(config(&root)).unwrap();
+    assert_eq!(recovered.len(), 300);
+    assert!(recovered.iter().all(|r| r.replica.node == NodeId(7)));
+    assert_eq!(recovered.iter().filter(|r| r.version == ObjectVersion(2)).count(), 20);
+    check_range(&tier, 0..20, 2);
+    check_range(&tier, 20..300, 1);
+}
+
+#[test]
+fn flush_is_a_durability_barrier() {
+    let root = scratch("flush");
+    let mut c = config(&root);
+    c.bucket_deadline = Duration::from_secs(3600); // only a flush (or size) seals
+    c.bucket_bytes = 1 << 30;
+    let (tier, _) = Tier::open(c).unwrap();
+    put_range(&tier, 0..10, 1);
+    tier.flush().unwrap();
+    // Durable means published: on disk under its final name, and readable.
+    let dir = tier.dir().to_path_buf();
+    assert!(files(&dir).iter().any(|f| f.ends_with(".bucket")), "{:?}", files(&dir));
+    check_range(&tier, 0..10, 1);
+}
+
+#[test]
+fn remove_makes_dead_bytes_and_deletes_a_bucket_with_nothing_left() {
+    let root = scratch("remove");
+    let mut c = config(&root);
+    c.bucket_bytes = 64 << 20;
+    let (tier, _) = Tier::open(c).unwrap();
+    put_range(&tier, 0..4, 1);
+    tier.flush().unwrap();
+    put_range(&tier, 4..8, 1);
+    tier.flush().unwrap();
+    assert_eq!(tier.stats().buckets, 2);
+    assert_eq!(tier.remove(k(&key(0))), Some(ObjectVersion(1)));
+    assert!(matches!(tier.get(k(&key(0))), Err(TierError::NotFound)));
+    assert_eq!(tier.stats().buckets, 2, "three records still live in the first bucket");
+    for i in 1..4 {
+        tier.remove(k(&key(i)));
+    }
+    assert_eq!(tier.stats().buckets, 1, "the empty bucket is deleted at once");
+    assert_eq!(files(tier.dir()).iter().filter(|f| f.ends_with(".bucket")).count(), 1);
+    check_range(&tier, 4..8, 1);
+    assert_eq!(tier.remove(k(&key(0))), None);
+}
+
+#[test]
+fn a_remove_cancels_a_put_not_yet_published() {
+    let root = scratch("remove-pending");
+    let mut c = config(&root);
+    c.bucket_deadline = Duration::from_secs(3600);
+    c.bucket_bytes = 1 << 30;
+    let (tier, _) = Tier::open(c).unwrap();
+    put_range(&tier, 0..3, 1);
+    tier.remove(k(&key(1)));
+    tier.flush().unwrap();
+    assert!(matches!(tier.get(k(&key(1))), Err(TierError::NotFound)));
+    check_range(&tier, 0..1, 1);
+    // A put after the remove is not cancelled.
+    tier.put(k(&key(1)), ObjectVersion(2), value(1, 2)).unwrap();
+    tier.flush().unwrap();
+    check_range(&tier, 1..2, 2);
+}
+
+#[test]
+fn remove_all_leaves_only_the_lock() {
+    let root = scratch("remove-all");
+    let (tier, _) = Tier::open(config(&root)).unwrap();
+    put_range(&tier, 0..100, 1);
+    tier.flush().unwrap();
+    std::fs::write(tier.dir().join("stray-file"), b"x").unwrap();
+    assert_eq!(tier.remove_all().unwrap(), 100);
+    assert_eq!(files(tier.dir()), [LOCK_FILE]);
+    assert!(matches!(tier.get(k(&key(5))), Err(TierError::NotFound)));
+    put_range(&tier, 0..5, 2);
+    tier.flush().unwrap();
+    check_range(&tier, 0..5, 2);
+    drop(tier);
+    let (_, recovered) = Tier::open(config(&root)).unwrap();
+    assert_eq!(recovered.len(), 5);
+}
+
+#[test]
+fn capacity_evicts_whole_buckets_least_recently_read_first() {
+    let root = scratch("capacity");
+    let mut c = config(&root);
+    c.max_bytes = Some(8 << 20);
+    c.events = true;
+    let (tier, _) = Tier::open(c).unwrap();
+    put_range(&tier, 0..40, 1);
+    tier.flush().unwrap();
+    // Read the oldest records: their bucket becomes the most recently read.
+    check_range(&tier, 0..5, 1);
+    put_range(&tier, 40..160, 1);
+    tier.flush().unwrap();
+    let s = tier.stats();
+    assert!(s.bytes <= 8 << 20, "{s:?}");
+    assert!(s.evicted_buckets > 0 && s.evicted_records > 0, "{s:?}");
+    check_range(&tier, 0..5, 1);
+    let evicted: Vec<TierEvent> = std::iter::from_fn(|| tier.poll_event())
+        .filter(|e| matches!(e, TierEvent::Dropped { cause: DropCause::Evicted, .. }))
+        .collect();
+    assert_eq!(evicted.len() as u64, s.evicted_records);
+    // Everything not evicted reads back; nothing evicted does.
+    let mut readable = 0;
+    for i in 0..160 {
+        match tier.get(k(&key(i))) {
+            Ok((_, bytes)) => {
+                assert!(bytes == value(i, 1));
+                readable += 1;
+            }
+            Err(TierError::NotFound) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(readable, s.objects);
+}
+
+#[test]
+fn persisted_events_describe_where_records_are() {
+    let root = scratch("events");
+    let mut c = config(&root);
+    c.events = true;
+    let (tier, _) = Tier::open(c).unwrap();
+    put_range(&tier, 0..3, 9);
+    tier.flush().unwrap();
+    let events: Vec<TierEvent> = std::iter::from_fn(|| tier.poll_event()).collect();
+    assert_eq!(events.len(), 3);
+    for e in events {
+        let TierEvent::Persisted { version, replica, .. } = e else { panic!("{e:?}") };
+        assert_eq!((version, replica.node), (ObjectVersion(9), NodeId(7)));
+        assert_eq!(replica.offset % 4096, 0);
+    }
+}
+
+#[test]
+fn a_second_opener_gets_a_lock_error_naming_path_and_holder() {
+    let root = scratch("lock");
+    let (tier, _) = Tier::open(config(&root)).unwrap();
+    let err = Tier::open(config(&root)).unwrap_err();
+    let TierError::Locked { path, holder } = &err else { panic!("{err}") };
+    assert!(path.ends_with(LOCK_FILE));
+    assert!(holder.as_deref().unwrap().contains(&format!("pid {}", std::process::id())), "{err}");
+    drop(tier);
+    Tier::open(config(&root)).unwrap();
+}
+
+#[test]
+fn a_missing_or_unusable_root_is_an_error_at_open() {
+    let root = scratch("bad-root");
+    let err = Tier::open(config(&root.join("nope"))).unwrap_err();
+    assert!(matches!(err, TierError::BadRoot { reason: "does not exist", .. }), "{err}");
+    std::fs::write(root.join("file"), b"").unwrap();
+    let err = Tier::open(config(&root.join("file"))).unwrap_err();
+    assert!(matches!(err, TierError::BadRoot { reason: "not a directory", .. }), "{err}");
+    let mut c = config(&root);
+    c.cluster = "../escape".into();
+    assert!(matches!(Tier::open(c), Err(TierError::BadRoot { .. })));
+}
+
+#[test]
+fn empty_values_are_refused() {
+    let root = scratch("empty");
+    let (tier, _) = Tier::open(config(&root)).unwrap();
+    let err = tier.put(k(b"x"), ObjectVersion(1), bytes::Bytes::new()).unwrap_err();
+    assert!(matches!(err, TierError::ValueTooLarge { len: 0, .. }));
+}
+
+#[test]
+fn keys_never_become_file_names() {
+    let root = scratch("names");
+    let (tier, _) = Tier::open(config(&root)).unwrap();
+    tier.put(k(b"../../escape"), ObjectVersion(1), value(1, 1)).unwrap();
+    tier.put(k(b"a/b/c\0d"), ObjectVersion(1), value(2, 1)).unwrap();
+    tier.flush().unwrap();
+    for f in files(tier.dir()) {
+        assert!(f == LOCK_FILE || (f.ends_with(".bucket") && f.len() == 16 + 7), "{f}");
+    }
+    assert!(tier.get(k(b"../../escape")).unwrap().1 == value(1, 1));
+}
