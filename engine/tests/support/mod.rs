@@ -37,18 +37,30 @@ pub fn k(bytes: &[u8]) -> KeyRef<'_> {
 }
 
 /// The value of object `i` at version `v`: its length and every byte depend on both, so
-/// that a wrong record or a torn write never passes for the right one.
+/// that a wrong record or a torn write never passes for the right one. (A window into one
+/// precomputed random block, stamped with `i` and `v`: cheap even in debug builds.)
 pub fn value(i: u64, v: u64) -> Bytes {
-    let len = 4096 + ((i * 7919 + v * 104_729) % (96 << 10)) as usize;
-    let mut out = Vec::with_capacity(len);
-    let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ v.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) | 1;
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
+    value_of_size(i, v, 4096 + ((i * 7919 + v * 104_729) % (96 << 10)) as usize)
+}
+
+/// A small value (4–8 KiB) made the same way, for tests that write many.
+pub fn small_value(i: u64, v: u64) -> Bytes {
+    value_of_size(i, v, 4096 + ((i * 7919 + v * 104_729) % 4096) as usize)
+}
+
+fn value_of_size(i: u64, v: u64, len: usize) -> Bytes {
+    static NOISE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let noise = NOISE.get_or_init(|| {
+        use rand::{RngCore, SeedableRng};
+        let mut block = vec![0u8; 256 << 10];
+        rand::rngs::StdRng::seed_from_u64(7).fill_bytes(&mut block);
+        block
+    });
+    let start = ((i * 31 + v * 17) % (128 << 10)) as usize;
+    let mut out = noise[start..start + len].to_vec();
+    out[..8].copy_from_slice(&i.to_le_bytes());
+    out[8..16].copy_from_slice(&v.to_le_bytes());
+    out[len - 8..].copy_from_slice(&(i ^ v.rotate_left(32)).to_le_bytes());
     Bytes::from(out)
 }
 

@@ -1,0 +1,326 @@
+//! Reliability of the SSD tier with real processes and real files: SIGKILL at random
+//! moments, flipped bytes, a full disk, two processes on one node directory.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use larder_engine::ObjectVersion;
+use larder_engine::disk::{DirectIo, Tier, TierError};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use support::{config, files, k, key, scratch, small_value, value};
+
+/// Keys of crash round `round` start here, so rounds never overwrite each other.
+fn round_key(round: u64, j: u64) -> u64 {
+    round * 1_000_000 + j
+}
+
+/// Spawns this test binary running `test` with `env`, stdout piped.
+fn spawn_child(test: &str, env: &[(&str, &str)]) -> std::process::Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// The child of the crash test: puts continuously, flushing every few puts and saying
+/// how far the flush got. It is killed at a random moment.
+#[test]
+fn crash_child() {
+    let (Ok(root), Ok(round)) = (std::env::var("LARDER_CRASH_ROOT"), std::env::var("LARDER_CRASH_ROUND"))
+    else {
+        return;
+    };
+    let round: u64 = round.parse().unwrap();
+    let (tier, _) = Tier::open(config(Path::new(&root))).unwrap();
+    let mut out = std::io::stdout();
+    for j in 0.. {
+        let i = round_key(round, j);
+        tier.put(k(&key(i)), ObjectVersion(1), small_value(i, 1)).unwrap();
+        if j % 5 == 4 {
+            tier.flush().unwrap();
+            writeln!(out, "flushed {j}").unwrap();
+            out.flush().unwrap();
+        }
+    }
+}
+
+#[test]
+fn sigkill_at_random_moments_loses_nothing_flushed_and_never_returns_wrong_bytes() {
+    let root = scratch("crash");
+    let mut rng = StdRng::seed_from_u64(20261125);
+    let mut flushed_upto: Vec<Option<u64>> = Vec::new();
+    for round in 0..24u64 {
+        let mut child = spawn_child(
+            "crash_child",
+            &[("LARDER_CRASH_ROOT", root.to_str().unwrap()), ("LARDER_CRASH_ROUND", &round.to_string())],
+        );
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                // The first line also carries the test harness's "test crash_child ... ".
+                if let Some((_, n)) = line.split_once("flushed ") {
+                    let _ = tx.send(n.trim().parse::<u64>().unwrap());
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(rng.random_range(80..600)));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        reader.join().unwrap();
+        flushed_upto.push(rx.try_iter().last());
+
+        let (tier, recovered) = Tier::open(config(&root)).unwrap();
+        let names = files(tier.dir());
+        assert!(
+            !names.iter().any(|f| f.ends_with(".tmp")),
+            "round {round}: temporary files remain: {names:?}"
+        );
+        for (r, upto) in flushed_upto.iter().enumerate() {
+            let r = r as u64;
+            // Everything flushed reads back exactly; anything later either reads back
+            // exactly or is absent (it was never acknowledged as durable).
+            let last = upto.map_or(0, |u| u + 1);
+            let keys: Vec<Vec<u8>> = (0..last + 20).map(|j| key(round_key(r, j))).collect();
+            let refs: Vec<_> = keys.iter().map(|k| k.as_slice()).map(k).collect();
+            for (j, got) in (0..).zip(tier.get_many(&refs)) {
+                let i = round_key(r, j);
+                match got {
+                    Ok((v, bytes)) => {
+                        assert_eq!(v, ObjectVersion(1));
+                        assert!(bytes == small_value(i, 1), "round {r} key {j}: wrong bytes");
+                    }
+                    Err(TierError::NotFound) => {
+                        assert!(j >= last, "round {r}: flushed key {j} lost (flushed up to {upto:?})");
+                    }
+                    Err(e) => panic!("round {r} key {j}: {e}"),
+                }
+            }
+        }
+        assert!(recovered.len() as u64 >= flushed_upto.iter().flatten().map(|u| u + 1).sum::<u64>());
+    }
+    let flushed: Vec<u64> = flushed_upto.iter().flatten().copied().collect();
+    assert!(flushed.len() >= 20, "most rounds should flush something before the kill: {flushed_upto:?}");
+}
+
+/// Writes `n` objects in buckets of about 1 MiB and closes the tier.
+fn fill(root: &Path, n: u64) {
+    let (tier, _) = Tier::open(config(root)).unwrap();
+    for i in 0..n {
+        tier.put(k(&key(i)), ObjectVersion(1), value(i, 1)).unwrap();
+    }
+    tier.close().unwrap();
+}
+
+fn flip(path: &Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, offset).unwrap();
+    b[0] ^= 0x5a;
+    f.write_all_at(&b, offset).unwrap();
+    f.sync_all().unwrap();
+}
+
+fn bucket_path(root: &Path, bucket: u64) -> PathBuf {
+    root.join("test-cluster").join("7").join(format!("{bucket:016x}.bucket"))
+}
+
+#[test]
+fn a_flipped_value_byte_is_an_error_and_the_record_is_dropped() {
+    let root = scratch("corrupt-value");
+    fill(&root, 60);
+    let (tier, recovered) = Tier::open(config(&root)).unwrap();
+    let victim = recovered.iter().find(|r| r.key.as_bytes() == key(17)).unwrap().clone();
+    drop(tier);
+    flip(&bucket_path(&root, victim.replica.bucket.0), victim.replica.offset + victim.replica.len / 2);
+    let (tier, _) = Tier::open(config(&root)).unwrap();
+    let err = tier.get(k(&key(17))).unwrap_err();
+    assert!(matches!(err, TierError::Corrupted { .. }), "{err}");
+    assert!(matches!(tier.get(k(&key(17))), Err(TierError::NotFound)), "the damaged record left the index");
+    assert_eq!(tier.stats().crc_failures, 1);
+    for i in (0..60).filter(|i| *i != 17) {
+        assert!(tier.get(k(&key(i))).unwrap().1 == value(i, 1), "key {i}");
+    }
+}
+
+/// Where a bucket's footer starts, from its trailer.
+fn footer_offset(path: &Path, bucket: u64) -> u64 {
+    use larder_engine::disk::format::{TRAILER_LEN, Trailer};
+    let bytes = std::fs::read(path).unwrap();
+    let t = Trailer::decode(
+        &bytes[bytes.len() - TRAILER_LEN..],
+        larder_engine::BucketId(bucket),
+        bytes.len() as u64,
+    );
+    t.unwrap().footer_offset
+}
+
+fn damaged_bucket_is_deleted(name: &str, offset_in: impl Fn(&Path, u64, u64) -> u64) {
+    let root = scratch(name);
+    fill(&root, 60);
+    let (tier, recovered) = Tier::open(config(&root)).unwrap();
+    drop(tier);
+    let bucket = recovered.iter().find(|r| r.key.as_bytes() == key(30)).unwrap().replica.bucket.0;
+    let path = bucket_path(&root, bucket);
+    let len = std::fs::metadata(&path).unwrap().len();
+    flip(&path, offset_in(&path, bucket, len));
+    let (tier, recovered) = Tier::open(config(&root)).unwrap();
+    assert!(!path.exists(), "the damaged bucket is deleted");
+    assert_eq!(tier.stats().damaged_removed, 1);
+    let lost: Vec<u64> =
+        (0..60).filter(|i| matches!(tier.get(k(&key(*i))), Err(TierError::NotFound))).collect();
+    assert!(lost.contains(&30));
+    assert_eq!(recovered.len(), 60 - lost.len());
+    for i in (0..60).filter(|i| !lost.contains(i)) {
+        assert!(tier.get(k(&key(i))).unwrap().1 == value(i, 1), "key {i}");
+    }
+}
+
+#[test]
+fn a_flipped_footer_byte_deletes_the_bucket_and_spares_the_rest() {
+    damaged_bucket_is_deleted("corrupt-footer", |path, bucket, _| footer_offset(path, bucket) + 30);
+}
+
+#[test]
+fn a_flipped_trailer_byte_deletes_the_bucket_and_spares_the_rest() {
+    damaged_bucket_is_deleted("corrupt-trailer", |_, _, len| len - 20);
+}
+
+#[test]
+fn a_truncated_bucket_is_deleted() {
+    let root = scratch("truncated");
+    fill(&root, 30);
+    let path = bucket_path(&root, 0);
+    let len = std::fs::metadata(&path).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 4096).unwrap();
+    let (tier, _) = Tier::open(config(&root)).unwrap();
+    assert!(!path.exists());
+    assert_eq!(tier.stats().damaged_removed, 1);
+}
+
+/// The child of the lock test: holds the node directory until killed.
+#[test]
+fn lock_child() {
+    let Ok(root) = std::env::var("LARDER_LOCK_ROOT") else { return };
+    let (_tier, _) = Tier::open(config(Path::new(&root))).unwrap();
+    println!("locked");
+    std::io::stdout().flush().unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn a_second_process_gets_the_lock_error_until_the_first_dies() {
+    let root = scratch("two-processes");
+    let mut child = spawn_child("lock_child", &[("LARDER_LOCK_ROOT", root.to_str().unwrap())]);
+    // The test harness prints its banner first (and "test lock_child ... " on the same
+    // line as the child's output); wait for the child's word.
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok);
+    assert!(lines.any(|l| l.ends_with("locked")), "the child did not take the lock");
+    let err = Tier::open(config(&root)).unwrap_err();
+    let TierError::Locked { holder, .. } = &err else { panic!("{err}") };
+    assert!(holder.as_deref().unwrap().contains(&format!("pid {}", child.id())), "{err}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    Tier::open(config(&root)).unwrap();
+}
+
+/// Mounts a small tmpfs for the test, or says why it cannot.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(path).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(path.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazily: the kernel releases an io_uring's registered files asynchronously after
+        // the ring closes, so an immediate unmount may find the mount still busy.
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_a_clear_error_keeps_existing_data_and_recovers_when_space_is_freed() {
+    let dir = scratch("full-disk");
+    let Some(mount) = Tmpfs::mount(&dir.join("mnt"), "12m") else {
+        eprintln!(
+            "SKIPPED: mounting a tmpfs is not permitted here (needs root); the full-disk test did not run"
+        );
+        return;
+    };
+    let mut c = config(&mount.0);
+    c.events = true;
+    let (tier, _) = Tier::open(c).unwrap();
+    for i in 0..60 {
+        tier.put(k(&key(i)), ObjectVersion(1), value(i, 1)).unwrap();
+    }
+    tier.flush().unwrap();
+    // Far more than 12 MiB: the device fills up.
+    for i in 60..400 {
+        tier.put(k(&key(i)), ObjectVersion(1), value(i, 1)).unwrap();
+    }
+    let err = tier.flush().unwrap_err();
+    assert!(matches!(err, TierError::Queue(_)), "{err}");
+    let s = tier.stats();
+    assert!(s.no_space > 0, "{s:?}");
+    assert!(
+        std::iter::from_fn(|| tier.poll_event())
+            .any(|e| matches!(e, larder_engine::disk::TierEvent::PersistFailed { no_space: true, .. }))
+    );
+    for i in 0..60 {
+        assert!(tier.get(k(&key(i))).unwrap().1 == value(i, 1), "existing data intact: key {i}");
+    }
+    // Free space, and writes resume.
+    tier.remove_all().unwrap();
+    for i in 1000..1040 {
+        tier.put(k(&key(i)), ObjectVersion(1), value(i, 1)).unwrap();
+    }
+    tier.flush().unwrap();
+    assert!(tier.get(k(&key(1020))).unwrap().1 == value(1020, 1));
+}
+
+#[test]
+fn a_filesystem_that_refuses_o_direct_gets_buffered_io() {
+    let dir = scratch("no-direct");
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    // ramfs has no O_DIRECT at all.
+    let mounted =
+        Command::new("mount").args(["-t", "ramfs", "ramfs"]).arg(&mnt).status().is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!(
+            "SKIPPED: mounting a ramfs is not permitted here (needs root); the O_DIRECT fallback test did not run"
+        );
+        return;
+    }
+    let _unmount = Tmpfs(mnt.clone());
+    let mut c = config(&mnt);
+    c.direct_io = DirectIo::Auto;
+    let (tier, _) = Tier::open(c).unwrap();
+    assert!(!tier.stats().direct_io, "the probe must notice the refusal");
+    for i in 0..30 {
+        tier.put(k(&key(i)), ObjectVersion(1), value(i, 1)).unwrap();
+    }
+    tier.flush().unwrap();
+    for i in 0..30 {
+        assert!(tier.get(k(&key(i))).unwrap().1 == value(i, 1));
+    }
+}
