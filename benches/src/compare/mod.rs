@@ -1,6 +1,7 @@
 //! The comparison harness: Larder against the raw device (fio) and simple baselines,
 //! measured in one run on the same file, reported as medians and ratios.
 
+pub mod disk;
 pub mod fio;
 pub mod io;
 pub mod report;

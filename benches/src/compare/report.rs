@@ -83,19 +83,16 @@ impl Report {
             println!("  {s}");
         }
         println!();
-        let Some(first) = self.rows.first() else { return };
-        let mut header = format!("{:<28}", "case");
-        for m in &first.results {
-            header += &format!(" {:>22}", format!("{} MB/s", m.contender));
-            if m.contender != first.baseline {
-                header += &format!(" {:>8}", "ratio");
-            }
-        }
-        println!("{header}");
+        let mut previous: Option<Vec<&str>> = None;
         for row in &self.rows {
-            let mut line = format!("{:<28}", row.case);
+            let contenders: Vec<&str> = row.results.iter().map(|m| m.contender.as_str()).collect();
+            if previous.as_ref() != Some(&contenders) {
+                println!("{}", Self::header(row));
+                previous = Some(contenders);
+            }
+            let mut line = format!("{:<30}", row.case);
             for m in &row.results {
-                line += &format!(" {:>22}", m.mb_per_s.map_or("-".into(), |v| format!("{v:.0}")));
+                line += &format!(" {:>24}", m.mb_per_s.map_or("-".into(), |v| format!("{v:.0}")));
                 if m.contender != row.baseline {
                     line +=
                         &format!(" {:>8}", m.ratio_to_baseline.map_or("-".into(), |r| format!("{r:.2}x")));
@@ -106,6 +103,18 @@ impl Report {
         for n in &self.notes {
             println!("\nnote: {n}");
         }
+    }
+
+    /// The column titles for a row's contenders (printed again when they change).
+    fn header(row: &Row) -> String {
+        let mut header = format!("{:<30}", "case");
+        for m in &row.results {
+            header += &format!(" {:>24}", format!("{} MB/s", m.contender));
+            if m.contender != row.baseline {
+                header += &format!(" {:>8}", "ratio");
+            }
+        }
+        header
     }
 
     /// Prints the report as JSON.

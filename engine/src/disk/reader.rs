@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::vec::Vec;
 
@@ -20,7 +21,7 @@ use crate::ids::{BucketId, ObjectVersion};
 use crate::key::Key;
 use crate::sync::Arc;
 use crate::uring::eventfd::{Notifier, wait_any};
-use crate::uring::{AlignedBuf, Driver, FileId, IoRequest, OpId, Outcome};
+use crate::uring::{AlignedBuf, Driver, FileId, IoRequest, OpId, Outcome, aligned_zeroed};
 
 /// What a read yields: the version the record holds, and its value.
 pub type ReadResult = Result<(ObjectVersion, Bytes), TierError>;
@@ -53,7 +54,8 @@ impl Reader {
         let thread = {
             let (jobs, wake, stop) = (Arc::clone(&jobs), Arc::clone(&wake), Arc::clone(&stop));
             std::thread::Builder::new().name("larder-reader".into()).spawn(move || {
-                Serve { shared, driver, files: HashMap::new(), in_flight: HashMap::new() }
+                let pool = Arc::new(BufferPool::default());
+                Serve { shared, driver, pool, files: HashMap::new(), in_flight: HashMap::new() }
                     .run(&jobs, &wake, &stop)
             })?
         };
@@ -79,16 +81,66 @@ impl Drop for Reader {
 struct Serve {
     shared: Arc<Shared>,
     driver: Driver,
+    pool: Arc<BufferPool>,
     files: HashMap<BucketId, FileId>,
     in_flight: HashMap<OpId, ReadJob>,
 }
 
-/// An aligned read buffer exposed as the value's bytes only.
-struct Value(AlignedBuf, usize);
+/// Bytes of idle read buffers kept for reuse. Fresh buffers cost page faults and
+/// zeroing on every read; recycled ones cost nothing.
+const POOL_BYTES: usize = 64 << 20;
+
+/// Read buffers handed back by values the callers dropped, by length (values of one
+/// deployment come in few sizes). Bounded by [`POOL_BYTES`].
+#[derive(Debug, Default)]
+struct BufferPool {
+    free: Mutex<(HashMap<usize, Vec<AlignedBuf>>, usize)>,
+}
+
+impl BufferPool {
+    /// A buffer of exactly `len` bytes (a multiple of the I/O alignment). A recycled
+    /// buffer holds an earlier value's bytes: only bytes a read fills are ever exposed.
+    fn take(&self, len: usize) -> AlignedBuf {
+        let mut guard = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        let (free, bytes) = &mut *guard;
+        match free.get_mut(&len).and_then(Vec::pop) {
+            Some(buf) => {
+                *bytes -= len;
+                buf
+            }
+            None => aligned_zeroed(len),
+        }
+    }
+
+    fn give_back(&self, buf: AlignedBuf) {
+        let mut guard = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        let (free, bytes) = &mut *guard;
+        if *bytes + buf.len() <= POOL_BYTES {
+            *bytes += buf.len();
+            free.entry(buf.len()).or_default().push(buf);
+        }
+    }
+}
+
+/// An aligned read buffer exposed as the value's bytes only; it goes back to the pool
+/// when the last `Bytes` referring to it is dropped.
+struct Value {
+    buf: Option<AlignedBuf>,
+    len: usize,
+    pool: Arc<BufferPool>,
+}
 
 impl AsRef<[u8]> for Value {
     fn as_ref(&self) -> &[u8] {
-        &self.0[..self.1]
+        &self.buf.as_ref().expect("present until dropped")[..self.len]
+    }
+}
+
+impl Drop for Value {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            self.pool.give_back(buf);
+        }
     }
 }
 
@@ -121,7 +173,7 @@ impl Serve {
             Err(e) => return drop(job.reply.send(Err(e))),
         };
         let len = align_up(record.len) as usize;
-        let buf = self.driver.alloc_buffer(len);
+        let buf = self.driver.add_buffer(self.pool.take(len));
         let request = IoRequest::Read { file, offset: record.value_offset, buf, buf_offset: 0, len };
         match self.driver.push(request) {
             Ok(id) => {
@@ -163,7 +215,7 @@ impl Serve {
         let result = match outcome {
             Outcome::Done { bytes, .. } if (bytes as u64) < record.len => Err(self.corrupted(&job)),
             Outcome::Done { .. } => {
-                let value = Value(data, record.len as usize);
+                let value = Value { buf: Some(data), len: record.len as usize, pool: Arc::clone(&self.pool) };
                 if crc32c(value.as_ref()) == record.crc {
                     Ok((record.version, Bytes::from_owner(value)))
                 } else {

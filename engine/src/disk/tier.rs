@@ -283,8 +283,13 @@ impl Tier {
         let records = recovered_records(&recovery.index, config.node);
         let write_driver =
             Driver::open(&DriverConfig { queue_depth: config.write_depth, ..config.driver.clone() })?;
-        let read_driver =
-            Driver::open(&DriverConfig { queue_depth: config.read_depth, ..config.driver.clone() })?;
+        // Read buffers come and go with values: registering each would cost two
+        // syscalls per read and pin memory against RLIMIT_MEMLOCK.
+        let read_driver = Driver::open(&DriverConfig {
+            queue_depth: config.read_depth,
+            register_buffers: false,
+            ..config.driver.clone()
+        })?;
         let shared = Arc::new(Shared {
             queue: WriteBehind::new(config.queue_bytes),
             removals: Mutex::new(Removals::default()),

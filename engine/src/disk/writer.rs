@@ -12,6 +12,7 @@ use std::vec::Vec;
 
 use bytes::Bytes;
 
+use super::dir::preallocate;
 use super::error::TierError;
 use super::format::{FooterBuilder, FooterEntry, RecordHeader, RecordLayout, TRAILER_LEN, Trailer};
 use super::index::{BucketFile, Record};
@@ -161,6 +162,7 @@ impl Writer {
             options.custom_flags(libc::O_DIRECT);
         }
         let file = options.open(&tmp).map_err(|e| TierError::io("create bucket", &tmp, e))?;
+        preallocate(&file, self.shared.config.bucket_bytes + self.chunk_len as u64);
         let file = self.driver.add_file(file);
         Ok(OpenBucket {
             id,
@@ -287,6 +289,7 @@ impl Writer {
         self.submit_chunk();
         self.drain();
         let file = self.open.as_ref().expect("sealing").file;
+        self.trim_preallocation(file, file_len);
         if self.open.as_ref().expect("sealing").error.is_none() {
             self.driver.push(IoRequest::Fdatasync { file }).expect("the writer's own file");
             match self.driver.run_until_idle() {
@@ -310,6 +313,16 @@ impl Writer {
         match b.error {
             Some(e) => self.abandon(b.guard, b.written, &e),
             None => self.publish(b.id, b.guard, b.written, file, file_len),
+        }
+    }
+
+    /// Cuts what [`preallocate`] reserved beyond the trailer, so that the trailer ends
+    /// the file (the fdatasync that follows makes the size durable).
+    fn trim_preallocation(&mut self, file: FileId, file_len: u64) {
+        let result = self.driver.file(file).map(|f| f.set_len(file_len));
+        if let Ok(Err(e)) = result {
+            let path = self.shared.dir.tmp_path(self.open.as_ref().expect("sealing").id);
+            self.record_error(TierError::io("trim bucket", &path, e));
         }
     }
 
