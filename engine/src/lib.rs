@@ -21,6 +21,7 @@
 //! | [`sync`] | std / loom switch for the primitives the bucket protocols use |
 //! | [`master`] | the master state machine: objects, replicas, segments, leases, eviction |
 //! | [`uring`] | batch file I/O: the submission/completion machine and its drivers |
+//! | `driver` (std) | the embedded async `Store`, generic over a small `Runtime` trait |
 #![no_std]
 #![deny(missing_docs)]
 
@@ -32,6 +33,8 @@ pub mod checksum;
 pub mod codec;
 pub mod descriptor;
 pub mod disk;
+#[cfg(feature = "std")]
+pub mod driver;
 pub mod ids;
 pub mod key;
 pub mod master;

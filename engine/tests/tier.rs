@@ -110,6 +110,18 @@ fn remove_makes_dead_bytes_and_deletes_a_bucket_with_nothing_left() {
     assert_eq!(files(tier.dir()).iter().filter(|f| f.ends_with(".bucket")).count(), 1);
     check_range(&tier, 4..8, 1);
     assert_eq!(tier.remove(k(&key(0))), None);
+    // A removal survives a restart: the record still sitting in a bucket stays dead.
+    assert_eq!(tier.remove(k(&key(4))), Some(ObjectVersion(1)));
+    tier.close().unwrap();
+    let (tier, recovered) = Tier::open(config(&root)).unwrap();
+    let mut keys: Vec<_> = recovered.iter().map(|r| r.key.as_bytes().to_vec()).collect();
+    keys.sort();
+    assert_eq!(keys, (5..8).map(key).collect::<Vec<_>>());
+    assert!(matches!(tier.get(k(&key(4))), Err(TierError::NotFound)));
+    // The log was compacted to what still hides a record, and survives another reopen.
+    tier.close().unwrap();
+    let (_, recovered) = Tier::open(config(&root)).unwrap();
+    assert_eq!(recovered.len(), 3);
 }
 
 #[test]
@@ -124,6 +136,12 @@ fn a_remove_cancels_a_put_not_yet_published() {
     tier.flush().unwrap();
     assert!(matches!(tier.get(k(&key(1))), Err(TierError::NotFound)));
     check_range(&tier, 0..1, 1);
+    // The cancelled record was written into the bucket anyway: after a restart it
+    // stays removed.
+    tier.close().unwrap();
+    let (tier, recovered) = Tier::open(config(&root)).unwrap();
+    assert_eq!(recovered.len(), 2);
+    assert!(matches!(tier.get(k(&key(1))), Err(TierError::NotFound)));
     // A put after the remove is not cancelled.
     tier.put(k(&key(1)), ObjectVersion(2), value(1, 2)).unwrap();
     tier.flush().unwrap();

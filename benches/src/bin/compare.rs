@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use larder_benches::compare::disk::{self, Workload, WriteRead};
 use larder_benches::compare::report::{Measured, Report, Row};
-use larder_benches::compare::{Case, Pattern, drop_caches, fio, human_size, io, work_dir};
+use larder_benches::compare::{Case, Pattern, drop_caches, fio, human_size, io, median, recovery, work_dir};
 use larder_engine::uring::DriverChoice;
 
 #[derive(Parser)]
@@ -51,14 +51,59 @@ enum Command {
         /// Value sizes, in bytes.
         #[arg(long, value_delimiter = ',', default_values_t = [256 << 10, 1 << 20])]
         values: Vec<usize>,
+        /// The tier's bucket size, in MiB.
+        #[arg(long, default_value_t = 64)]
+        bucket_mib: u64,
     },
+    /// Reopening a node directory of many records (cold page cache) to a usable
+    /// index, against only reading the same trailers and footers.
+    Recovery {
+        /// Records in the directory.
+        #[arg(long, default_value_t = 1_000_000)]
+        records: usize,
+        /// Value size, in bytes.
+        #[arg(long, default_value_t = 64 << 10)]
+        value: u64,
+    },
+}
+
+/// `compare recovery`'s figures.
+#[derive(serde::Serialize)]
+struct RecoveryReport {
+    records: usize,
+    buckets: usize,
+    value_bytes: u64,
+    logical_bytes: u64,
+    /// Median seconds of `Tier::open` to a usable index, page cache dropped.
+    reopen_seconds: f64,
+    reopen_runs: Vec<f64>,
+    /// Median seconds to only read every trailer and footer, page cache dropped.
+    footer_read_seconds: f64,
+    footer_read_runs: Vec<f64>,
+    /// reopen / footer reads.
+    ratio_to_footer_reads: f64,
+    page_cache_dropped: bool,
 }
 
 fn main() {
     let cli = Cli::parse();
+    if let Command::Recovery { records, value } = cli.command {
+        match compare_recovery(&cli.dir, cli.runs, records, value) {
+            Ok(r) if cli.json => println!("{}", serde_json::to_string_pretty(&r).expect("serializes")),
+            Ok(r) => print_recovery(&r),
+            Err(e) => {
+                eprintln!("compare: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     let report = match cli.command {
         Command::Io { size, depth } => compare_io(&cli.dir, cli.runs, size, depth),
-        Command::Disk { size, depth, ref values } => compare_disk(&cli.dir, cli.runs, size, depth, values),
+        Command::Disk { size, depth, ref values, bucket_mib } => {
+            compare_disk(&cli.dir, cli.runs, size, depth, values, bucket_mib << 20)
+        }
+        Command::Recovery { .. } => unreachable!("handled above"),
     };
     match report {
         Ok(r) if cli.json => r.print_json(),
@@ -135,6 +180,7 @@ fn compare_disk(
     size: u64,
     depth: u32,
     values: &[usize],
+    bucket_bytes: u64,
 ) -> Result<Report, String> {
     let dir = work_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let fio_file = dir.join("compare-disk-fio.dat");
@@ -148,37 +194,43 @@ fn compare_disk(
             "could not drop the page cache (needs root): the baseline's reads may come from memory",
         ));
     }
-    let fio_median = |case: Case, name: &str| -> Result<Measured, String> {
-        if !have_fio {
-            return Ok(Measured::missing(name, "fio not installed"));
-        }
-        let r = (0..runs).map(|_| fio::run(&case, &fio_file)).collect::<Result<_, _>>()?;
-        Ok(Measured::from_runs(name, r))
+    let fio_run = |case: Case| -> Result<Option<f64>, String> {
+        if have_fio { fio::run(&case, &fio_file).map(Some) } else { Ok(None) }
     };
-    let fio_write =
-        fio_median(Case { pattern: Pattern::SeqWrite, block: 1 << 20, depth, size }, "fio seq write 1 MiB")?;
     let mut rows = Vec::new();
     for &value_size in values {
         let workload = Workload::new(value_size, size);
         let v = human_size(value_size as u64);
-        let fio_read = fio_median(
-            Case { pattern: Pattern::RandRead, block: value_size, depth, size },
-            &format!("fio rand read {v}"),
-        )?;
-        let tier: Vec<WriteRead> = (0..runs)
-            .map(|_| disk::run_tier(&workload, &dir.join("tier"), depth as usize))
-            .collect::<Result<_, _>>()?;
-        let seed: Vec<WriteRead> = (0..runs)
-            .map(|_| disk::run_file_per_object(&workload, &dir.join("file-per-object")))
-            .collect::<Result<_, _>>()?;
+        // The device drifts over minutes: interleave the contenders run by run so that
+        // each median compares like with like.
+        let (mut fio_write, mut fio_read, mut tier, mut seed) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..runs {
+            fio_write.extend(fio_run(Case { pattern: Pattern::SeqWrite, block: 1 << 20, depth, size })?);
+            fio_read.extend(fio_run(Case { pattern: Pattern::RandRead, block: value_size, depth, size })?);
+            tier.push(disk::run_tier(&workload, &dir.join("tier"), depth as usize, bucket_bytes)?);
+            seed.push(disk::run_file_per_object(&workload, &dir.join("file-per-object"))?);
+        }
         let _ = std::fs::remove_dir_all(dir.join("tier"));
+        let fio = |name: String, runs: Vec<f64>| {
+            if have_fio {
+                Measured::from_runs(&name, runs)
+            } else {
+                Measured::missing(&name, "fio not installed")
+            }
+        };
         let larder =
             |f: fn(&WriteRead) -> f64| Measured::from_runs("larder tier", tier.iter().map(f).collect());
         let per_file =
             |f: fn(&WriteRead) -> f64| Measured::from_runs("file per object", seed.iter().map(f).collect());
-        rows.push(Row::new(format!("write, {v} values"), vec![fio_write.clone(), larder(|r| r.write)]));
+        rows.push(Row::new(
+            format!("write, {v} values"),
+            vec![fio(String::from("fio seq write 1 MiB"), fio_write), larder(|r| r.write)],
+        ));
         rows.push(Row::new(format!("write, {v} values"), vec![per_file(|r| r.write), larder(|r| r.write)]));
-        rows.push(Row::new(format!("cold read, {v} values"), vec![fio_read, larder(|r| r.read)]));
+        rows.push(Row::new(
+            format!("cold read, {v} values"),
+            vec![fio(format!("fio rand read {v}"), fio_read), larder(|r| r.read)],
+        ));
         rows.push(Row::new(format!("cold read, {v} values"), vec![per_file(|r| r.read), larder(|r| r.read)]));
         eprintln!("  measured {v} values");
     }
@@ -186,9 +238,14 @@ fn compare_disk(
     Ok(Report {
         title: String::from("SSD tier against fio and the seed's one-file-per-object design"),
         setup: vec![
-            format!("directory: {} ({} per case), median of {runs} runs", dir.display(), human_size(size)),
             format!(
-                "larder tier: puts until flush() returns (durable), then reads in random order with {depth} in flight"
+                "directory: {} ({} per case), median of {runs} runs, contenders interleaved run by run",
+                dir.display(),
+                human_size(size)
+            ),
+            format!(
+                "larder tier: {} buckets; puts until flush() returns (durable), then reads in random order with {depth} in flight",
+                human_size(bucket_bytes)
             ),
             String::from(
                 "file per object: 2 threads, create + write + fsync per object; reads one file per object on 2 threads",
@@ -200,4 +257,60 @@ fn compare_disk(
         rows,
         notes,
     })
+}
+
+fn compare_recovery(
+    dir: &std::path::Path,
+    runs: usize,
+    records: usize,
+    value: u64,
+) -> Result<RecoveryReport, String> {
+    let root = work_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?.join("recovery");
+    eprintln!("  laying out {records} records of {} ...", human_size(value));
+    let layout = recovery::lay_out(&root, records, value, 64 << 20)?;
+    let mut dropped = true;
+    let mut floor = Vec::new();
+    let mut reopen = Vec::new();
+    for _ in 0..runs {
+        dropped &= drop_caches();
+        floor.push(recovery::read_footers(&root)?);
+        dropped &= drop_caches();
+        reopen.push(recovery::reopen(&root, records, value)?);
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    let (reopen_seconds, footer_read_seconds) = (median(reopen.clone()), median(floor.clone()));
+    Ok(RecoveryReport {
+        records,
+        buckets: layout.buckets,
+        value_bytes: value,
+        logical_bytes: layout.logical_bytes,
+        reopen_seconds,
+        reopen_runs: reopen,
+        footer_read_seconds,
+        footer_read_runs: floor,
+        ratio_to_footer_reads: reopen_seconds / footer_read_seconds,
+        page_cache_dropped: dropped,
+    })
+}
+
+fn print_recovery(r: &RecoveryReport) {
+    println!("Reopening a node directory to a usable index (cold page cache)");
+    println!(
+        "  {} records of {} in {} buckets ({} of values), median of {} runs",
+        r.records,
+        human_size(r.value_bytes),
+        r.buckets,
+        human_size(r.logical_bytes),
+        r.reopen_runs.len()
+    );
+    println!();
+    println!("{:<40} {:>10}", "contender", "seconds");
+    println!("{:<40} {:>10.3}", "read every trailer and footer (floor)", r.footer_read_seconds);
+    println!(
+        "{:<40} {:>10.3}  ({:.2}x the floor)",
+        "larder Tier::open", r.reopen_seconds, r.ratio_to_footer_reads
+    );
+    if !r.page_cache_dropped {
+        println!("\nnote: could not drop the page cache (needs root): figures are warm");
+    }
 }

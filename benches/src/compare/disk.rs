@@ -77,9 +77,9 @@ impl Workload {
 
 /// Larder's tier in `dir` (emptied first): puts until `flush()` returns, then random
 /// reads with `depth` in flight after dropping the page cache.
-pub fn run_tier(w: &Workload, dir: &Path, depth: usize) -> Result<WriteRead, String> {
+pub fn run_tier(w: &Workload, dir: &Path, depth: usize, bucket_bytes: u64) -> Result<WriteRead, String> {
     reset_dir(dir)?;
-    let config = TierConfig::new(dir, "compare", NodeId(1));
+    let config = TierConfig { bucket_bytes, ..TierConfig::new(dir, "compare", NodeId(1)) };
     let (tier, _) = Tier::open(config).map_err(|e| e.to_string())?;
     let start = Instant::now();
     for i in 0..w.count {

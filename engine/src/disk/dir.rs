@@ -17,6 +17,12 @@ pub const LOCK_FILE: &str = "LOCK";
 const BUCKET_SUFFIX: &str = ".bucket";
 const TMP_SUFFIX: &str = ".tmp";
 
+/// The file name of published bucket `id` in its node directory (names come from
+/// bucket ids only, never from keys).
+pub fn bucket_file_name(id: BucketId) -> String {
+    std::format!("{:016x}{BUCKET_SUFFIX}", id.0)
+}
+
 /// An open, locked node directory. The lock is released when this is dropped (or the
 /// process dies: `flock` locks go with the descriptor).
 #[derive(Debug)]
@@ -64,12 +70,12 @@ impl NodeDir {
 
     /// Path of a published bucket.
     pub(super) fn bucket_path(&self, id: BucketId) -> PathBuf {
-        self.path.join(std::format!("{:016x}{BUCKET_SUFFIX}", id.0))
+        self.path.join(bucket_file_name(id))
     }
 
     /// Path of a bucket being written.
     pub(super) fn tmp_path(&self, id: BucketId) -> PathBuf {
-        self.path.join(std::format!("{:016x}{BUCKET_SUFFIX}{TMP_SUFFIX}", id.0))
+        self.path.join(std::format!("{}{TMP_SUFFIX}", bucket_file_name(id)))
     }
 
     /// Makes renames and unlinks in the directory durable.

@@ -22,18 +22,22 @@ mod reader;
 #[cfg(feature = "std")]
 mod recovery;
 #[cfg(feature = "std")]
+mod removals;
+#[cfg(feature = "std")]
 mod tier;
 #[cfg(feature = "std")]
 mod writer;
 
 #[cfg(feature = "std")]
-pub use dir::LOCK_FILE;
+pub use dir::{LOCK_FILE, bucket_file_name};
 #[cfg(feature = "std")]
 pub use error::TierError;
 #[cfg(feature = "std")]
 pub use reader::ReadResult;
 #[cfg(feature = "std")]
 pub use recovery::RecoveredRecord;
+#[cfg(feature = "std")]
+pub use removals::REMOVAL_LOG;
 #[cfg(feature = "std")]
 pub use tier::{DirectIo, DropCause, Tier, TierConfig, TierEvent, TierStats};
 

@@ -115,6 +115,24 @@ impl<T> WriteBehind<T> {
         Ok(seq)
     }
 
+    /// Accepts an item if the queue has room for it now; gives it back if not.
+    pub fn try_push(&self, item: T, bytes: usize) -> Result<Result<u64, T>, QueueError> {
+        let mut s = self.lock();
+        if s.closed {
+            return Err(QueueError::Closed);
+        }
+        if !s.items.is_empty() && s.queued_bytes + bytes > s.capacity {
+            return Ok(Err(item));
+        }
+        let seq = s.next_seq;
+        s.next_seq += 1;
+        s.queued_bytes += bytes;
+        s.items.push_back((seq, item, bytes));
+        drop(s);
+        self.changed.notify_all();
+        Ok(Ok(seq))
+    }
+
     /// Takes up to `max_bytes` of items (at least one if any), waiting up to `timeout`
     /// (`None`: indefinitely) while there is nothing to take and no flush waiting.
     pub fn take(&self, max_bytes: usize, timeout: Option<Duration>) -> Taken<T> {

@@ -14,6 +14,7 @@ use super::error::TierError;
 use super::format::{BLOCK, Footer, TRAILER_LEN, Trailer};
 use super::index::{BucketFile, Index, Record};
 use super::protocol::Bucket;
+use super::removals::{Removal, Removed};
 use crate::descriptor::DiskReplica;
 use crate::ids::{BucketId, NodeId, ObjectVersion};
 use crate::key::Key;
@@ -37,13 +38,23 @@ pub(super) struct Recovery {
     pub(super) next_bucket: u64,
     pub(super) tmp_removed: usize,
     pub(super) damaged_removed: usize,
+    /// The removal log's entries that still hide a record (the compacted log).
+    pub(super) removals: Vec<Removal>,
 }
 
-/// Scans `dir`; see the module documentation.
-pub(super) fn recover(dir: &NodeDir, direct_io: bool) -> Result<Recovery, TierError> {
+/// Scans `dir`, skipping what the removal log says was removed; see the module
+/// documentation.
+pub(super) fn recover(dir: &NodeDir, direct_io: bool, mut removed: Removed) -> Result<Recovery, TierError> {
     let mut r = Recovery { tmp_removed: dir.remove_tmp_files()?, ..Recovery::default() };
+    r.next_bucket = removed.wiped_below.0;
     for (id, path) in dir.buckets()? {
         r.next_bucket = r.next_bucket.max(id.0 + 1);
+        if id < removed.wiped_below {
+            // Wiped while a reader still held it, then the process died.
+            tracing::info!(bucket = ?id, "deleting a bucket wiped before the last shutdown");
+            std::fs::remove_file(&path).map_err(|e| TierError::io("delete wiped bucket", &path, e))?;
+            continue;
+        }
         match load_bucket(&path, id) {
             Ok((trailer, footer_bytes)) => {
                 let footer = match Footer::decode(&footer_bytes, id, trailer.footer_offset) {
@@ -61,6 +72,11 @@ pub(super) fn recover(dir: &NodeDir, direct_io: bool) -> Result<Recovery, TierEr
                 let cell = Bucket::create(BucketFile::published(path.clone())).publish();
                 r.index.add_bucket(id, cell, Arc::new(reader), trailer.file_len());
                 for e in &footer.entries {
+                    let key = e.key.to_key();
+                    if let Some(gone) = removed.records.take(&(key, e.version)) {
+                        r.removals.push(Removal::Record(gone.0, gone.1));
+                        continue;
+                    }
                     let record = Record {
                         bucket: id,
                         value_offset: e.value_offset(),
@@ -76,7 +92,7 @@ pub(super) fn recover(dir: &NodeDir, direct_io: bool) -> Result<Recovery, TierEr
             Err(Load::Io(e)) => return Err(e),
         }
     }
-    if r.damaged_removed > 0 {
+    if r.damaged_removed > 0 || removed.wiped_below.0 > 0 {
         dir.sync()?;
     }
     Ok(r)

@@ -27,11 +27,12 @@ use super::index::Index;
 use super::queue::WriteBehind;
 use super::reader::{ReadJob, ReadResult, Reader, wait_all};
 use super::recovery::{RecoveredRecord, recover, recovered_records};
+use super::removals::{Removal, RemovalLog};
 use super::writer::{PersistItem, Writer};
 use crate::ids::{BucketId, NodeId, ObjectVersion};
 use crate::key::{Key, KeyRef};
 use crate::sync::Arc;
-use crate::uring::{Driver, DriverConfig, DriverKind, IO_ALIGN, aligned_zeroed};
+use crate::uring::{Driver, DriverConfig, DriverKind, IO_ALIGN, Notifier, aligned_zeroed};
 
 /// Whether bucket files use `O_DIRECT`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -77,6 +78,9 @@ pub struct TierConfig {
     /// Queue [`TierEvent`]s for [`Tier::poll_event`] (the store uses them to keep the
     /// master informed). Off, nothing is queued.
     pub events: bool,
+    /// Signalled whenever an event is queued (by default the tier makes its own; the
+    /// store passes the notifier its background task waits on).
+    pub event_signal: Option<Arc<Notifier>>,
 }
 
 impl TierConfig {
@@ -98,6 +102,7 @@ impl TierConfig {
             direct_io: DirectIo::Auto,
             driver: DriverConfig::default(),
             events: false,
+            event_signal: None,
         }
     }
 }
@@ -210,9 +215,11 @@ pub(super) struct Shared {
     pub(super) direct_io: bool,
     pub(super) queue: WriteBehind<PersistItem>,
     pub(super) removals: Mutex<Removals>,
+    pub(super) removal_log: RemovalLog,
     pub(super) stats: Counters,
     index: Mutex<Index>,
     events: SegQueue<TierEvent>,
+    events_ready: Arc<Notifier>,
     tmp_removed: u64,
     damaged_removed: u64,
     driver_kind: DriverKind,
@@ -226,6 +233,7 @@ impl Shared {
     pub(super) fn emit(&self, event: TierEvent) {
         if self.config.events {
             self.events.push(event);
+            self.events_ready.notify();
         }
     }
 
@@ -257,7 +265,16 @@ impl Shared {
         self.stats.crc_failures.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(key = ?key, bucket = ?bucket, "record failed its checksum; dropped");
         if self.lock_index().remove_version(key.as_bytes(), version) {
+            self.log_removal(key.clone(), version);
             self.emit(TierEvent::Dropped { key: key.clone(), version, cause: DropCause::Corrupted });
+        }
+    }
+
+    /// Records a removal in the removal log (durable at the next flush). A failure to
+    /// log is reported; the removal stands for this run either way.
+    pub(super) fn log_removal(&self, key: Key, version: ObjectVersion) {
+        if let Err(e) = self.removal_log.append(&Removal::Record(key, version)) {
+            tracing::warn!(error = %e, "could not log a removal; the record may come back after a restart");
         }
     }
 }
@@ -279,7 +296,9 @@ impl Tier {
         if config.direct_io == DirectIo::Auto && !direct_io {
             tracing::info!(dir = %dir.path().display(), "O_DIRECT refused here; using buffered I/O");
         }
-        let recovery = recover(&dir, direct_io)?;
+        let removed = RemovalLog::read(&dir)?;
+        let recovery = recover(&dir, direct_io, removed)?;
+        let removal_log = RemovalLog::rewrite(&dir, &recovery.removals)?;
         let records = recovered_records(&recovery.index, config.node);
         let write_driver =
             Driver::open(&DriverConfig { queue_depth: config.write_depth, ..config.driver.clone() })?;
@@ -293,9 +312,16 @@ impl Tier {
         let shared = Arc::new(Shared {
             queue: WriteBehind::new(config.queue_bytes),
             removals: Mutex::new(Removals::default()),
+            removal_log,
             stats: Counters::default(),
             index: Mutex::new(recovery.index),
             events: SegQueue::new(),
+            events_ready: match &config.event_signal {
+                Some(n) => Arc::clone(n),
+                None => Arc::new(
+                    Notifier::new().map_err(|e| TierError::io("create event notifier", dir.path(), e))?,
+                ),
+            },
             tmp_removed: recovery.tmp_removed as u64,
             damaged_removed: recovery.damaged_removed as u64,
             driver_kind: write_driver.info().kind,
@@ -333,10 +359,21 @@ impl Tier {
         Ok(())
     }
 
+    /// Like [`Tier::put`] but never waits: `Ok(false)` (nothing accepted) when the
+    /// write-behind queue is full, so that an async caller can wait elsewhere.
+    pub fn try_put(&self, key: KeyRef<'_>, version: ObjectVersion, value: Bytes) -> Result<bool, TierError> {
+        if value.is_empty() || value.len() as u64 > MAX_VALUE_LEN {
+            return Err(TierError::ValueTooLarge { len: value.len() as u64, max: MAX_VALUE_LEN });
+        }
+        let bytes = value.len();
+        Ok(self.shared.queue.try_push(PersistItem { key: key.to_key(), version, value }, bytes)?.is_ok())
+    }
+
     /// Waits until every put accepted before this call is durable; an error if any of
     /// them could not be persisted.
     pub fn flush(&self) -> Result<(), TierError> {
-        Ok(self.shared.queue.flush()?)
+        self.shared.queue.flush()?;
+        self.shared.removal_log.sync()
     }
 
     /// Starts a read of `key`; the receiver yields the value (or an error) when it is
@@ -369,7 +406,21 @@ impl Tier {
     pub fn remove(&self, key: KeyRef<'_>) -> Option<ObjectVersion> {
         let seq = self.shared.queue.next_seq();
         self.shared.removals.lock().unwrap_or_else(PoisonError::into_inner).keys.insert(key.to_key(), seq);
-        self.shared.lock_index().remove(key.as_bytes()).map(|r| r.version)
+        let version = self.shared.lock_index().remove(key.as_bytes()).map(|r| r.version)?;
+        self.shared.log_removal(key.to_key(), version);
+        Some(version)
+    }
+
+    /// Removes `key`'s record if it holds `version` (and cancels puts of `key` accepted
+    /// before this call, which are older). Returns whether a record went.
+    pub fn remove_version(&self, key: KeyRef<'_>, version: ObjectVersion) -> bool {
+        let seq = self.shared.queue.next_seq();
+        self.shared.removals.lock().unwrap_or_else(PoisonError::into_inner).keys.insert(key.to_key(), seq);
+        let removed = self.shared.lock_index().remove_version(key.as_bytes(), version);
+        if removed {
+            self.shared.log_removal(key.to_key(), version);
+        }
+        removed
     }
 
     /// Removes everything: every record, every bucket, every file in the node
@@ -379,8 +430,15 @@ impl Tier {
         self.shared.removals.lock().unwrap_or_else(PoisonError::into_inner).all_before = seq;
         let (records, retired) = self.shared.lock_index().clear();
         // Retired buckets are unlinked by the protocol (after their last reader);
-        // anything else in the directory goes now.
+        // anything else in the directory goes now, the removal log included.
         self.shared.dir.wipe(&retired)?;
+        self.shared.removal_log.forget_file();
+        let still_read = retired.iter().filter(|id| self.shared.dir.bucket_path(**id).exists()).max();
+        if let Some(last) = still_read {
+            // A reader still holds it: should the process die before the last reader
+            // leaves, recovery deletes it.
+            self.shared.removal_log.append(&Removal::WipedBelow(BucketId(last.0 + 1)))?;
+        }
         Ok(records)
     }
 
@@ -408,6 +466,18 @@ impl Tier {
     /// The next event, if [`TierConfig::events`] is on.
     pub fn poll_event(&self) -> Option<TierEvent> {
         self.shared.events.pop()
+    }
+
+    /// A descriptor that becomes readable when events are queued (an eventfd), for a
+    /// runtime to wait on. Call [`Tier::clear_event_signal`] before draining
+    /// [`Tier::poll_event`], so that no event queued meanwhile goes unsignalled.
+    pub fn event_fd(&self) -> std::os::fd::RawFd {
+        self.shared.events_ready.fd()
+    }
+
+    /// Resets [`Tier::event_fd`] to not readable.
+    pub fn clear_event_signal(&self) {
+        self.shared.events_ready.reset();
     }
 
     /// Writes out everything accepted, stops the threads and releases the directory.

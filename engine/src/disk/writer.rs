@@ -351,7 +351,13 @@ impl Writer {
             let mut index = self.shared.lock_index();
             index.add_bucket(id, cell, Arc::new(file), file_len);
             for w in written {
-                if removed.cancels(&w.key, w.seq) || !index.insert(w.key.clone(), w.record) {
+                if removed.cancels(&w.key, w.seq) {
+                    // Removed while it was being written: the bucket holds it, so the
+                    // removal log must say it is gone.
+                    self.shared.log_removal(w.key, w.record.version);
+                    continue;
+                }
+                if !index.insert(w.key.clone(), w.record) {
                     continue;
                 }
                 let replica = DiskReplica {

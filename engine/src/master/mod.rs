@@ -62,7 +62,7 @@ use alloc::vec::Vec;
 use objects::{Object, ObjectTable, Placement, Placements, REFERENCED};
 use segments::Segments;
 
-use crate::descriptor::{ReplicaDescriptor, ReplicaStatus};
+use crate::descriptor::{MemoryReplica, ReplicaDescriptor, ReplicaStatus};
 use crate::ids::{Incarnation, NodeId, ObjectVersion};
 use crate::key::{Key, KeyRef};
 use crate::time::Instant;
@@ -315,6 +315,50 @@ impl Master {
             .extend(o.memory.iter().map(|p| ReplicaDescriptor::Memory(self.segments.replica(*p, o.size))));
         replicas.extend(o.readable_disk().map(|d| ReplicaDescriptor::Disk(*d)));
         Ok(ReplicaList { version: o.version, size: o.size, lease: lease_ttl, replicas })
+    }
+
+    /// The size of the complete object under `key`, without granting a lease.
+    pub fn object_size(&self, key: KeyRef<'_>) -> Option<u64> {
+        let slot = self.objects.find(key.as_bytes())?;
+        let o = self.object(slot);
+        (o.status == ReplicaStatus::Complete).then_some(o.size)
+    }
+
+    /// Gives a complete object that lives only on disk a memory replica again, if
+    /// memory has room below the high watermark (promotion never evicts). Returns
+    /// `None` when there is no room or the object already has a memory replica.
+    ///
+    /// The replica is listed as readable at once, so the caller must fill it with the
+    /// object's bytes before anyone else can ask for the object: the embedded store
+    /// does both under one lock.
+    ///
+    /// Errors: `ObjectNotFound`; `StaleVersion` (another version holds the key);
+    /// `ReplicaNotReady`.
+    pub fn handle_promote(
+        &mut self,
+        _now: Instant,
+        key: KeyRef<'_>,
+        version: ObjectVersion,
+    ) -> Result<Option<MemoryReplica>, MasterError> {
+        let slot = self.objects.find(key.as_bytes()).ok_or(MasterError::ObjectNotFound)?;
+        let o = self.object(slot);
+        if o.version != version {
+            return Err(MasterError::StaleVersion);
+        }
+        if o.status != ReplicaStatus::Complete {
+            return Err(MasterError::ReplicaNotReady);
+        }
+        let size = o.size;
+        let needed = self.segments.granules(size) * self.config.granule;
+        if !o.memory.is_empty() || self.effective_used_bytes() + needed > self.high_watermark_bytes() {
+            return Ok(None);
+        }
+        let Some(placements) = self.segments.place(size, 1) else { return Ok(None) };
+        let replica = self.segments.replica(placements[0], size);
+        let o = self.objects.get_mut(slot).expect("found above");
+        o.memory = placements;
+        o.flags |= REFERENCED;
+        Ok(Some(replica))
     }
 
     /// Whether a complete object exists under `key`.

@@ -977,3 +977,57 @@ fn batch_requests_answer_item_by_item() {
 fn vec_of<T: Clone>(items: &[T]) -> Vec<T> {
     items.to_vec()
 }
+
+// ----- promotion ----------------------------------------------------------------------
+
+/// An object evicted to disk: "a" persisted, then pushed out of memory by "b" (whose
+/// persist is answered too, so that nothing stays pinned).
+fn disk_only(m: &mut Master) -> ObjectVersion {
+    let v = put(m, at(0), "a", 600 << 10);
+    commands(m);
+    m.handle_add_disk_replica(at(0), k("a"), v, disk(A, 600 << 10), DiskReplicaOrigin::Persisted).unwrap();
+    let vb = put(m, at(20_000), "b", 600 << 10);
+    commands(m);
+    m.handle_add_disk_replica(at(20_000), k("b"), vb, disk(A, 600 << 10), DiskReplicaOrigin::Persisted)
+        .unwrap();
+    let list = m.handle_get_replica_list(at(20_001), k("a")).unwrap();
+    assert_eq!(memory_replicas(&list), 0, "a was evicted to disk");
+    v
+}
+
+#[test]
+fn promote_gives_a_disk_only_object_a_memory_replica_when_there_is_room() {
+    let mut m = with_storage();
+    let v = disk_only(&mut m);
+    // No room while b holds the segment above the high watermark.
+    assert_eq!(m.handle_promote(at(20_002), k("a"), v), Ok(None));
+    m.handle_remove(at(40_000), k("b"), true).unwrap();
+    let replica = m.handle_promote(at(40_001), k("a"), v).unwrap().expect("room now");
+    assert_eq!(replica.len, 600 << 10);
+    let list = m.handle_get_replica_list(at(40_002), k("a")).unwrap();
+    assert!(matches!(list.replicas[0], ReplicaDescriptor::Memory(r) if r == replica));
+    // A second promotion has nothing to do.
+    assert_eq!(m.handle_promote(at(40_003), k("a"), v), Ok(None));
+    m.verify().unwrap();
+}
+
+#[test]
+fn promote_of_another_version_or_an_unknown_key_is_refused() {
+    let mut m = with_storage();
+    let v = disk_only(&mut m);
+    refused(&mut m, MasterError::StaleVersion, |m| m.handle_promote(at(20_002), k("a"), v.next()));
+    refused(&mut m, MasterError::ObjectNotFound, |m| m.handle_promote(at(20_002), k("zz"), v));
+    let grant = m.handle_put_start(at(20_003), A, k("c"), 10, 1).unwrap();
+    refused(&mut m, MasterError::ReplicaNotReady, |m| m.handle_promote(at(20_004), k("c"), grant.version));
+}
+
+#[test]
+fn object_size_reports_complete_objects_only_and_grants_no_lease() {
+    let mut m = plain();
+    put(&mut m, at(0), "a", 100);
+    m.handle_put_start(at(0), A, k("b"), 10, 1).unwrap();
+    assert_eq!(m.object_size(k("a")), Some(100));
+    assert_eq!(m.object_size(k("b")), None);
+    assert_eq!(m.object_size(k("zz")), None);
+    m.handle_remove(at(1), k("a"), false).unwrap();
+}

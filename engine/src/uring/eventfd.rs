@@ -53,23 +53,34 @@ pub(crate) fn wait_any(fds: &[RawFd], timeout: Option<std::time::Duration>) -> i
 }
 
 /// An eventfd one thread signals to wake another that polls it.
+/// A wake-up signal a thread or an async runtime can wait on: an eventfd that
+/// [`Notifier::notify`] makes readable and [`Notifier::reset`] drains.
 #[derive(Debug)]
-pub(crate) struct Notifier(OwnedFd);
+pub struct Notifier(OwnedFd);
 
 impl Notifier {
-    pub(crate) fn new() -> io::Result<Self> {
+    /// A new, unsignalled notifier.
+    pub fn new() -> io::Result<Self> {
         new().map(Notifier)
     }
 
-    pub(crate) fn notify(&self) {
+    /// Makes the descriptor readable (wakes whoever waits on it).
+    pub fn notify(&self) {
         signal(&self.0);
     }
 
-    pub(crate) fn reset(&self) {
+    /// Drains the signal: call before checking for work, then wait.
+    pub fn reset(&self) {
         reset(&self.0);
     }
 
-    pub(crate) fn fd(&self) -> RawFd {
+    /// A duplicate of the descriptor (same eventfd), for a runtime to register and own.
+    pub fn try_clone_fd(&self) -> io::Result<OwnedFd> {
+        self.0.try_clone()
+    }
+
+    /// The descriptor to wait on (non-blocking, readable while signalled).
+    pub fn fd(&self) -> RawFd {
         self.0.as_raw_fd()
     }
 }

@@ -25,6 +25,8 @@ pub use machine::{
 pub use buffers::{AlignedBuf, IO_ALIGN, ResourceError, aligned_zeroed};
 #[cfg(feature = "std")]
 pub use driver::{Driver, DriverChoice, DriverConfig, DriverError, DriverInfo, DriverKind, IO_ENV};
+#[cfg(feature = "std")]
+pub use eventfd::Notifier;
 
 #[cfg(test)]
 mod tests;

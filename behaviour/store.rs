@@ -1,0 +1,476 @@
+//! The Store behaviour suite, written once and run on every runtime: each runtime
+//! crate's `tests/behaviour.rs` includes this file and instantiates
+//! `store_behaviour_tests!` with its [`Harness`] and a `block_on`.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use larder_engine::disk::TierError;
+use larder_engine::driver::{Runtime, Store, StoreConfig, StoreError};
+use larder_engine::key::MAX_KEY_LEN;
+
+/// Environment variable that turns a test binary into the crash test's child.
+pub const CRASH_CHILD_ROOT: &str = "LARDER_TEST_CRASH_CHILD_ROOT";
+
+/// Deterministic, key-dependent bytes.
+pub fn value(i: usize, len: usize) -> Vec<u8> {
+    let mut x = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+pub fn key(i: usize) -> Vec<u8> {
+    format!("prefix/{i:06}").into_bytes()
+}
+
+pub fn memory_only(memory: u64) -> StoreConfig {
+    StoreConfig { memory_bytes: memory, storage_root: None, ..StoreConfig::default() }
+}
+
+pub fn persistent(root: &Path, memory: u64) -> StoreConfig {
+    StoreConfig { memory_bytes: memory, storage_root: Some(root.to_path_buf()), ..StoreConfig::default() }
+}
+
+/// What a runtime crate provides to the suite.
+pub trait Harness: Clone + Send + Sync + 'static {
+    type R: Runtime;
+    fn open(&self, config: StoreConfig) -> impl Future<Output = Result<Store<Self::R>, StoreError>> + Send;
+}
+
+pub async fn put_get_and_friends<H: Harness>(h: H) {
+    let store = h.open(memory_only(16 << 20)).await.unwrap();
+    let v = value(1, 100_000);
+    store.put(b"a", &v).await.unwrap();
+    assert_eq!(&store.get(b"a").await.unwrap()[..], &v[..]);
+    assert_eq!(store.get_size(b"a").await.unwrap(), 100_000);
+    assert!(store.exists(b"a").await.unwrap());
+    assert!(!store.exists(b"b").await.unwrap());
+    let mut buf = vec![0u8; 200_000];
+    assert_eq!(store.get_into(b"a", &mut buf).await.unwrap(), 100_000);
+    assert_eq!(&buf[..100_000], &v[..]);
+    store.put_parts(b"parts", &[&v[..10], &v[10..5000], &v[5000..]]).await.unwrap();
+    assert_eq!(&store.get(b"parts").await.unwrap()[..], &v[..]);
+    let stats = store.stats();
+    assert_eq!(stats.objects, 2);
+    assert_eq!(stats.memory_hits, 3);
+    assert!(stats.tier.is_none());
+    store.close().await.unwrap();
+}
+
+pub async fn every_error_is_typed_and_changes_nothing<H: Harness>(h: H) {
+    let store = h.open(memory_only(4 << 20)).await.unwrap();
+    let v = value(2, 5000);
+    store.put(b"k", &v).await.unwrap();
+    assert!(matches!(store.put(b"", &v).await, Err(StoreError::InvalidKey(_))));
+    assert!(matches!(store.put(&vec![b'x'; MAX_KEY_LEN + 1], &v).await, Err(StoreError::InvalidKey(_))));
+    assert!(matches!(store.get(b"").await, Err(StoreError::InvalidKey(_))));
+    assert!(matches!(store.put(b"e", &[]).await, Err(StoreError::EmptyValue)));
+    assert!(matches!(store.put_parts(b"e", &[&[], &[]]).await, Err(StoreError::EmptyValue)));
+    assert!(matches!(
+        store.put(b"big", &vec![0u8; 5 << 20]).await,
+        Err(StoreError::TooLarge { len, max }) if len == 5 << 20 && max == 4 << 20
+    ));
+    assert!(matches!(store.put(b"k", &value(3, 10)).await, Err(StoreError::AlreadyExists)));
+    assert!(matches!(store.get(b"missing").await, Err(StoreError::NotFound)));
+    assert!(matches!(store.get_size(b"missing").await, Err(StoreError::NotFound)));
+    assert!(matches!(store.remove(b"missing", false).await, Err(StoreError::NotFound)));
+    let mut small = [0u8; 10];
+    assert!(matches!(
+        store.get_into(b"k", &mut small).await,
+        Err(StoreError::BufferTooSmall { needed: 5000, len: 10 })
+    ));
+    // A read leases "k": removing it then needs force.
+    store.get(b"k").await.unwrap();
+    assert!(matches!(store.remove(b"k", false).await, Err(StoreError::HasLease)));
+    // Nothing above changed "k".
+    assert_eq!(&store.get(b"k").await.unwrap()[..], &v[..]);
+    assert_eq!(store.stats().objects, 1);
+    store.remove(b"k", true).await.unwrap();
+    assert!(matches!(store.get(b"k").await, Err(StoreError::NotFound)));
+    store.close().await.unwrap();
+    assert!(matches!(store.put(b"k", &v).await, Err(StoreError::Closed)));
+    assert!(matches!(store.get(b"k").await, Err(StoreError::Closed)));
+    assert!(matches!(store.close().await, Err(StoreError::Closed)));
+}
+
+pub async fn a_bad_storage_root_is_an_error_at_open<H: Harness>(h: H) {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    assert!(matches!(
+        h.open(persistent(&missing, 4 << 20)).await,
+        Err(StoreError::Storage(TierError::BadRoot { reason: "does not exist", .. }))
+    ));
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    assert!(matches!(
+        h.open(persistent(&file, 4 << 20)).await,
+        Err(StoreError::Storage(TierError::BadRoot { reason: "not a directory", .. }))
+    ));
+    let first = h.open(persistent(dir.path(), 4 << 20)).await.unwrap();
+    assert!(matches!(
+        h.open(persistent(dir.path(), 4 << 20)).await,
+        Err(StoreError::Storage(TierError::Locked { .. }))
+    ));
+    first.close().await.unwrap();
+    // Closing released the directory.
+    h.open(persistent(dir.path(), 4 << 20)).await.unwrap().close().await.unwrap();
+}
+
+/// Persistence follows puts in the background, with no flush: the tier's events reach
+/// the master through the runtime's readiness of the store's eventfd.
+pub async fn puts_are_persisted_behind_the_caller<H: Harness>(h: H) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = h.open(persistent(dir.path(), 16 << 20)).await.unwrap();
+    for i in 0..8 {
+        store.put(&key(i), &value(i, 70_000)).await.unwrap();
+    }
+    let rt = store.runtime().clone();
+    for _ in 0..500 {
+        if store.stats().persisted == 8 {
+            break;
+        }
+        rt.sleep(Duration::from_millis(10)).await;
+    }
+    let stats = store.stats();
+    assert_eq!(stats.persisted, 8, "{stats:?}");
+    assert_eq!(stats.tier.unwrap().objects, 8);
+    store.close().await.unwrap();
+}
+
+pub async fn memory_pressure_evicts_to_ssd_and_reads_come_back<H: Harness>(h: H) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = h.open(persistent(dir.path(), 8 << 20)).await.unwrap();
+    let n = 48; // 48 × 512 KiB = 24 MiB through an 8 MiB segment
+    for i in 0..n {
+        store.put(&key(i), &value(i, 512 << 10)).await.unwrap();
+    }
+    store.flush().await.unwrap();
+    let stats = store.stats();
+    assert!(stats.evicted_to_disk > 0, "{stats:?}");
+    assert_eq!(stats.objects, n as u64);
+    assert_eq!(stats.tier.unwrap().objects, n as u64);
+    for i in 0..n {
+        assert_eq!(store.get(&key(i)).await.unwrap(), value(i, 512 << 10), "object {i}");
+    }
+    let stats = store.stats();
+    assert!(stats.disk_hits > 0 && stats.memory_hits > 0, "{stats:?}");
+    store.close().await.unwrap();
+}
+
+pub async fn memory_only_eviction_drops_the_oldest<H: Harness>(h: H) {
+    let store = h.open(memory_only(4 << 20)).await.unwrap();
+    for i in 0..32 {
+        store.put(&key(i), &value(i, 256 << 10)).await.unwrap();
+    }
+    let stats = store.stats();
+    assert!(stats.evicted_dropped > 0, "{stats:?}");
+    assert!(stats.memory_used <= 4 << 20);
+    // The newest survived; every survivor reads back intact; the others are gone.
+    assert_eq!(store.get(&key(31)).await.unwrap(), value(31, 256 << 10));
+    let mut found = 0;
+    for i in 0..32 {
+        match store.get(&key(i)).await {
+            Ok(v) => {
+                assert_eq!(v, value(i, 256 << 10));
+                found += 1;
+            }
+            Err(StoreError::NotFound) => {}
+            Err(e) => panic!("object {i}: {e}"),
+        }
+    }
+    assert_eq!(found as u64, store.stats().objects);
+    store.close().await.unwrap();
+}
+
+pub async fn reopening_finds_everything_that_was_persisted<H: Harness>(h: H) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = h.open(persistent(dir.path(), 8 << 20)).await.unwrap();
+    for i in 0..20 {
+        store.put(&key(i), &value(i, 300_000)).await.unwrap();
+    }
+    store.remove(&key(3), false).await.unwrap();
+    store.close().await.unwrap();
+    let files: Vec<_> = std::fs::read_dir(dir.path().join("default/1")).unwrap().collect();
+    assert!(files.len() > 1, "close deleted no files");
+    let store = h.open(persistent(dir.path(), 8 << 20)).await.unwrap();
+    assert_eq!(store.stats().recovered, 19);
+    for i in 0..20 {
+        match store.get(&key(i)).await {
+            Ok(v) => assert_eq!(v, value(i, 300_000)),
+            Err(StoreError::NotFound) => assert_eq!(i, 3, "only the removed object is gone"),
+            Err(e) => panic!("object {i}: {e}"),
+        }
+    }
+    // Promoted back into memory: the next read is a memory hit.
+    let hits = store.stats().memory_hits;
+    store.get(&key(0)).await.unwrap();
+    assert_eq!(store.stats().memory_hits, hits + 1);
+    // A re-put after recovery gets a newer version, and survives the next reopen.
+    store.remove(&key(5), true).await.unwrap();
+    store.put(&key(5), &value(500, 1000)).await.unwrap();
+    store.close().await.unwrap();
+    let store = h.open(persistent(dir.path(), 8 << 20)).await.unwrap();
+    assert_eq!(store.get(&key(5)).await.unwrap(), value(500, 1000));
+    store.close().await.unwrap();
+}
+
+pub async fn remove_all_wipes_memory_and_disk<H: Harness>(h: H) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = h.open(persistent(dir.path(), 8 << 20)).await.unwrap();
+    for i in 0..10 {
+        store.put(&key(i), &value(i, 100_000)).await.unwrap();
+    }
+    store.flush().await.unwrap();
+    store.get(&key(0)).await.unwrap(); // leased
+    assert_eq!(store.remove_all(false).await.unwrap(), 9);
+    assert!(store.exists(&key(0)).await.unwrap());
+    assert_eq!(store.remove_all(true).await.unwrap(), 1);
+    assert_eq!(store.stats().objects, 0);
+    store.flush().await.unwrap();
+    let left: Vec<String> = std::fs::read_dir(dir.path().join("default/1"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(left, ["LOCK"]);
+    store.close().await.unwrap();
+    let store = h.open(persistent(dir.path(), 8 << 20)).await.unwrap();
+    assert_eq!(store.stats().objects, 0);
+    store.close().await.unwrap();
+}
+
+pub async fn batch_forms_answer_per_item<H: Harness>(h: H) {
+    let store = h.open(memory_only(8 << 20)).await.unwrap();
+    let (a, b) = (value(1, 1000), value(2, 2000));
+    let puts = store.batch_put(&[(b"a", &a), (b"b", &b), (b"a", &b), (b"", &a)]).await;
+    assert!(puts[0].is_ok() && puts[1].is_ok());
+    assert!(matches!(puts[2], Err(StoreError::AlreadyExists)));
+    assert!(matches!(puts[3], Err(StoreError::InvalidKey(_))));
+    let got = store.batch_get(&[b"a", b"zz", b"b"]).await;
+    assert_eq!(got[0].as_ref().unwrap(), &a[..]);
+    assert!(matches!(got[1], Err(StoreError::NotFound)));
+    assert_eq!(got[2].as_ref().unwrap(), &b[..]);
+    let ex = store.batch_exists(&[b"a", b"zz"]).await;
+    assert!(ex[0].as_ref().unwrap() & !ex[1].as_ref().unwrap());
+    let rm = store.batch_remove(&[b"a", b"zz", b"b"], true).await;
+    assert!(rm[0].is_ok() && matches!(rm[1], Err(StoreError::NotFound)) && rm[2].is_ok());
+    assert_eq!(store.stats().objects, 0);
+    store.close().await.unwrap();
+}
+
+/// Many tasks on the runtime's threads put and get at once.
+pub async fn concurrent_puts_and_gets<H: Harness>(h: H) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(h.open(persistent(dir.path(), 16 << 20)).await.unwrap());
+    let tasks = 16;
+    let mut done = Vec::new();
+    for t in 0..tasks {
+        let (tx, rx) = oneshot_pair();
+        let store = Arc::clone(&store);
+        store.runtime().clone().spawn(async move {
+            for j in 0..12 {
+                let i = t * 100 + j;
+                store.put(&key(i), &value(i, 64 << 10)).await.unwrap();
+                assert_eq!(store.get(&key(i)).await.unwrap(), value(i, 64 << 10));
+            }
+            tx.send(()).unwrap();
+        });
+        done.push(rx);
+    }
+    for rx in done {
+        rx.await.expect("a task panicked");
+    }
+    assert_eq!(store.stats().objects, (tasks * 12) as u64);
+    store.close().await.unwrap();
+}
+
+fn oneshot_pair() -> (futures_channel_lite::Sender, futures_channel_lite::Receiver) {
+    futures_channel_lite::pair()
+}
+
+/// A one-shot completion signal on std primitives (the suite depends on no runtime).
+mod futures_channel_lite {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll, Waker};
+
+    #[derive(Default)]
+    struct State {
+        done: Option<()>,
+        dropped: bool,
+        waker: Option<Waker>,
+    }
+
+    pub struct Sender(Arc<Mutex<State>>);
+    pub struct Receiver(Arc<Mutex<State>>);
+
+    pub fn pair() -> (Sender, Receiver) {
+        let s = Arc::new(Mutex::new(State::default()));
+        (Sender(Arc::clone(&s)), Receiver(s))
+    }
+
+    impl Sender {
+        pub fn send(self, v: ()) -> Result<(), ()> {
+            let mut s = self.0.lock().unwrap();
+            s.done = Some(v);
+            if let Some(w) = s.waker.take() {
+                w.wake();
+            }
+            Ok(())
+        }
+    }
+
+    impl Drop for Sender {
+        fn drop(&mut self) {
+            let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            s.dropped = true;
+            if let Some(w) = s.waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    impl Future for Receiver {
+        type Output = Result<(), ()>;
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            let mut s = self.0.lock().unwrap();
+            if let Some(v) = s.done.take() {
+                return Poll::Ready(Ok(v));
+            }
+            if s.dropped {
+                return Poll::Ready(Err(()));
+            }
+            s.waker = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+}
+
+/// The storage root vanishes under a running store: puts still succeed in memory,
+/// flush reports the failure, and nothing acknowledged in memory is lost.
+pub async fn a_vanished_storage_root_is_an_error_and_memory_keeps_everything<H: Harness>(h: H) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = h.open(persistent(dir.path(), 16 << 20)).await.unwrap();
+    store.put(&key(0), &value(0, 100_000)).await.unwrap();
+    store.flush().await.unwrap();
+    std::fs::remove_dir_all(dir.path().join("default")).unwrap();
+    for i in 1..5 {
+        store.put(&key(i), &value(i, 100_000)).await.unwrap();
+    }
+    assert!(matches!(store.flush().await, Err(StoreError::Storage(_))));
+    for i in 0..5 {
+        assert_eq!(store.get(&key(i)).await.unwrap(), value(i, 100_000), "object {i}");
+    }
+    assert!(store.stats().persist_failures > 0);
+    let _ = store.close().await;
+}
+
+/// The crash test's child: puts forever on the root in `CRASH_CHILD_ROOT`, printing
+/// `flushed N` once objects 0..N are durable.
+pub async fn crash_child<H: Harness>(h: H) {
+    let Ok(root) = std::env::var(CRASH_CHILD_ROOT) else { return };
+    let start: usize = std::env::var("LARDER_TEST_CRASH_CHILD_START").unwrap().parse().unwrap();
+    let store = h.open(persistent(Path::new(&root), 8 << 20)).await.unwrap();
+    let mut i = start;
+    loop {
+        store.put(&key(i), &value(i, 40_000 + (i % 7) * 10_000)).await.unwrap();
+        i += 1;
+        if i % 10 == 0 {
+            store.flush().await.unwrap();
+            println!("flushed {i}");
+        }
+    }
+}
+
+/// A child putting continuously is SIGKILLed several times; each reopen finds every
+/// object whose flush had returned, byte for byte.
+pub async fn reopening_after_sigkill_keeps_everything_flushed<H: Harness>(h: H, test_name: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut next = 0usize;
+    for round in 0..4 {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
+            .env(CRASH_CHILD_ROOT, dir.path())
+            .env("LARDER_TEST_CRASH_CHILD_START", next.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut flushed = next;
+        let target = 3 + round * 2;
+        let mut seen = 0;
+        while seen < target {
+            let line = lines.next().expect("child exited early").unwrap();
+            if let Some(n) = line.strip_prefix("flushed ") {
+                flushed = n.parse().unwrap();
+                seen += 1;
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let store = h.open(persistent(dir.path(), 8 << 20)).await.unwrap();
+        for i in 0..flushed {
+            let got = store.get(&key(i)).await.unwrap_or_else(|e| panic!("round {round}: object {i}: {e}"));
+            assert_eq!(got, value(i, 40_000 + (i % 7) * 10_000), "round {round}: object {i}");
+        }
+        // Objects past the last flush may or may not be there, but never wrong.
+        let mut i = flushed;
+        while let Ok(got) = store.get(&key(i)).await {
+            assert_eq!(got, value(i, 40_000 + (i % 7) * 10_000));
+            i += 1;
+        }
+        store.close().await.unwrap();
+        next = i;
+        let tmp = std::fs::read_dir(dir.path().join("default/1"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp"))
+            .count();
+        assert_eq!(tmp, 0, "recovery left temporary files");
+    }
+}
+
+/// Instantiates the suite: `store_behaviour_tests!(harness_expr, block_on_fn);`
+macro_rules! store_behaviour_tests {
+    ($harness:expr, $block_on:path) => {
+        store_behaviour_tests!(@tests $harness, $block_on;
+            put_get_and_friends,
+            puts_are_persisted_behind_the_caller,
+            every_error_is_typed_and_changes_nothing,
+            a_bad_storage_root_is_an_error_at_open,
+            memory_pressure_evicts_to_ssd_and_reads_come_back,
+            memory_only_eviction_drops_the_oldest,
+            reopening_finds_everything_that_was_persisted,
+            remove_all_wipes_memory_and_disk,
+            batch_forms_answer_per_item,
+            concurrent_puts_and_gets,
+            a_vanished_storage_root_is_an_error_and_memory_keeps_everything,
+            crash_child,
+        );
+        #[test]
+        fn reopening_after_sigkill_keeps_everything_flushed() {
+            $block_on(suite::reopening_after_sigkill_keeps_everything_flushed($harness, "crash_child"));
+        }
+    };
+    (@tests $harness:expr, $block_on:path; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                $block_on(suite::$name($harness));
+            }
+        )*
+    };
+}

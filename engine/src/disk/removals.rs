@@ -1,0 +1,259 @@
+//! The removal log, `removed.log` in the node directory: what was removed from the
+//! tier, so that a reopened node does not bring it back from the buckets that still
+//! hold it (a removed record is only dead bytes until its whole bucket goes).
+//!
+//! Entries are appended as removals happen and made durable by the tier's `flush()`
+//! (removals, like puts, are durable once a flush returns). Each entry carries its own
+//! CRC32C; reading stops at the first entry that does not check (a torn append), and
+//! the log is rewritten without it. At open, recovery skips every record the log
+//! names, and the log is compacted to the entries that still hide a record.
+//!
+//! ```text
+//! entry: [kind u8][0 u8][key length u16][version or bucket id u64][key][crc32c u32]
+//! kind 1: the record of `key` at `version` was removed
+//! kind 2: every bucket with an id below `bucket id` was wiped (remove_all)
+//! ```
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
+use std::vec::Vec;
+
+use super::dir::NodeDir;
+use super::error::TierError;
+use crate::checksum::crc32c;
+use crate::ids::{BucketId, ObjectVersion};
+use crate::key::{Key, KeyRef, MAX_KEY_LEN};
+
+/// The log's file name in the node directory.
+pub const REMOVAL_LOG: &str = "removed.log";
+
+const HEAD_LEN: usize = 12;
+const KIND_RECORD: u8 = 1;
+const KIND_WIPE: u8 = 2;
+
+/// One removal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Removal {
+    /// The record of `key` at `version`.
+    Record(Key, ObjectVersion),
+    /// Every bucket below this id.
+    WipedBelow(BucketId),
+}
+
+impl Removal {
+    fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        let (kind, key, n): (u8, &[u8], u64) = match self {
+            Removal::Record(key, version) => (KIND_RECORD, key.as_bytes(), version.0),
+            Removal::WipedBelow(id) => (KIND_WIPE, &[], id.0),
+        };
+        out.push(kind);
+        out.push(0);
+        out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+        out.extend_from_slice(&n.to_le_bytes());
+        out.extend_from_slice(key);
+        let crc = crc32c(&out[start..]);
+        out.extend_from_slice(&crc.to_le_bytes());
+    }
+}
+
+/// Decodes entries from the start of `bytes`; returns them and how many bytes they
+/// took (anything after is a torn or damaged tail).
+pub(super) fn decode(bytes: &[u8]) -> (Vec<Removal>, usize) {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some((entry, len)) = decode_one(&bytes[at..]) {
+        out.push(entry);
+        at += len;
+    }
+    (out, at)
+}
+
+fn decode_one(b: &[u8]) -> Option<(Removal, usize)> {
+    let head = b.get(..HEAD_LEN)?;
+    let key_len = usize::from(u16::from_le_bytes([head[2], head[3]]));
+    let n = u64::from_le_bytes(head[4..12].try_into().ok()?);
+    if head[1] != 0 || key_len > MAX_KEY_LEN {
+        return None;
+    }
+    let len = HEAD_LEN + key_len + 4;
+    let body = b.get(..len)?;
+    let crc = u32::from_le_bytes(body[len - 4..].try_into().ok()?);
+    if crc32c(&body[..len - 4]) != crc {
+        return None;
+    }
+    let key = &body[HEAD_LEN..HEAD_LEN + key_len];
+    let entry = match head[0] {
+        KIND_RECORD => Removal::Record(KeyRef::new(key).ok()?.to_key(), ObjectVersion(n)),
+        KIND_WIPE if key_len == 0 => Removal::WipedBelow(BucketId(n)),
+        _ => return None,
+    };
+    Some((entry, len))
+}
+
+/// What the log says recovery must skip.
+#[derive(Debug, Default)]
+pub(super) struct Removed {
+    pub(super) records: HashSet<(Key, ObjectVersion)>,
+    pub(super) wiped_below: BucketId,
+}
+
+impl Removed {
+    fn from_entries(entries: Vec<Removal>) -> Self {
+        let mut r = Removed::default();
+        for e in entries {
+            match e {
+                Removal::Record(k, v) => {
+                    r.records.insert((k, v));
+                }
+                Removal::WipedBelow(id) => {
+                    // A wipe supersedes the removals before it.
+                    r.records.clear();
+                    r.wiped_below = r.wiped_below.max(id);
+                }
+            }
+        }
+        r
+    }
+}
+
+/// The open log. Appends go to the file at once; [`RemovalLog::sync`] makes them
+/// durable.
+#[derive(Debug)]
+pub(super) struct RemovalLog {
+    path: PathBuf,
+    /// `None` after a wipe deleted the file (the next append recreates it).
+    file: Mutex<(Option<File>, bool)>,
+}
+
+impl RemovalLog {
+    /// Reads the log in `dir` (a missing log is empty).
+    pub(super) fn read(dir: &NodeDir) -> Result<Removed, TierError> {
+        let path = dir.path().join(REMOVAL_LOG);
+        let mut bytes = Vec::new();
+        match File::open(&path) {
+            Ok(mut f) => {
+                f.read_to_end(&mut bytes).map_err(|e| TierError::io("read removal log", &path, e))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(TierError::io("open removal log", &path, e)),
+        }
+        let (entries, used) = decode(&bytes);
+        if used < bytes.len() {
+            tracing::warn!(path = %path.display(), bytes = bytes.len() - used, "removal log has a damaged tail; ignoring it");
+        }
+        Ok(Removed::from_entries(entries))
+    }
+
+    /// Writes a compacted log holding `keep` (through a temporary file and a rename,
+    /// so that a crash leaves the old log or the new one) and opens it for appends.
+    pub(super) fn rewrite(dir: &NodeDir, keep: &[Removal]) -> Result<Self, TierError> {
+        let path = dir.path().join(REMOVAL_LOG);
+        let tmp = dir.path().join(std::format!("{REMOVAL_LOG}.tmp"));
+        let mut bytes = Vec::new();
+        for r in keep {
+            r.encode(&mut bytes);
+        }
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_data()?;
+            std::fs::rename(&tmp, &path)
+        };
+        if keep.is_empty() {
+            match std::fs::remove_file(&path) {
+                Ok(()) => dir.sync()?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(TierError::io("delete removal log", &path, e)),
+            }
+        } else {
+            write().map_err(|e| TierError::io("rewrite removal log", &path, e))?;
+            dir.sync()?;
+        }
+        Ok(Self { path, file: Mutex::new((None, false)) })
+    }
+
+    /// Appends a removal (durable after the next [`RemovalLog::sync`]).
+    pub(super) fn append(&self, removal: &Removal) -> Result<(), TierError> {
+        let mut bytes = Vec::with_capacity(64);
+        removal.encode(&mut bytes);
+        let mut guard = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        let (file, dirty) = &mut *guard;
+        if file.is_none() {
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .map_err(|e| TierError::io("open removal log", &self.path, e))?;
+            *file = Some(f);
+        }
+        file.as_mut()
+            .expect("opened above")
+            .write_all(&bytes)
+            .map_err(|e| TierError::io("append to removal log", &self.path, e))?;
+        *dirty = true;
+        Ok(())
+    }
+
+    /// Makes every append so far durable.
+    pub(super) fn sync(&self) -> Result<(), TierError> {
+        let mut guard = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        let (file, dirty) = &mut *guard;
+        if let (Some(f), true) = (file.as_ref(), *dirty) {
+            f.sync_data().map_err(|e| TierError::io("sync removal log", &self.path, e))?;
+            *dirty = false;
+        }
+        Ok(())
+    }
+
+    /// The wipe deleted the file: forget the handle (the next append recreates it).
+    pub(super) fn forget_file(&self) {
+        *self.file.lock().unwrap_or_else(PoisonError::into_inner) = (None, false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(s: &str) -> Key {
+        Key::new(s.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn entries_round_trip_and_a_torn_tail_is_cut() {
+        let entries = [
+            Removal::Record(k("a"), ObjectVersion(7)),
+            Removal::WipedBelow(BucketId(3)),
+            Removal::Record(k("bb"), ObjectVersion(9)),
+        ];
+        let mut bytes = Vec::new();
+        for e in &entries {
+            e.encode(&mut bytes);
+        }
+        assert_eq!(decode(&bytes), (entries.to_vec(), bytes.len()));
+        for cut in 0..bytes.len() {
+            let (got, used) = decode(&bytes[..cut]);
+            assert!(used <= cut && got.len() <= 3);
+            assert_eq!(&got[..], &entries[..got.len()]);
+        }
+        let mut flipped = bytes.clone();
+        flipped[HEAD_LEN + 2] ^= 1; // in the first entry's CRC
+        assert_eq!(decode(&flipped), (Vec::new(), 0));
+    }
+
+    #[test]
+    fn a_wipe_supersedes_earlier_removals() {
+        let r = Removed::from_entries(std::vec![
+            Removal::Record(k("a"), ObjectVersion(1)),
+            Removal::WipedBelow(BucketId(5)),
+            Removal::Record(k("b"), ObjectVersion(2)),
+        ]);
+        assert_eq!(r.wiped_below, BucketId(5));
+        assert_eq!(r.records.len(), 1);
+        assert!(r.records.contains(&(k("b"), ObjectVersion(2))));
+    }
+}

@@ -1,0 +1,182 @@
+//! Store configuration: defaults, `LARDER_*` environment variables, sizes like `512MiB`.
+
+use std::path::PathBuf;
+use std::string::String;
+
+use crate::disk::DirectIo;
+use crate::ids::NodeId;
+
+/// The default memory segment: 512 MiB, safe on a laptop (the pages are only touched
+/// as values arrive).
+pub const DEFAULT_MEMORY_BYTES: u64 = 512 << 20;
+
+/// Embedded store configuration. [`StoreConfig::default`] needs nothing: memory only,
+/// 512 MiB. [`StoreConfig::from_env`] applies `LARDER_*` variables on top.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Bytes of the memory segment (`LARDER_MEMORY_BYTES`).
+    pub memory_bytes: u64,
+    /// The storage root for persistence (`LARDER_STORAGE_ROOT`); `None`: memory only.
+    /// When set it must be an existing, writable directory.
+    pub storage_root: Option<PathBuf>,
+    /// The cluster's directory name under the root (`LARDER_CLUSTER`, "default").
+    pub cluster: String,
+    /// This node's id (its directory is `<root>/<cluster>/<node>/`).
+    pub node: NodeId,
+    /// Physical bytes the SSD tier may use (`LARDER_MAX_DISK_BYTES`); `None`: no limit.
+    pub max_disk_bytes: Option<u64>,
+    /// How long a read keeps an object from being evicted, or removed without force.
+    pub lease_ttl: core::time::Duration,
+    /// Memory use at which eviction starts (fraction of the segment).
+    pub high_watermark: f64,
+    /// Memory use eviction brings the segment down to.
+    pub low_watermark: f64,
+    /// `O_DIRECT` for bucket files (probed) or always buffered.
+    pub direct_io: DirectIo,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            memory_bytes: DEFAULT_MEMORY_BYTES,
+            storage_root: None,
+            cluster: String::from("default"),
+            node: NodeId(1),
+            max_disk_bytes: None,
+            lease_ttl: core::time::Duration::from_secs(10),
+            high_watermark: 0.9,
+            low_watermark: 0.8,
+            direct_io: DirectIo::Auto,
+        }
+    }
+}
+
+/// A configuration value that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A size that does not parse.
+    #[error("{name}: {value:?} is not a size (examples: 65536, 64KiB, 512MiB, 2GiB)")]
+    BadSize {
+        /// The setting.
+        name: String,
+        /// What it was set to.
+        value: String,
+    },
+    /// A value outside what the store accepts.
+    #[error("{name}: {reason}")]
+    Invalid {
+        /// The setting.
+        name: String,
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+impl StoreConfig {
+    /// The defaults with `LARDER_MEMORY_BYTES`, `LARDER_STORAGE_ROOT`, `LARDER_CLUSTER`
+    /// and `LARDER_MAX_DISK_BYTES` applied.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::default().with_env(|name| std::env::var(name).ok())
+    }
+
+    /// Applies variables looked up by `var` (testable without touching the process
+    /// environment).
+    pub fn with_env(mut self, var: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        if let Some(v) = var("LARDER_MEMORY_BYTES") {
+            self.memory_bytes = parse_size("LARDER_MEMORY_BYTES", &v)?;
+        }
+        if let Some(v) = var("LARDER_STORAGE_ROOT").filter(|v| !v.is_empty()) {
+            self.storage_root = Some(PathBuf::from(v));
+        }
+        if let Some(v) = var("LARDER_CLUSTER") {
+            self.cluster = v;
+        }
+        if let Some(v) = var("LARDER_MAX_DISK_BYTES") {
+            self.max_disk_bytes = Some(parse_size("LARDER_MAX_DISK_BYTES", &v)?);
+        }
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// Checks the values against each other.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |name: &str, reason| Err(ConfigError::Invalid { name: name.into(), reason });
+        if self.memory_bytes < 1 << 20 {
+            return invalid("memory_bytes", "must be at least 1 MiB");
+        }
+        if usize::try_from(self.memory_bytes).is_err() {
+            return invalid("memory_bytes", "does not fit in this machine's address space");
+        }
+        if !(0.0 < self.low_watermark
+            && self.low_watermark < self.high_watermark
+            && self.high_watermark <= 1.0)
+        {
+            return invalid("watermarks", "need 0 < low < high <= 1");
+        }
+        Ok(())
+    }
+}
+
+/// Parses `65536`, `64KiB`, `64K`, `512MiB`, `2GiB`, `1TiB` (binary units; `KB`, `MB`,
+/// `GB` are read as binary too, as `dd` and most storage tools do).
+pub fn parse_size(name: &str, value: &str) -> Result<u64, ConfigError> {
+    let bad = || ConfigError::BadSize { name: name.into(), value: value.into() };
+    let v = value.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (digits, unit) = v.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1 << shift).ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::string::ToString;
+
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("x", "65536"), Ok(65536));
+        assert_eq!(parse_size("x", "64KiB"), Ok(64 << 10));
+        assert_eq!(parse_size("x", "512 MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("x", "2g"), Ok(2 << 30));
+        for bad in ["", "MiB", "12XB", "-1", "99999999999999999999TiB"] {
+            assert!(matches!(parse_size("x", bad), Err(ConfigError::BadSize { .. })), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_environment_overrides_the_defaults() {
+        let env = |name: &str| match name {
+            "LARDER_MEMORY_BYTES" => Some("64MiB".into()),
+            "LARDER_STORAGE_ROOT" => Some("/srv/larder".into()),
+            "LARDER_MAX_DISK_BYTES" => Some("10GiB".into()),
+            _ => None,
+        };
+        let c = StoreConfig::default().with_env(env).unwrap();
+        assert_eq!(c.memory_bytes, 64 << 20);
+        assert_eq!(c.storage_root, Some(PathBuf::from("/srv/larder")));
+        assert_eq!(c.max_disk_bytes, Some(10 << 30));
+        assert_eq!(c.cluster, "default");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = StoreConfig::default().with_env(|n| (n == "LARDER_MEMORY_BYTES").then(|| "lots".into()));
+        assert_eq!(
+            err.unwrap_err().to_string(),
+            "LARDER_MEMORY_BYTES: \"lots\" is not a size (examples: 65536, 64KiB, 512MiB, 2GiB)"
+        );
+        let tiny = StoreConfig { memory_bytes: 4096, ..StoreConfig::default() };
+        assert!(matches!(tiny.validate(), Err(ConfigError::Invalid { .. })));
+    }
+}

@@ -1,0 +1,508 @@
+//! The embedded store: the async API over the node (master + segment) and the SSD tier.
+//!
+//! # Concurrency
+//!
+//! One lock guards the node: the master's decisions and the copies into and out of the
+//! segment happen under it, so a replica is never read while it is being written and
+//! never freed while it is being read. Disk reads, waits for the write-behind queue,
+//! `flush` and `close` happen outside it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
+use std::vec::Vec;
+
+use bytes::Bytes;
+
+use super::config::StoreConfig;
+use super::error::StoreError;
+use super::node::{Deferred, Node};
+use super::runtime::{FdWatch, Runtime};
+use crate::descriptor::ReplicaDescriptor;
+use crate::disk::{ReadResult, Tier, TierConfig, TierStats};
+use crate::ids::ObjectVersion;
+use crate::key::{Key, KeyRef};
+use crate::sync::Arc;
+use crate::uring::Notifier;
+use std::string::{String, ToString};
+
+/// How often the background task looks at the master's timers when nothing happens.
+const IDLE_TICK: core::time::Duration = core::time::Duration::from_millis(100);
+
+/// Times a put that found memory full of not-yet-persisted objects waits for the SSD
+/// tier to catch up before it gives up with `NoSpace`.
+const NO_SPACE_RETRIES: usize = 3;
+
+/// Counters and gauges of a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreStats {
+    /// Objects in the store (in memory, on disk or both).
+    pub objects: u64,
+    /// Bytes of the memory segment.
+    pub memory_capacity: u64,
+    /// Bytes of the segment in use.
+    pub memory_used: u64,
+    /// Gets served from memory.
+    pub memory_hits: u64,
+    /// Gets served from the SSD tier.
+    pub disk_hits: u64,
+    /// Objects read from disk and copied back into memory.
+    pub promotions: u64,
+    /// Objects whose memory replica was evicted while a disk copy kept them.
+    pub evicted_to_disk: u64,
+    /// Objects evicted with no disk copy (persistence off).
+    pub evicted_dropped: u64,
+    /// Objects written to SSD and registered with the master.
+    pub persisted: u64,
+    /// Persists that failed (the object stayed in memory, or was dropped if evicting).
+    pub persist_failures: u64,
+    /// Objects recovered from the storage root at open.
+    pub recovered: u64,
+    /// The SSD tier's statistics, when persistence is on.
+    pub tier: Option<TierStats>,
+}
+
+/// An embedded Larder store on runtime `R`. Share it between tasks with an `Arc`.
+#[derive(Debug)]
+pub struct Store<R: Runtime> {
+    inner: Arc<Inner>,
+    runtime: R,
+}
+
+#[derive(Debug)]
+struct Inner {
+    node: Mutex<Node>,
+    /// `None` with persistence off, and after `close`.
+    tier: RwLock<Option<Tier>>,
+    persistent: bool,
+    /// Wakes the background task: the tier's events, and `close`.
+    wake: Arc<Notifier>,
+    closed: AtomicBool,
+}
+
+/// Where a get found its object.
+enum Found {
+    Memory(Bytes),
+    Disk { key: Key, version: ObjectVersion, read: oneshot::Receiver<ReadResult> },
+}
+
+impl<R: Runtime> Store<R> {
+    /// Opens an embedded store: the master and one node in this process, with a memory
+    /// segment of `config.memory_bytes` and, if `config.storage_root` is set, the SSD
+    /// tier under it (recovering what an earlier run persisted).
+    ///
+    /// Errors: `Config` for unusable values; `Storage` if the root is missing, not a
+    /// writable directory, or locked by another process.
+    pub async fn open(runtime: R, config: StoreConfig) -> Result<Self, StoreError> {
+        config.validate()?;
+        let wake = Arc::new(Notifier::new().map_err(|e| {
+            StoreError::Storage(crate::disk::TierError::io(
+                "create notifier",
+                std::path::Path::new("eventfd"),
+                e,
+            ))
+        })?);
+        let Some(root) = config.storage_root.clone() else {
+            tracing::info!("no storage root configured (LARDER_STORAGE_ROOT): persistence is off");
+            let node = Node::new(&config, false)?;
+            return Ok(Self::start(runtime, node, None, wake));
+        };
+        let tier_config = TierConfig {
+            max_bytes: config.max_disk_bytes,
+            direct_io: config.direct_io,
+            events: true,
+            event_signal: Some(Arc::clone(&wake)),
+            ..TierConfig::new(root, config.cluster.clone(), config.node)
+        };
+        let (tier, recovered) = runtime.unblock(move || Tier::open(tier_config)).await?;
+        let mut node = Node::new(&config, true)?;
+        let taken = node.register_recovered(recovered, &tier);
+        if taken > 0 {
+            tracing::info!(objects = taken, dir = %tier.dir().display(), "recovered persisted objects");
+        }
+        Ok(Self::start(runtime, node, Some(tier), wake))
+    }
+
+    fn start(runtime: R, node: Node, tier: Option<Tier>, wake: Arc<Notifier>) -> Self {
+        let inner = Arc::new(Inner {
+            node: Mutex::new(node),
+            persistent: tier.is_some(),
+            tier: RwLock::new(tier),
+            wake,
+            closed: AtomicBool::new(false),
+        });
+        runtime.spawn(background(runtime.clone(), Arc::clone(&inner)));
+        Self { inner, runtime }
+    }
+
+    /// Stores `value` under `key`. Returns once the value is in memory; with
+    /// persistence on it is written to SSD behind the caller (see [`Store::flush`]).
+    ///
+    /// Errors: `InvalidKey`, `EmptyValue`, `TooLarge`, `AlreadyExists` (remove first),
+    /// `NoSpace`, `Closed`.
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.put_parts(key, &[value]).await
+    }
+
+    /// Stores the concatenation of `parts` under `key` (no intermediate copy).
+    pub async fn put_parts(&self, key: &[u8], parts: &[&[u8]]) -> Result<(), StoreError> {
+        let key = KeyRef::new(key)?;
+        let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        if len == 0 {
+            return Err(StoreError::EmptyValue);
+        }
+        let mut retries = 0;
+        loop {
+            match self.try_put(key, parts, len) {
+                Err(StoreError::NoSpace) if self.inner.persistent && retries < NO_SPACE_RETRIES => {
+                    // Memory is full of objects waiting to be persisted before they can
+                    // be evicted: let the tier catch up, then try again.
+                    retries += 1;
+                    self.flush().await?;
+                }
+                Err(e) => return Err(e),
+                Ok(deferred) => return self.finish_deferred(deferred).await,
+            }
+        }
+    }
+
+    /// Allocates, copies and ends the put under the node lock.
+    fn try_put(&self, key: KeyRef<'_>, parts: &[&[u8]], len: u64) -> Result<Vec<Deferred>, StoreError> {
+        let ((), deferred) = self.inner.with_node(|node| {
+            let now = node.now();
+            let writer = node.id();
+            let segment = node.segment_bytes();
+            let grant = node
+                .master
+                .handle_put_start(now, writer, key, len, 1)
+                .map_err(|e| StoreError::from_master(e, len, segment))?;
+            let dst = node.bytes_mut(&grant.replicas[0]);
+            let mut at = 0;
+            for p in parts {
+                dst[at..at + p.len()].copy_from_slice(p);
+                at += p.len();
+            }
+            node.master.handle_put_end(now, writer, key, grant.version).map_err(StoreError::Internal)
+        })?;
+        Ok(deferred)
+    }
+
+    /// Persists that found the write-behind queue full: wait for room off the executor.
+    async fn finish_deferred(&self, deferred: Vec<Deferred>) -> Result<(), StoreError> {
+        for d in deferred {
+            let inner = Arc::clone(&self.inner);
+            self.runtime.unblock(move || inner.persist_blocking(d)).await;
+        }
+        Ok(())
+    }
+
+    /// The value under `key`: from memory, or from the SSD tier (and then copied back
+    /// into memory if there is room).
+    ///
+    /// Errors: `InvalidKey`, `NotFound`, `NotReady`, `Corrupted` (the disk copy failed
+    /// its checksum and was dropped), `Storage`, `Closed`.
+    pub async fn get(&self, key: &[u8]) -> Result<Bytes, StoreError> {
+        let key = KeyRef::new(key)?;
+        self.finish_get(self.start_get(key)?).await
+    }
+
+    /// Copies the value under `key` into `buf`; returns its length.
+    ///
+    /// Errors: as [`Store::get`], and `BufferTooSmall`.
+    pub async fn get_into(&self, key: &[u8], buf: &mut [u8]) -> Result<usize, StoreError> {
+        let k = KeyRef::new(key)?;
+        let needed = self.get_size(key).await?;
+        if needed > buf.len() as u64 {
+            return Err(StoreError::BufferTooSmall { needed, len: buf.len() });
+        }
+        let value = self.finish_get(self.start_get(k)?).await?;
+        // Replaced by a larger value since the size was read: still never overrun.
+        let len = buf.len();
+        let dst = buf
+            .get_mut(..value.len())
+            .ok_or(StoreError::BufferTooSmall { needed: value.len() as u64, len })?;
+        dst.copy_from_slice(&value);
+        Ok(value.len())
+    }
+
+    /// The size of the value under `key` (grants no lease).
+    pub async fn get_size(&self, key: &[u8]) -> Result<u64, StoreError> {
+        let key = KeyRef::new(key)?;
+        self.inner.check_open()?;
+        self.inner.lock_node().master.object_size(key).ok_or(StoreError::NotFound)
+    }
+
+    /// Whether a complete object exists under `key`.
+    pub async fn exists(&self, key: &[u8]) -> Result<bool, StoreError> {
+        let key = KeyRef::new(key)?;
+        self.inner.check_open()?;
+        let mut node = self.inner.lock_node();
+        let now = node.now();
+        Ok(node.master.handle_exists(now, key))
+    }
+
+    /// Removes `key` from memory and disk. A recently read object is protected by its
+    /// lease unless `force`.
+    ///
+    /// Errors: `InvalidKey`, `NotFound`, `HasLease`, `NotReady`, `Closed`.
+    pub async fn remove(&self, key: &[u8], force: bool) -> Result<(), StoreError> {
+        let key = KeyRef::new(key)?;
+        let ((), deferred) = self.inner.with_node(|node| {
+            let now = node.now();
+            let segment = node.segment_bytes();
+            node.master.handle_remove(now, key, force).map_err(|e| StoreError::from_master(e, 0, segment))
+        })?;
+        self.finish_deferred(deferred).await
+    }
+
+    /// Removes every object (leased ones only if `force`) from memory and disk; returns
+    /// how many went. With nothing left on disk, the node directory is wiped.
+    pub async fn remove_all(&self, force: bool) -> Result<u64, StoreError> {
+        let (summary, deferred) = self.inner.with_node(|node| {
+            let now = node.now();
+            Ok(node.master.handle_remove_all(now, force))
+        })?;
+        self.finish_deferred(deferred).await?;
+        Ok(summary.removed)
+    }
+
+    /// Puts many objects; one result per item, in order.
+    pub async fn batch_put(&self, items: &[(&[u8], &[u8])]) -> Vec<Result<(), StoreError>> {
+        let mut out = Vec::with_capacity(items.len());
+        for (k, v) in items {
+            out.push(self.put(k, v).await);
+        }
+        out
+    }
+
+    /// Gets many objects with all their disk reads in flight at once.
+    pub async fn batch_get(&self, keys: &[&[u8]]) -> Vec<Result<Bytes, StoreError>> {
+        let started: Vec<Result<Found, StoreError>> = keys
+            .iter()
+            .map(|k| KeyRef::new(k).map_err(StoreError::from).and_then(|k| self.start_get(k)))
+            .collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for s in started {
+            out.push(match s {
+                Ok(found) => self.finish_get(found).await,
+                Err(e) => Err(e),
+            });
+        }
+        out
+    }
+
+    /// Whether each key exists.
+    pub async fn batch_exists(&self, keys: &[&[u8]]) -> Vec<Result<bool, StoreError>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            out.push(self.exists(k).await);
+        }
+        out
+    }
+
+    /// Removes many objects; one result per key.
+    pub async fn batch_remove(&self, keys: &[&[u8]], force: bool) -> Vec<Result<(), StoreError>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            out.push(self.remove(k, force).await);
+        }
+        out
+    }
+
+    /// Waits until every put acknowledged before this call is durable on SSD (a no-op
+    /// with persistence off).
+    ///
+    /// Errors: `Storage` if some of them could not be persisted (they stay in memory).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        if !self.inner.persistent {
+            return Ok(());
+        }
+        let inner = Arc::clone(&self.inner);
+        let flushed = self.runtime.unblock(move || inner.flush_blocking()).await;
+        let deferred = self.inner.settle();
+        self.finish_deferred(deferred).await?;
+        flushed
+    }
+
+    /// Flushes, stops the background work and releases the storage root (deleting no
+    /// files). Every later call fails with `Closed`.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        let flushed = self.flush().await;
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Err(StoreError::Closed);
+        }
+        self.inner.wake.notify();
+        let tier = self.inner.tier.write().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(tier) = tier {
+            self.runtime.unblock(move || tier.close()).await?;
+        }
+        flushed
+    }
+
+    /// The runtime the store runs on.
+    pub fn runtime(&self) -> &R {
+        &self.runtime
+    }
+
+    /// Counters and gauges.
+    pub fn stats(&self) -> StoreStats {
+        let tier = self.inner.tier.read().unwrap_or_else(PoisonError::into_inner).as_ref().map(Tier::stats);
+        let node = self.inner.lock_node();
+        let m = node.master.stats();
+        let c = node.counters;
+        StoreStats {
+            objects: m.objects,
+            memory_capacity: m.capacity_bytes,
+            memory_used: m.used_bytes,
+            memory_hits: c.memory_hits,
+            disk_hits: c.disk_hits,
+            promotions: c.promotions,
+            evicted_to_disk: m.evicted_to_disk,
+            evicted_dropped: m.evicted_dropped,
+            persisted: c.persisted,
+            persist_failures: c.persist_failures,
+            recovered: c.recovered,
+            tier,
+        }
+    }
+
+    /// Looks `key` up: copies it out of memory, or starts its disk read.
+    fn start_get(&self, key: KeyRef<'_>) -> Result<Found, StoreError> {
+        let tier = self.inner.tier()?;
+        let mut node = self.inner.lock_node();
+        let now = node.now();
+        let segment = node.segment_bytes();
+        let list = node
+            .master
+            .handle_get_replica_list(now, key)
+            .map_err(|e| StoreError::from_master(e, 0, segment))?;
+        match list.replicas.first() {
+            Some(ReplicaDescriptor::Memory(r)) => {
+                let r = *r;
+                node.counters.memory_hits += 1;
+                Ok(Found::Memory(Bytes::copy_from_slice(node.bytes(&r))))
+            }
+            Some(ReplicaDescriptor::Disk(_)) => {
+                let tier = tier.as_ref().ok_or(StoreError::NotFound)?;
+                let read = tier.read(key).map_err(|e| match e {
+                    crate::disk::TierError::NotFound => StoreError::NotFound,
+                    other => other.into(),
+                })?;
+                Ok(Found::Disk { key: key.to_key(), version: list.version, read })
+            }
+            None => Err(StoreError::NotFound),
+        }
+    }
+
+    async fn finish_get(&self, found: Found) -> Result<Bytes, StoreError> {
+        let (key, version, read) = match found {
+            Found::Memory(bytes) => return Ok(bytes),
+            Found::Disk { key, version, read } => (key, version, read),
+        };
+        let (read_version, value) = read.await.map_err(|_| StoreError::Closed)??;
+        if read_version != version {
+            // Replaced between the lookup and the read: the caller asked for the
+            // object as it is now.
+            return Err(StoreError::NotFound);
+        }
+        self.inner.promote(&key, version, &value);
+        Ok(value)
+    }
+}
+
+impl Inner {
+    fn lock_node(&self) -> MutexGuard<'_, Node> {
+        self.node.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn check_open(&self) -> Result<(), StoreError> {
+        if self.closed.load(Ordering::Acquire) { Err(StoreError::Closed) } else { Ok(()) }
+    }
+
+    /// The tier (if persistence is on), or `Closed`.
+    fn tier(&self) -> Result<std::sync::RwLockReadGuard<'_, Option<Tier>>, StoreError> {
+        self.check_open()?;
+        Ok(self.tier.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Runs `op` on the node under its lock, then the commands it caused; returns
+    /// the persists to finish outside the lock.
+    fn with_node<T>(
+        &self,
+        op: impl FnOnce(&mut Node) -> Result<T, StoreError>,
+    ) -> Result<(T, Vec<Deferred>), StoreError> {
+        let tier = self.tier()?;
+        let mut node = self.lock_node();
+        let out = op(&mut node)?;
+        Ok((out, node.run_commands(tier.as_ref())))
+    }
+
+    fn flush_blocking(&self) -> Result<(), StoreError> {
+        match self.tier()?.as_ref() {
+            Some(t) => Ok(t.flush()?),
+            None => Ok(()),
+        }
+    }
+
+    /// A disk hit: count it, and copy it back into memory if there is room.
+    fn promote(&self, key: &Key, version: ObjectVersion, value: &[u8]) {
+        let mut node = self.lock_node();
+        node.counters.disk_hits += 1;
+        let now = node.now();
+        if let Ok(Some(replica)) = node.master.handle_promote(now, key.as_ref(), version) {
+            node.bytes_mut(&replica).copy_from_slice(value);
+            node.counters.promotions += 1;
+        }
+    }
+
+    /// A persist the queue could not take at once (runs where blocking is allowed).
+    fn persist_blocking(&self, d: Deferred) {
+        let tier = self.tier.read().unwrap_or_else(PoisonError::into_inner);
+        let result = match tier.as_ref() {
+            Some(t) => t.put(d.key.as_ref(), d.version, d.value).map_err(|e| e.to_string()),
+            None => Err(String::from("the store closed")),
+        };
+        if let Err(e) = result {
+            self.lock_node().persist_failed(d.key.as_ref(), d.version, &e);
+        }
+    }
+
+    /// Carries the tier's events to the master and runs what that asks for.
+    fn settle(&self) -> Vec<Deferred> {
+        let tier = self.tier.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(t) = tier.as_ref() else { return Vec::new() };
+        let mut node = self.lock_node();
+        while let Some(event) = t.poll_event() {
+            node.handle_tier_event(event, t);
+        }
+        let now = node.now();
+        node.master.handle_timeout(now);
+        node.run_commands(Some(t))
+    }
+}
+
+/// The background task: carries tier events to the master as they arrive and keeps
+/// the master's timers, until the store closes.
+async fn background<R: Runtime>(runtime: R, inner: Arc<Inner>) {
+    let watch = match inner.wake.try_clone_fd().and_then(|fd| runtime.watch_fd(fd)) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the tier's events; polling them every 100 ms");
+            None
+        }
+    };
+    while !inner.closed.load(Ordering::Acquire) {
+        inner.wake.reset();
+        for d in inner.settle() {
+            let i = Arc::clone(&inner);
+            runtime.unblock(move || i.persist_blocking(d)).await;
+        }
+        match &watch {
+            Some(w) => {
+                let readable = w.readable();
+                let tick = runtime.sleep(IDLE_TICK);
+                futures_lite::future::or(async { drop(readable.await) }, tick).await;
+            }
+            None => runtime.sleep(IDLE_TICK).await,
+        }
+    }
+}
