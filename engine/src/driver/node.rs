@@ -38,6 +38,7 @@ pub(super) struct Counters {
     pub(super) disk_hits: u64,
     pub(super) promotions: u64,
     pub(super) persisted: u64,
+    pub(super) put_waits: u64,
     pub(super) persist_failures: u64,
     pub(super) recovered: u64,
 }

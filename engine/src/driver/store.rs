@@ -51,6 +51,8 @@ pub struct StoreStats {
     pub evicted_to_disk: u64,
     /// Objects evicted with no disk copy (persistence off).
     pub evicted_dropped: u64,
+    /// Puts that found memory full of objects not yet on SSD and waited for them.
+    pub put_waits: u64,
     /// Objects written to SSD and registered with the master.
     pub persisted: u64,
     /// Persists that failed (the object stayed in memory, or was dropped if evicting).
@@ -82,7 +84,13 @@ struct Inner {
 /// Where a get found its object.
 enum Found {
     Memory(Bytes),
-    Disk { key: Key, version: ObjectVersion, read: oneshot::Receiver<ReadResult> },
+    /// Copied from memory into the caller's buffer; the length.
+    Copied(usize),
+    Disk {
+        key: Key,
+        version: ObjectVersion,
+        read: oneshot::Receiver<ReadResult>,
+    },
 }
 
 impl<R: Runtime> Store<R> {
@@ -157,6 +165,7 @@ impl<R: Runtime> Store<R> {
                     // Memory is full of objects waiting to be persisted before they can
                     // be evicted: let the tier catch up, then try again.
                     retries += 1;
+                    self.inner.lock_node().counters.put_waits += 1;
                     self.flush().await?;
                 }
                 Err(e) => return Err(e),
@@ -202,25 +211,24 @@ impl<R: Runtime> Store<R> {
     /// its checksum and was dropped), `Storage`, `Closed`.
     pub async fn get(&self, key: &[u8]) -> Result<Bytes, StoreError> {
         let key = KeyRef::new(key)?;
-        self.finish_get(self.start_get(key)?).await
+        self.finish_get(self.start_get(key, None)?).await
     }
 
-    /// Copies the value under `key` into `buf`; returns its length.
+    /// Copies the value under `key` into `buf`; returns its length. A value in memory
+    /// is copied straight from the segment.
     ///
     /// Errors: as [`Store::get`], and `BufferTooSmall`.
     pub async fn get_into(&self, key: &[u8], buf: &mut [u8]) -> Result<usize, StoreError> {
-        let k = KeyRef::new(key)?;
-        let needed = self.get_size(key).await?;
-        if needed > buf.len() as u64 {
-            return Err(StoreError::BufferTooSmall { needed, len: buf.len() });
-        }
-        let value = self.finish_get(self.start_get(k)?).await?;
-        // Replaced by a larger value since the size was read: still never overrun.
+        let key = KeyRef::new(key)?;
+        let value = match self.start_get(key, Some(&mut *buf))? {
+            Found::Copied(len) => return Ok(len),
+            found => self.finish_get(found).await?,
+        };
+        // Read from SSD; replaced by a larger value meanwhile: still never overrun.
         let len = buf.len();
-        let dst = buf
-            .get_mut(..value.len())
-            .ok_or(StoreError::BufferTooSmall { needed: value.len() as u64, len })?;
-        dst.copy_from_slice(&value);
+        buf.get_mut(..value.len())
+            .ok_or(StoreError::BufferTooSmall { needed: value.len() as u64, len })?
+            .copy_from_slice(&value);
         Ok(value.len())
     }
 
@@ -278,7 +286,7 @@ impl<R: Runtime> Store<R> {
     pub async fn batch_get(&self, keys: &[&[u8]]) -> Vec<Result<Bytes, StoreError>> {
         let started: Vec<Result<Found, StoreError>> = keys
             .iter()
-            .map(|k| KeyRef::new(k).map_err(StoreError::from).and_then(|k| self.start_get(k)))
+            .map(|k| KeyRef::new(k).map_err(StoreError::from).and_then(|k| self.start_get(k, None)))
             .collect();
         let mut out = Vec::with_capacity(keys.len());
         for s in started {
@@ -358,6 +366,7 @@ impl<R: Runtime> Store<R> {
             promotions: c.promotions,
             evicted_to_disk: m.evicted_to_disk,
             evicted_dropped: m.evicted_dropped,
+            put_waits: c.put_waits,
             persisted: c.persisted,
             persist_failures: c.persist_failures,
             recovered: c.recovered,
@@ -365,12 +374,20 @@ impl<R: Runtime> Store<R> {
         }
     }
 
-    /// Looks `key` up: copies it out of memory, or starts its disk read.
-    fn start_get(&self, key: KeyRef<'_>) -> Result<Found, StoreError> {
+    /// Looks `key` up: copies it out of memory (into `into` if given, else into new
+    /// `Bytes`), or starts its disk read.
+    fn start_get(&self, key: KeyRef<'_>, into: Option<&mut [u8]>) -> Result<Found, StoreError> {
         let tier = self.inner.tier()?;
         let mut node = self.inner.lock_node();
         let now = node.now();
         let segment = node.segment_bytes();
+        if let Some(buf) = &into {
+            // Refuse a short buffer before granting a lease.
+            let needed = node.master.object_size(key).ok_or(StoreError::NotFound)?;
+            if needed > buf.len() as u64 {
+                return Err(StoreError::BufferTooSmall { needed, len: buf.len() });
+            }
+        }
         let list = node
             .master
             .handle_get_replica_list(now, key)
@@ -379,7 +396,14 @@ impl<R: Runtime> Store<R> {
             Some(ReplicaDescriptor::Memory(r)) => {
                 let r = *r;
                 node.counters.memory_hits += 1;
-                Ok(Found::Memory(Bytes::copy_from_slice(node.bytes(&r))))
+                let bytes = node.bytes(&r);
+                Ok(match into {
+                    Some(buf) => {
+                        buf[..bytes.len()].copy_from_slice(bytes);
+                        Found::Copied(bytes.len())
+                    }
+                    None => Found::Memory(Bytes::copy_from_slice(bytes)),
+                })
             }
             Some(ReplicaDescriptor::Disk(_)) => {
                 let tier = tier.as_ref().ok_or(StoreError::NotFound)?;
@@ -396,6 +420,7 @@ impl<R: Runtime> Store<R> {
     async fn finish_get(&self, found: Found) -> Result<Bytes, StoreError> {
         let (key, version, read) = match found {
             Found::Memory(bytes) => return Ok(bytes),
+            Found::Copied(_) => unreachable!("only get_into passes a buffer, and it takes copies itself"),
             Found::Disk { key, version, read } => (key, version, read),
         };
         let (read_version, value) = read.await.map_err(|_| StoreError::Closed)??;

@@ -1,0 +1,266 @@
+//! The `larder bench` run: phases, progress bars, verification and the summary.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use larder_tokio::{Store, StoreStats};
+use serde::Serialize;
+
+use super::config::BenchConfig;
+
+/// The cluster directory the bench works in, so that it never touches a real
+/// cluster's data under the same root.
+const BENCH_CLUSTER: &str = "larder-bench";
+
+/// One timed phase.
+#[derive(Debug, Serialize)]
+struct Phase {
+    name: &'static str,
+    seconds: f64,
+    /// Value bytes moved (0 for phases that move none).
+    bytes: u64,
+    mb_per_s: Option<f64>,
+}
+
+/// Where reads were served from in a read phase.
+#[derive(Debug, Serialize, Default, Clone, Copy)]
+struct Hits {
+    memory: u64,
+    ssd: u64,
+    promoted_to_memory: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Summary {
+    value_size: usize,
+    count: u64,
+    working_set_bytes: u64,
+    memory_bytes: u64,
+    storage_root: String,
+    tasks: usize,
+    phases: Vec<Phase>,
+    first_read: Hits,
+    read_after_reopen: Hits,
+    evicted_to_ssd: u64,
+    /// Puts that found memory full of objects not yet on SSD and waited.
+    puts_waited_for_ssd: u64,
+    recovered_objects: u64,
+    bytes_verified: u64,
+    bytes_on_ssd: u64,
+    buckets: u64,
+    io_driver: String,
+    direct_io: bool,
+}
+
+/// Runs the bench; an error if anything fails or any byte read back is wrong.
+pub(crate) async fn run(mut config: BenchConfig) -> Result<(), String> {
+    config.store.cluster = BENCH_CLUSTER.into();
+    let root = config.store.storage_root.clone().expect("the bench always has a root");
+    let result = phases(&config).await;
+    if config.temporary_root {
+        let _ = std::fs::remove_dir_all(&root);
+    }
+    let summary = result?;
+    if config.json {
+        println!("{}", serde_json::to_string_pretty(&summary).expect("summary serializes"));
+    } else {
+        print_table(&summary);
+    }
+    Ok(())
+}
+
+async fn phases(c: &BenchConfig) -> Result<Summary, String> {
+    let total = c.count * c.value_size as u64;
+    let bars = MultiProgress::new();
+    let mut phases = Vec::new();
+
+    let store = Arc::new(larder_tokio::open(c.store.clone()).await.map_err(|e| format!("opening: {e}"))?);
+    if store.stats().recovered > 0 {
+        // Data of an earlier bench kept with --keep: start from nothing.
+        store.remove_all(true).await.map_err(|e| e.to_string())?;
+    }
+
+    let start = Instant::now();
+    for_all(&store, c, bars.add(bar(c.count, "put")), |store, i, len| async move {
+        store.put(&key(i), &value(i, len)).await.map_err(|e| format!("put {i}: {e}"))
+    })
+    .await?;
+    phases.push(phase("put (memory; SSD behind)", start.elapsed(), total));
+
+    let start = Instant::now();
+    store.flush().await.map_err(|e| format!("flush: {e}"))?;
+    phases.push(phase("flush (all durable on SSD)", start.elapsed(), 0));
+    let after_writes = store.stats();
+
+    let (first_read, elapsed) = read_all(&store, c, &bars, "read + verify").await?;
+    phases.push(phase("read back, verified", elapsed, total));
+
+    let start = Instant::now();
+    store.close().await.map_err(|e| format!("close: {e}"))?;
+    phases.push(phase("close", start.elapsed(), 0));
+    drop(store);
+
+    let start = Instant::now();
+    let store = Arc::new(larder_tokio::open(c.store.clone()).await.map_err(|e| format!("reopening: {e}"))?);
+    phases.push(phase("reopen (recovery)", start.elapsed(), 0));
+    let recovered = store.stats().recovered;
+    if recovered != c.count {
+        return Err(format!("reopening recovered {recovered} of {} objects", c.count));
+    }
+
+    let (read_after_reopen, elapsed) = read_all(&store, c, &bars, "read after reopen").await?;
+    phases.push(phase("read after reopen, verified", elapsed, total));
+    let end = store.stats();
+    store.remove_all(true).await.map_err(|e| e.to_string())?;
+    store.close().await.map_err(|e| e.to_string())?;
+
+    let tier = after_writes.tier.expect("persistence is on");
+    Ok(Summary {
+        value_size: c.value_size,
+        count: c.count,
+        working_set_bytes: total,
+        memory_bytes: c.store.memory_bytes,
+        storage_root: c.store.storage_root.as_ref().map(|r| r.display().to_string()).unwrap_or_default(),
+        tasks: c.tasks,
+        phases,
+        first_read,
+        read_after_reopen,
+        evicted_to_ssd: after_writes.evicted_to_disk,
+        puts_waited_for_ssd: after_writes.put_waits,
+        recovered_objects: recovered,
+        bytes_verified: 2 * total,
+        bytes_on_ssd: end.tier.map_or(tier.bytes, |t| t.bytes),
+        buckets: tier.buckets,
+        io_driver: format!("{:?}", tier.driver),
+        direct_io: tier.direct_io,
+    })
+}
+
+/// Reads every object back with `tasks` in flight, comparing every byte.
+async fn read_all(
+    store: &Arc<Store>,
+    c: &BenchConfig,
+    bars: &MultiProgress,
+    label: &'static str,
+) -> Result<(Hits, Duration), String> {
+    let before = store.stats();
+    let start = Instant::now();
+    for_all(store, c, bars.add(bar(c.count, label)), |store, i, len| async move {
+        let got = store.get(&key(i)).await.map_err(|e| format!("get {i}: {e}"))?;
+        if got != value(i, len) {
+            return Err(format!("object {i} read back wrong bytes"));
+        }
+        Ok(())
+    })
+    .await?;
+    let elapsed = start.elapsed();
+    Ok((hits(&before, &store.stats()), elapsed))
+}
+
+fn hits(before: &StoreStats, after: &StoreStats) -> Hits {
+    Hits {
+        memory: after.memory_hits - before.memory_hits,
+        ssd: after.disk_hits - before.disk_hits,
+        promoted_to_memory: after.promotions - before.promotions,
+    }
+}
+
+/// Runs `op(store, i, value_size)` for every object, on `tasks` tasks (task `t` takes
+/// `t, t + tasks, …`), ticking `bar`.
+async fn for_all<F, Fut>(store: &Arc<Store>, c: &BenchConfig, bar: ProgressBar, op: F) -> Result<(), String>
+where
+    F: Fn(Arc<Store>, u64, usize) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..c.tasks as u64 {
+        let (store, op, bar) = (Arc::clone(store), op.clone(), bar.clone());
+        let (count, step, len) = (c.count, c.tasks as u64, c.value_size);
+        tasks.spawn(async move {
+            let mut i = t;
+            while i < count {
+                op(Arc::clone(&store), i, len).await?;
+                bar.inc(1);
+                i += step;
+            }
+            Ok::<(), String>(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.map_err(|e| format!("a task failed: {e}"))??;
+    }
+    bar.finish();
+    Ok(())
+}
+
+fn bar(len: u64, label: &'static str) -> ProgressBar {
+    let style = ProgressStyle::with_template("{prefix:>18} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+        .expect("valid template")
+        .progress_chars("=> ");
+    ProgressBar::new(len).with_style(style).with_prefix(label)
+}
+
+fn phase(name: &'static str, elapsed: Duration, bytes: u64) -> Phase {
+    let seconds = elapsed.as_secs_f64();
+    Phase { name, seconds, bytes, mb_per_s: (bytes > 0).then(|| bytes as f64 / seconds / 1e6) }
+}
+
+fn key(i: u64) -> Vec<u8> {
+    format!("larder-bench/{i:012}").into_bytes()
+}
+
+/// Object `i`'s bytes: a fast generator seeded by `i`, so verification needs no copy.
+fn value(i: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    let mut x = i.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    while out.len() < len {
+        // splitmix64
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn print_table(s: &Summary) {
+    println!(
+        "larder bench: {} values of {} ({} MB working set) through a {} MB memory segment, {} tasks",
+        s.count,
+        human(s.value_size as u64),
+        s.working_set_bytes / 1_000_000,
+        s.memory_bytes / 1_000_000,
+        s.tasks
+    );
+    println!("storage root: {} (I/O: {}, O_DIRECT: {})", s.storage_root, s.io_driver, s.direct_io);
+    println!();
+    println!("{:<30} {:>10} {:>12}", "phase", "seconds", "MB/s");
+    for p in &s.phases {
+        let rate = p.mb_per_s.map_or(String::from("-"), |r| format!("{r:.0}"));
+        println!("{:<30} {:>10.3} {:>12}", p.name, p.seconds, rate);
+    }
+    println!();
+    let h = |x: &Hits| {
+        format!("{} from memory, {} from SSD ({} promoted back)", x.memory, x.ssd, x.promoted_to_memory)
+    };
+    println!("first read:        {}", h(&s.first_read));
+    println!("after reopen:      {}", h(&s.read_after_reopen));
+    println!(
+        "evicted to SSD:    {} objects ({} puts waited for the SSD)",
+        s.evicted_to_ssd, s.puts_waited_for_ssd
+    );
+    println!("recovered:         {} objects", s.recovered_objects);
+    println!("on SSD:            {} MB in {} buckets", s.bytes_on_ssd / 1_000_000, s.buckets);
+    println!("verified:          {} MB, every byte", s.bytes_verified / 1_000_000);
+}
+
+fn human(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} B"),
+    }
+}
