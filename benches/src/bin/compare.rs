@@ -205,6 +205,10 @@ fn compare_disk(
         // each median compares like with like.
         let (mut fio_write, mut fio_read, mut tier, mut seed) = (vec![], vec![], vec![], vec![]);
         for _ in 0..runs {
+            // A fresh file each run: the tier writes new files too, and on a filesystem
+            // mounted with `discard` overwriting blocks already allocated is cheaper
+            // than allocating new ones.
+            let _ = std::fs::remove_file(&fio_file);
             fio_write.extend(fio_run(Case { pattern: Pattern::SeqWrite, block: 1 << 20, depth, size })?);
             fio_read.extend(fio_run(Case { pattern: Pattern::RandRead, block: value_size, depth, size })?);
             tier.push(disk::run_tier(&workload, &dir.join("tier"), depth as usize, bucket_bytes)?);
