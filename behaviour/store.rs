@@ -226,6 +226,34 @@ pub async fn reopening_finds_everything_that_was_persisted<H: Harness>(h: H) {
     store.close().await.unwrap();
 }
 
+/// Dropping a store without closing it still writes out what was acknowledged and
+/// releases the storage root once its background work has ended.
+pub async fn dropping_without_close_loses_nothing_and_releases_the_root<H: Harness>(h: H) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = h.open(persistent(dir.path(), 16 << 20)).await.unwrap();
+    let rt = store.runtime().clone();
+    for i in 0..6 {
+        store.put(&key(i), &value(i, 200_000)).await.unwrap();
+    }
+    drop(store);
+    let mut reopened = None;
+    for _ in 0..500 {
+        match h.open(persistent(dir.path(), 16 << 20)).await {
+            Ok(s) => {
+                reopened = Some(s);
+                break;
+            }
+            Err(StoreError::Storage(TierError::Locked { .. })) => rt.sleep(Duration::from_millis(10)).await,
+            Err(e) => panic!("reopening: {e}"),
+        }
+    }
+    let store = reopened.expect("the root was released within 5 s");
+    for i in 0..6 {
+        assert_eq!(store.get(&key(i)).await.unwrap(), value(i, 200_000), "object {i}");
+    }
+    store.close().await.unwrap();
+}
+
 pub async fn remove_all_wipes_memory_and_disk<H: Harness>(h: H) {
     let dir = tempfile::tempdir().unwrap();
     let store = h.open(persistent(dir.path(), 8 << 20)).await.unwrap();
@@ -455,6 +483,7 @@ macro_rules! store_behaviour_tests {
             memory_only_eviction_drops_the_oldest,
             reopening_finds_everything_that_was_persisted,
             remove_all_wipes_memory_and_disk,
+            dropping_without_close_loses_nothing_and_releases_the_root,
             batch_forms_answer_per_item,
             concurrent_puts_and_gets,
             a_vanished_storage_root_is_an_error_and_memory_keeps_everything,

@@ -434,6 +434,16 @@ impl<R: Runtime> Store<R> {
     }
 }
 
+impl<R: Runtime> Drop for Store<R> {
+    /// Dropping without `close`: the background task ends, and with it the last
+    /// reference to the tier, whose drop writes out what was accepted and releases the
+    /// storage root. `close` is the way to wait for that and see its errors.
+    fn drop(&mut self) {
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.wake.notify();
+    }
+}
+
 impl Inner {
     fn lock_node(&self) -> MutexGuard<'_, Node> {
         self.node.lock().unwrap_or_else(PoisonError::into_inner)
