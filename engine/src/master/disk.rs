@@ -229,7 +229,7 @@ impl Master {
             if d.state != DiskState::Pending {
                 self.commands.push_back(NodeCommand::DropDiskReplica {
                     node: d.replica.node,
-                    key: Key::from_boxed_unchecked(o.key.clone()),
+                    key: Key::from_boxed_unchecked(o.key.as_slice().into()),
                     version: o.version,
                     replica: d.replica,
                 });

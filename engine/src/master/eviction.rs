@@ -147,7 +147,7 @@ impl Master {
         };
         let command = NodeCommand::Persist {
             node,
-            key: Key::from_boxed_unchecked(o.key.clone()),
+            key: Key::from_boxed_unchecked(o.key.as_slice().into()),
             version: o.version,
             source: self.segments.replica(source_placement, o.size),
             reason,

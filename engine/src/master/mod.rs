@@ -418,8 +418,9 @@ impl Master {
         }
     }
 
-    /// Heap bytes held by the master's own tables, not counting keys (which take
-    /// their length plus the allocator's per-allocation overhead).
+    /// Heap bytes held by the master's own tables. Keys of up to 32 bytes live inside
+    /// the object table and are counted; longer keys take their own allocation (their
+    /// length plus the allocator's overhead), which is not.
     pub fn heap_bytes(&self) -> usize {
         self.objects.heap_bytes()
             + self.segments.heap_bytes()
@@ -456,7 +457,7 @@ impl Master {
         let o = self.take_object(slot);
         self.free_placements(&o.memory);
         self.events.push_back(MasterEvent::ObjectDropped {
-            key: Key::from_boxed_unchecked(o.key),
+            key: Key::from_boxed_unchecked(o.key.as_slice().into()),
             version: o.version,
             reason,
         });

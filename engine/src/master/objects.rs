@@ -4,7 +4,6 @@
 //! the key index is a `hashbrown::HashTable` of slab slots (4 bytes per entry), hashed
 //! with foldhash from a configured seed so that simulations are deterministic.
 
-use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::hash::BuildHasher;
 
@@ -76,10 +75,15 @@ impl DiskEntry {
     }
 }
 
+/// An object's key bytes.
+pub(crate) type ObjectKey = smallvec::SmallVec<[u8; 32]>;
+
 /// One object version and its replicas.
 #[derive(Debug)]
 pub(crate) struct Object {
-    pub(crate) key: Box<[u8]>,
+    /// Kept inline up to 32 bytes (the usual prefix hash), so that a lookup compares
+    /// the key in the object's own cache lines instead of chasing a pointer.
+    pub(crate) key: ObjectKey,
     pub(crate) version: ObjectVersion,
     pub(crate) size: u64,
     /// The node that started the put (meaningful while Processing).
