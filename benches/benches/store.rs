@@ -32,6 +32,14 @@ fn keys(n: usize) -> Vec<Vec<u8>> {
     (0..n).map(|i| format!("bench/{i:010}").into_bytes()).collect()
 }
 
+/// Puts `iters` values under the next keys of `keys`.
+async fn put_fresh(store: &Store, keys: &[Vec<u8>], next: &mut usize, iters: u64, value: &[u8]) {
+    for _ in 0..iters {
+        store.put(&keys[*next % keys.len()], value).await.expect("put");
+        *next += 1;
+    }
+}
+
 fn embedded(c: &mut Criterion) {
     let rt = runtime();
     let value = vec![0x5au8; VALUE];
@@ -71,10 +79,7 @@ fn embedded(c: &mut Criterion) {
         b.iter_custom(|iters| {
             rt.block_on(async {
                 let start = Instant::now();
-                for _ in 0..iters {
-                    store.put(&all[next % all.len()], &value).await.expect("put");
-                    next += 1;
-                }
+                put_fresh(&store, &all, &mut next, iters, &value).await;
                 start.elapsed()
             })
         })
@@ -163,10 +168,7 @@ fn persistent(c: &mut Criterion) {
         b.iter_custom(|iters| {
             rt.block_on(async {
                 let start = Instant::now();
-                for _ in 0..iters {
-                    store.put(&all[next % all.len()], &value).await.expect("put");
-                    next += 1;
-                }
+                put_fresh(&store, &all, &mut next, iters, &value).await;
                 store.flush().await.expect("flush");
                 let elapsed = start.elapsed();
                 store.remove_all(true).await.expect("reclaim space");

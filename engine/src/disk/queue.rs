@@ -63,6 +63,14 @@ struct State<T> {
     closed: bool,
 }
 
+impl<T> State<T> {
+    /// Whether an item of `bytes` fits (an empty queue takes any item, so that one
+    /// larger than the capacity cannot wait forever).
+    fn has_room(&self, bytes: usize) -> bool {
+        self.items.is_empty() || self.queued_bytes + bytes <= self.capacity
+    }
+}
+
 /// The queue. See the module documentation.
 #[derive(Debug)]
 pub struct WriteBehind<T> {
@@ -100,37 +108,36 @@ impl<T> WriteBehind<T> {
     /// sequence number.
     pub fn push(&self, item: T, bytes: usize) -> Result<u64, QueueError> {
         let mut s = self.lock();
-        while !s.closed && !s.items.is_empty() && s.queued_bytes + bytes > s.capacity {
+        while !s.closed && !s.has_room(bytes) {
             s = self.wait(s);
         }
         if s.closed {
             return Err(QueueError::Closed);
         }
-        let seq = s.next_seq;
-        s.next_seq += 1;
-        s.queued_bytes += bytes;
-        s.items.push_back((seq, item, bytes));
-        drop(s);
-        self.changed.notify_all();
-        Ok(seq)
+        Ok(self.accept(s, item, bytes))
     }
 
     /// Accepts an item if the queue has room for it now; gives it back if not.
     pub fn try_push(&self, item: T, bytes: usize) -> Result<Result<u64, T>, QueueError> {
-        let mut s = self.lock();
+        let s = self.lock();
         if s.closed {
             return Err(QueueError::Closed);
         }
-        if !s.items.is_empty() && s.queued_bytes + bytes > s.capacity {
+        if !s.has_room(bytes) {
             return Ok(Err(item));
         }
+        Ok(Ok(self.accept(s, item, bytes)))
+    }
+
+    /// Queues an item the caller checked there is room for; wakes the writer.
+    fn accept(&self, mut s: MutexGuard<'_, State<T>>, item: T, bytes: usize) -> u64 {
         let seq = s.next_seq;
         s.next_seq += 1;
         s.queued_bytes += bytes;
         s.items.push_back((seq, item, bytes));
         drop(s);
         self.changed.notify_all();
-        Ok(Ok(seq))
+        seq
     }
 
     /// Takes up to `max_bytes` of items (at least one if any), waiting up to `timeout`
@@ -283,6 +290,18 @@ mod tests {
         let q = WriteBehind::new(10);
         q.push(0u32, 1000).unwrap();
         assert_eq!(q.take(5, Some(Duration::ZERO)).items.len(), 1);
+    }
+
+    #[test]
+    fn try_push_gives_the_item_back_when_full_and_never_waits() {
+        let q = WriteBehind::new(10);
+        assert_eq!(q.try_push(0u32, 8), Ok(Ok(0)));
+        assert_eq!(q.try_push(1u32, 8), Ok(Err(1)), "full: the item comes back");
+        assert_eq!(q.queued_bytes(), 8);
+        assert_eq!(q.take(100, Some(Duration::ZERO)).items.len(), 1);
+        assert_eq!(q.try_push(2u32, 8), Ok(Ok(1)), "room again; sequence numbers stay dense");
+        q.close();
+        assert_eq!(q.try_push(3u32, 1), Err(QueueError::Closed));
     }
 
     #[test]
