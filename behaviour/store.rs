@@ -15,6 +15,9 @@ use larder_engine::disk::TierError;
 use larder_engine::driver::{Runtime, Store, StoreConfig, StoreError};
 use larder_engine::key::MAX_KEY_LEN;
 
+#[path = "tmpfs.rs"]
+mod tmpfs;
+
 /// Environment variable that turns a test binary into the crash test's child.
 pub const CRASH_CHILD_ROOT: &str = "LARDER_TEST_CRASH_CHILD_ROOT";
 
@@ -405,6 +408,37 @@ pub async fn a_vanished_storage_root_is_an_error_and_memory_keeps_everything<H: 
     let _ = store.close().await;
 }
 
+/// A full disk (a small tmpfs): puts are still acknowledged from memory, flush reports
+/// the failure as a storage error, nothing acknowledged is lost, and persistence resumes
+/// once space is freed.
+pub async fn a_full_disk_is_a_storage_error_and_loses_nothing<H: Harness>(h: H) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mnt) = tmpfs::Tmpfs::mount(&dir.path().join("mnt"), "3m") else {
+        eprintln!(
+            "SKIPPED: mounting a tmpfs is not permitted here (needs root); the full-disk test did not run"
+        );
+        return;
+    };
+    let store = h.open(persistent(&mnt.0, 32 << 20)).await.unwrap();
+    for i in 0..12 {
+        store.put(&key(i), &value(i, 512 << 10)).await.unwrap(); // 6 MiB onto 3 MiB
+    }
+    assert!(matches!(store.flush().await, Err(StoreError::Storage(_))));
+    assert!(store.stats().persist_failures > 0);
+    for i in 0..12 {
+        assert_eq!(store.get(&key(i)).await.unwrap(), value(i, 512 << 10), "object {i}");
+    }
+    // Free the space: what is written next persists.
+    store.remove_all(true).await.unwrap();
+    store.put(&key(100), &value(100, 512 << 10)).await.unwrap();
+    store.flush().await.unwrap();
+    assert_eq!(store.stats().tier.unwrap().objects, 1);
+    store.close().await.unwrap();
+    let store = h.open(persistent(&mnt.0, 32 << 20)).await.unwrap();
+    assert_eq!(store.get(&key(100)).await.unwrap(), value(100, 512 << 10));
+    store.close().await.unwrap();
+}
+
 /// The crash test's child: puts forever on the root in `CRASH_CHILD_ROOT`, printing
 /// `flushed N` once objects 0..N are durable.
 pub async fn crash_child<H: Harness>(h: H) {
@@ -487,6 +521,7 @@ macro_rules! store_behaviour_tests {
             batch_forms_answer_per_item,
             concurrent_puts_and_gets,
             a_vanished_storage_root_is_an_error_and_memory_keeps_everything,
+            a_full_disk_is_a_storage_error_and_loses_nothing,
             crash_child,
         );
         #[test]

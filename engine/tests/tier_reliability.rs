@@ -2,6 +2,8 @@
 //! moments, flipped bytes, a full disk, two processes on one node directory.
 
 mod support;
+#[path = "../../behaviour/tmpfs.rs"]
+mod tmpfs;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -14,6 +16,7 @@ use larder_engine::disk::{DirectIo, Tier, TierError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use support::{config, files, k, key, scratch, small_value, value};
+use tmpfs::Tmpfs;
 
 /// Keys of crash round `round` start here, so rounds never overwrite each other.
 fn round_key(round: u64, j: u64) -> u64 {
@@ -232,29 +235,6 @@ fn a_second_process_gets_the_lock_error_until_the_first_dies() {
     child.kill().unwrap();
     child.wait().unwrap();
     Tier::open(config(&root)).unwrap();
-}
-
-/// Mounts a small tmpfs for the test, or says why it cannot.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(path: &Path, size: &str) -> Option<Self> {
-        std::fs::create_dir_all(path).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(path)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Tmpfs(path.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        // Lazily: the kernel releases an io_uring's registered files asynchronously after
-        // the ring closes, so an immediate unmount may find the mount still busy.
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
 }
 
 #[test]
