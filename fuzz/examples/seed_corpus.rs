@@ -10,6 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use larder_engine::disk::format::{FooterBuilder, FooterEntry, RecordHeader, Trailer};
+use larder_engine::disk::removals::Removal;
 use larder_engine::master::{Master, MasterConfig};
 use larder_engine::wire::{DiskReplicaOrigin, Message, Request, Response};
 use larder_engine::{BucketId, DiskReplica, Incarnation, Instant, KeyRef, NodeId, ObjectVersion, SegmentId};
@@ -142,6 +143,15 @@ fn main() {
     };
     bucket.save(&[&[1u8][..], &footer].concat());
     bucket.save(&[&[0u8][..], &trailer.file_len().to_le_bytes(), &trailer.encode()].concat());
+    let mut log = vec![3u8];
+    for r in [
+        Removal::Record(k("prefix/1").to_key(), ObjectVersion(7)),
+        Removal::WipedBelow(BucketId(4)),
+        Removal::Record(k("a-much-longer-key-for-the-third-record").to_key(), ObjectVersion(9)),
+    ] {
+        r.encode(&mut log);
+    }
+    bucket.save(&log);
 
     let mut ops = Corpus::new(&root, "master_ops");
     let mut state = 0x9e37_79b9_7f4a_7c15u64;

@@ -7,6 +7,7 @@ use std::alloc::System;
 
 use arbitrary::{Arbitrary, Unstructured};
 use larder_engine::disk::format::{Footer, FooterBuilder, RecordHeader, Trailer};
+use larder_engine::disk::removals;
 use larder_engine::master::sim::{Cluster, Op};
 use larder_engine::master::{MasterConfig, PersistPolicy};
 use larder_engine::wire::Message;
@@ -56,7 +57,7 @@ pub const FUZZ_BUCKET: BucketId = BucketId(0x0102_0304);
 /// length), a footer or a record header; the rest is the input. Whatever decodes must re-encode to the same bytes.
 pub fn bucket_decode(data: &[u8]) {
     let Some((&selector, rest)) = data.split_first() else { return };
-    match selector % 3 {
+    match selector % 4 {
         0 => {
             // The input is the file's length (8 bytes) and then the trailer.
             let Some((len, trailer)) = rest.split_first_chunk::<8>() else { return };
@@ -70,6 +71,13 @@ pub fn bucket_decode(data: &[u8]) {
                 footer.entries.iter().for_each(|e| b.push(e));
                 assert_eq!(b.finish(), rest, "footer re-encoding differs");
             }
+        }
+        3 => {
+            // The removal log: what decodes re-encodes to the same prefix.
+            let (entries, used) = removals::decode(rest);
+            let mut out = Vec::new();
+            entries.iter().for_each(|e| e.encode(&mut out));
+            assert_eq!(&out[..], &rest[..used], "removal log re-encoding differs");
         }
         _ => {
             if let Ok(h) = RecordHeader::decode(rest) {

@@ -3,6 +3,7 @@
 //! - [`format`] (`no_std`): the bucket file format.
 //! - [`protocol`] (`no_std`): who reads a bucket and who deletes it, exactly once.
 //! - [`queue`]: the write-behind queue and its flush barrier.
+//! - [`removals`]: the removal log that keeps removed records removed across restarts.
 //! - [`Tier`]: bucket files in a locked node directory, written behind the caller,
 //!   read back checksummed, evicted for capacity, recovered at open.
 
@@ -22,7 +23,7 @@ mod reader;
 #[cfg(feature = "std")]
 mod recovery;
 #[cfg(feature = "std")]
-mod removals;
+pub mod removals;
 #[cfg(feature = "std")]
 mod tier;
 #[cfg(feature = "std")]
@@ -36,8 +37,6 @@ pub use error::TierError;
 pub use reader::ReadResult;
 #[cfg(feature = "std")]
 pub use recovery::RecoveredRecord;
-#[cfg(feature = "std")]
-pub use removals::REMOVAL_LOG;
 #[cfg(feature = "std")]
 pub use tier::{DirectIo, DropCause, Tier, TierConfig, TierEvent, TierStats};
 

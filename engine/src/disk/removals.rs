@@ -36,15 +36,16 @@ const KIND_WIPE: u8 = 2;
 
 /// One removal.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Removal {
-    /// The record of `key` at `version`.
+pub enum Removal {
+    /// The record of `key` at `version` was removed.
     Record(Key, ObjectVersion),
-    /// Every bucket below this id.
+    /// Every bucket below this id was wiped.
     WipedBelow(BucketId),
 }
 
 impl Removal {
-    fn encode(&self, out: &mut Vec<u8>) {
+    /// Appends the entry's bytes to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
         let start = out.len();
         let (kind, key, n): (u8, &[u8], u64) = match self {
             Removal::Record(key, version) => (KIND_RECORD, key.as_bytes(), version.0),
@@ -61,8 +62,9 @@ impl Removal {
 }
 
 /// Decodes entries from the start of `bytes`; returns them and how many bytes they
-/// took (anything after is a torn or damaged tail).
-pub(super) fn decode(bytes: &[u8]) -> (Vec<Removal>, usize) {
+/// took (anything after is a torn or damaged tail). Never panics; allocates only for
+/// entries that checked.
+pub fn decode(bytes: &[u8]) -> (Vec<Removal>, usize) {
     let mut out = Vec::new();
     let mut at = 0;
     while let Some((entry, len)) = decode_one(&bytes[at..]) {
