@@ -456,6 +456,72 @@ pub async fn crash_child<H: Harness>(h: H) {
     }
 }
 
+/// Removes racing the write-behind: an object removed right after its put (while its
+/// record is still being written) stays removed after a reopen, with `close` or
+/// without, and the usual overwrite (put, remove, put again) keeps the new value.
+pub async fn removals_racing_persistence_stay_removed_across_reopen<H: Harness>(h: H) {
+    let dir = tempfile::tempdir().unwrap();
+    for close in [true, false] {
+        let store = h.open(persistent(dir.path(), 32 << 20)).await.unwrap();
+        store.remove_all(true).await.unwrap();
+        for i in 0..20 {
+            store.put(&key(i), &value(i, 100_000)).await.unwrap();
+            store.remove(&key(i), false).await.unwrap();
+            if i % 2 == 0 {
+                store.put(&key(i), &value(i + 1000, 90_000)).await.unwrap();
+            }
+        }
+        if close {
+            store.close().await.unwrap();
+        } else {
+            drop(store);
+        }
+        let store = reopen_when_released(&h, dir.path()).await;
+        for i in 0..20 {
+            match store.get(&key(i)).await {
+                Ok(v) => {
+                    assert_eq!(i % 2, 0, "removed object {i} came back (close: {close})");
+                    assert_eq!(v, value(i + 1000, 90_000), "object {i} (close: {close})");
+                }
+                Err(StoreError::NotFound) => assert_eq!(i % 2, 1, "object {i} was lost (close: {close})"),
+                Err(e) => panic!("object {i}: {e}"),
+            }
+        }
+        store.close().await.unwrap();
+    }
+}
+
+/// Opens `root` again, waiting while a dropped store's background work still holds it.
+async fn reopen_when_released<H: Harness>(h: &H, root: &Path) -> Store<H::R> {
+    for _ in 0..500 {
+        match h.open(persistent(root, 32 << 20)).await {
+            Ok(s) => return s,
+            Err(StoreError::Storage(TierError::Locked { .. })) => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("reopening: {e}"),
+        }
+    }
+    panic!("the root was not released within 5 s");
+}
+
+/// Memory-only, with every object leased: a put that finds no room is refused, and
+/// once the leases expire the master's timers let eviction make room again.
+pub async fn eviction_resumes_when_leases_expire<H: Harness>(h: H) {
+    let config = StoreConfig { lease_ttl: Duration::from_millis(200), ..memory_only(4 << 20) };
+    let store = h.open(config).await.unwrap();
+    for i in 0..8 {
+        store.put(&key(i), &value(i, 512 << 10)).await.unwrap(); // 8 × 512 KiB fill 4 MiB
+        store.get(&key(i)).await.unwrap(); // leased
+    }
+    assert!(matches!(store.put(&key(8), &value(8, 512 << 10)).await, Err(StoreError::NoSpace)));
+    assert!(matches!(store.put(&key(8), &value(8, 512 << 10)).await, Err(StoreError::NoSpace)));
+    store.runtime().sleep(Duration::from_millis(400)).await;
+    store.put(&key(9), &value(9, 512 << 10)).await.unwrap();
+    assert_eq!(store.get(&key(9)).await.unwrap(), value(9, 512 << 10));
+    store.close().await.unwrap();
+}
+
 /// A child putting continuously is SIGKILLed several times; each reopen finds every
 /// object whose flush had returned, byte for byte.
 pub async fn reopening_after_sigkill_keeps_everything_flushed<H: Harness>(h: H, test_name: &str) {
@@ -518,6 +584,8 @@ macro_rules! store_behaviour_tests {
             reopening_finds_everything_that_was_persisted,
             remove_all_wipes_memory_and_disk,
             dropping_without_close_loses_nothing_and_releases_the_root,
+            removals_racing_persistence_stay_removed_across_reopen,
+            eviction_resumes_when_leases_expire,
             batch_forms_answer_per_item,
             concurrent_puts_and_gets,
             a_vanished_storage_root_is_an_error_and_memory_keeps_everything,

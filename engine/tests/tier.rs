@@ -264,3 +264,38 @@ fn keys_never_become_file_names() {
     }
     assert!(tier.get(k(b"../../escape")).unwrap().1 == value(1, 1));
 }
+
+#[test]
+fn a_replaced_version_stays_dead_after_its_successor_is_removed_and_the_tier_reopens() {
+    let root = scratch("replaced");
+    let (tier, _) = Tier::open(config(&root)).unwrap();
+    tier.put(k(&key(1)), ObjectVersion(1), value(1, 1)).unwrap();
+    tier.flush().unwrap();
+    tier.put(k(&key(1)), ObjectVersion(2), value(1, 2)).unwrap(); // another bucket
+    tier.flush().unwrap();
+    assert!(tier.stats().buckets >= 1);
+    assert!(tier.remove_version(k(&key(1)), ObjectVersion(2)));
+    tier.close().unwrap();
+    let (tier, recovered) = Tier::open(config(&root)).unwrap();
+    assert!(recovered.is_empty(), "version 1 came back: {recovered:?}");
+    assert!(matches!(tier.get(k(&key(1))), Err(TierError::NotFound)));
+}
+
+#[test]
+fn removing_an_old_version_never_cancels_a_newer_one_queued_behind_it() {
+    let root = scratch("remove-version");
+    let mut c = config(&root);
+    c.bucket_deadline = Duration::from_secs(3600);
+    c.bucket_bytes = 1 << 30;
+    let (tier, _) = Tier::open(c).unwrap();
+    tier.put(k(&key(1)), ObjectVersion(1), value(1, 1)).unwrap();
+    tier.put(k(&key(1)), ObjectVersion(2), value(1, 2)).unwrap();
+    // Version 1 is dropped while both are still queued: version 2 must survive.
+    tier.remove_version(k(&key(1)), ObjectVersion(1));
+    tier.flush().unwrap();
+    check_range(&tier, 1..2, 2);
+    tier.close().unwrap();
+    let (tier, recovered) = Tier::open(config(&root)).unwrap();
+    assert_eq!(recovered.len(), 1);
+    check_range(&tier, 1..2, 2);
+}

@@ -47,6 +47,17 @@ impl Unlink for BucketFile {
     }
 }
 
+/// What [`Index::insert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Inserted {
+    /// Indexed (nothing older was, or a copy of the same version was).
+    Added,
+    /// Indexed, replacing this older version, whose record is now dead.
+    Replaced(ObjectVersion),
+    /// Not indexed: a newer version is.
+    Refused,
+}
+
 /// Where one record's value is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Record {
@@ -121,19 +132,23 @@ impl Index {
     }
 
     /// Indexes a record unless a newer version of the key is indexed; the record it
-    /// replaces (or the one refused) becomes dead bytes. Returns whether it was indexed.
-    pub(super) fn insert(&mut self, key: Key, record: Record) -> bool {
+    /// replaces (or the one refused) becomes dead bytes, which the caller must log as
+    /// removed so that a restart does not bring it back.
+    pub(super) fn insert(&mut self, key: Key, record: Record) -> Inserted {
         if self.records.get(key.as_bytes()).is_some_and(|old| old.version > record.version) {
-            return false;
+            return Inserted::Refused;
         }
         if let Some(b) = self.buckets.get_mut(&record.bucket) {
             b.live += 1;
             b.keys.push(key.clone());
         }
-        if let Some(old) = self.records.insert(key, record) {
-            self.release(old.bucket);
+        match self.records.insert(key, record) {
+            Some(old) => {
+                self.release(old.bucket);
+                if old.version < record.version { Inserted::Replaced(old.version) } else { Inserted::Added }
+            }
+            None => Inserted::Added,
         }
-        true
     }
 
     /// Retires a bucket whose records are all dead.

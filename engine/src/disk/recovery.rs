@@ -3,6 +3,7 @@
 //! rebuild the index. The recovered records are handed back so that the master can be
 //! told about them.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
@@ -12,7 +13,7 @@ use std::vec::Vec;
 use super::dir::NodeDir;
 use super::error::TierError;
 use super::format::{BLOCK, Footer, TRAILER_LEN, Trailer};
-use super::index::{BucketFile, Index, Record};
+use super::index::{BucketFile, Index, Inserted, Record};
 use super::protocol::Bucket;
 use super::removals::{Removal, Removed};
 use crate::descriptor::DiskReplica;
@@ -44,8 +45,14 @@ pub(super) struct Recovery {
 
 /// Scans `dir`, skipping what the removal log says was removed; see the module
 /// documentation.
-pub(super) fn recover(dir: &NodeDir, direct_io: bool, mut removed: Removed) -> Result<Recovery, TierError> {
+pub(super) fn recover(dir: &NodeDir, direct_io: bool, removed: Removed) -> Result<Recovery, TierError> {
     let mut r = Recovery { tmp_removed: dir.remove_tmp_files()?, ..Recovery::default() };
+    // Dead records found, by key: the newest dead version (the compacted log).
+    let mut dead: HashMap<Key, ObjectVersion> = HashMap::new();
+    let mut mark_dead = |key: Key, version: ObjectVersion| {
+        let upto = dead.entry(key).or_insert(version);
+        *upto = (*upto).max(version);
+    };
     r.next_bucket = removed.wiped_below.0;
     for (id, path) in dir.buckets()? {
         r.next_bucket = r.next_bucket.max(id.0 + 1);
@@ -73,8 +80,8 @@ pub(super) fn recover(dir: &NodeDir, direct_io: bool, mut removed: Removed) -> R
                 r.index.add_bucket(id, cell, Arc::new(reader), trailer.file_len());
                 for e in &footer.entries {
                     let key = e.key.to_key();
-                    if let Some(gone) = removed.records.take(&(key, e.version)) {
-                        r.removals.push(Removal::Record(gone.0, gone.1));
+                    if let Some(&upto) = removed.records.get(&key).filter(|upto| e.version <= **upto) {
+                        mark_dead(key, upto);
                         continue;
                     }
                     let record = Record {
@@ -84,7 +91,11 @@ pub(super) fn recover(dir: &NodeDir, direct_io: bool, mut removed: Removed) -> R
                         crc: e.value_crc,
                         version: e.version,
                     };
-                    r.index.insert(e.key.to_key(), record);
+                    match r.index.insert(key.clone(), record) {
+                        Inserted::Added => {}
+                        Inserted::Replaced(old) => mark_dead(key, old),
+                        Inserted::Refused => mark_dead(key, e.version),
+                    }
                 }
                 r.index.retire_if_empty(id);
             }
@@ -95,6 +106,7 @@ pub(super) fn recover(dir: &NodeDir, direct_io: bool, mut removed: Removed) -> R
     if r.damaged_removed > 0 || removed.wiped_below.0 > 0 {
         dir.sync()?;
     }
+    r.removals = dead.into_iter().map(|(k, v)| Removal::Record(k, v)).collect();
     Ok(r)
 }
 

@@ -10,11 +10,11 @@
 //!
 //! ```text
 //! entry: [kind u8][0 u8][key length u16][version or bucket id u64][key][crc32c u32]
-//! kind 1: the record of `key` at `version` was removed
+//! kind 1: every record of `key` at `version` or older is dead (removed, or replaced)
 //! kind 2: every bucket with an id below `bucket id` was wiped (remove_all)
 //! ```
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -37,7 +37,8 @@ const KIND_WIPE: u8 = 2;
 /// One removal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Removal {
-    /// The record of `key` at `version` was removed.
+    /// Every record of the key at this version or older is dead (removed, or replaced
+    /// by a newer version).
     Record(Key, ObjectVersion),
     /// Every bucket below this id was wiped.
     WipedBelow(BucketId),
@@ -99,7 +100,8 @@ fn decode_one(b: &[u8]) -> Option<(Removal, usize)> {
 /// What the log says recovery must skip.
 #[derive(Debug, Default)]
 pub(super) struct Removed {
-    pub(super) records: HashSet<(Key, ObjectVersion)>,
+    /// Records of a key at this version or older are dead.
+    pub(super) records: HashMap<Key, ObjectVersion>,
     pub(super) wiped_below: BucketId,
 }
 
@@ -109,7 +111,8 @@ impl Removed {
         for e in entries {
             match e {
                 Removal::Record(k, v) => {
-                    r.records.insert((k, v));
+                    let upto = r.records.entry(k).or_insert(v);
+                    *upto = (*upto).max(v);
                 }
                 Removal::WipedBelow(id) => {
                     // A wipe supersedes the removals before it.
@@ -190,6 +193,11 @@ impl RemovalLog {
                 .append(true)
                 .open(&self.path)
                 .map_err(|e| TierError::io("open removal log", &self.path, e))?;
+            // The file may be new: make its name durable too.
+            let dir = self.path.parent().unwrap_or(std::path::Path::new("."));
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| TierError::io("fsync node directory", dir, e))?;
             *file = Some(f);
         }
         file.as_mut()
@@ -211,9 +219,13 @@ impl RemovalLog {
         Ok(())
     }
 
-    /// The wipe deleted the file: forget the handle (the next append recreates it).
-    pub(super) fn forget_file(&self) {
-        *self.file.lock().unwrap_or_else(PoisonError::into_inner) = (None, false);
+    /// Runs `wipe` (which deletes the log's file among everything else) with appends
+    /// held off, then forgets the handle: the next append recreates the file.
+    pub(super) fn wipe<T>(&self, wipe: impl FnOnce() -> T) -> T {
+        let mut guard = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        let out = wipe();
+        *guard = (None, false);
+        out
     }
 }
 
@@ -248,6 +260,15 @@ mod tests {
     }
 
     #[test]
+    fn a_key_is_dead_up_to_its_highest_logged_version() {
+        let r = Removed::from_entries(std::vec![
+            Removal::Record(k("a"), ObjectVersion(9)),
+            Removal::Record(k("a"), ObjectVersion(4)),
+        ]);
+        assert_eq!(r.records.get(&k("a")), Some(&ObjectVersion(9)));
+    }
+
+    #[test]
     fn a_wipe_supersedes_earlier_removals() {
         let r = Removed::from_entries(std::vec![
             Removal::Record(k("a"), ObjectVersion(1)),
@@ -256,6 +277,6 @@ mod tests {
         ]);
         assert_eq!(r.wiped_below, BucketId(5));
         assert_eq!(r.records.len(), 1);
-        assert!(r.records.contains(&(k("b"), ObjectVersion(2))));
+        assert_eq!(r.records.get(&k("b")), Some(&ObjectVersion(2)));
     }
 }

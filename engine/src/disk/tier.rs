@@ -128,6 +128,14 @@ pub enum TierEvent {
         /// Because the device is full.
         no_space: bool,
     },
+    /// A record was written but not kept: a remove cancelled it while its bucket was
+    /// being written, or a newer version of the key was already indexed.
+    Cancelled {
+        /// The key.
+        key: Key,
+        /// The version.
+        version: ObjectVersion,
+    },
     /// A record left the tier without a client removing it.
     Dropped {
         /// The key.
@@ -188,22 +196,37 @@ pub(super) struct Counters {
     pub(super) no_space: AtomicU64,
 }
 
-/// Puts that a remove cancelled before they were published: a record whose sequence
-/// number is below its key's entry (or below `all_before`) is not indexed.
+/// Puts that a remove cancelled before they were published. A key's entry cancels its
+/// puts accepted before the removal (sequence number below `before`) whose version is
+/// at most `upto`: older versions than the one removed, never a newer one queued
+/// meanwhile. `all_before` cancels everything accepted before a `remove_all`.
 #[derive(Debug, Default)]
 pub(super) struct Removals {
     all_before: u64,
-    keys: HashMap<Key, u64>,
+    keys: HashMap<Key, Cancel>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Cancel {
+    before: u64,
+    upto: ObjectVersion,
 }
 
 impl Removals {
-    pub(super) fn cancels(&self, key: &Key, seq: u64) -> bool {
-        seq < self.all_before || self.keys.get(key).is_some_and(|s| seq < *s)
+    pub(super) fn cancels(&self, key: &Key, version: ObjectVersion, seq: u64) -> bool {
+        seq < self.all_before || self.keys.get(key).is_some_and(|c| seq < c.before && version <= c.upto)
+    }
+
+    /// Cancels `key`'s puts accepted before `before` at versions up to `upto`.
+    fn cancel(&mut self, key: Key, before: u64, upto: ObjectVersion) {
+        let c = self.keys.entry(key).or_insert(Cancel { before, upto });
+        c.before = c.before.max(before);
+        c.upto = c.upto.max(upto);
     }
 
     /// Every put below `upto` has been published or failed: their removals are done.
     pub(super) fn forget_before(&mut self, upto: u64) {
-        self.keys.retain(|_, s| *s > upto);
+        self.keys.retain(|_, c| c.before > upto);
     }
 }
 
@@ -404,23 +427,34 @@ impl Tier {
     /// deleted at once), and puts of it not yet published are cancelled. Returns the
     /// version that was indexed, if any.
     pub fn remove(&self, key: KeyRef<'_>) -> Option<ObjectVersion> {
-        let seq = self.shared.queue.next_seq();
-        self.shared.removals.lock().unwrap_or_else(PoisonError::into_inner).keys.insert(key.to_key(), seq);
+        self.cancel_puts(key, ObjectVersion(u64::MAX));
         let version = self.shared.lock_index().remove(key.as_bytes()).map(|r| r.version)?;
         self.shared.log_removal(key.to_key(), version);
         Some(version)
     }
 
-    /// Removes `key`'s record if it holds `version` (and cancels puts of `key` accepted
-    /// before this call, which are older). Returns whether a record went.
+    /// Removes `key`'s record if it holds `version` or an older one, and cancels puts
+    /// of `key` at such versions accepted before this call (a newer version queued
+    /// meanwhile stays). Returns whether an indexed record went.
     pub fn remove_version(&self, key: KeyRef<'_>, version: ObjectVersion) -> bool {
-        let seq = self.shared.queue.next_seq();
-        self.shared.removals.lock().unwrap_or_else(PoisonError::into_inner).keys.insert(key.to_key(), seq);
-        let removed = self.shared.lock_index().remove_version(key.as_bytes(), version);
-        if removed {
-            self.shared.log_removal(key.to_key(), version);
-        }
+        self.cancel_puts(key, version);
+        let removed = {
+            let mut index = self.shared.lock_index();
+            let indexed = index.get(key.as_bytes()).filter(|r| r.version <= version);
+            indexed.is_some_and(|r| index.remove_version(key.as_bytes(), r.version))
+        };
+        // Logged even when nothing was indexed: a copy may sit dead in a bucket.
+        self.shared.log_removal(key.to_key(), version);
         removed
+    }
+
+    fn cancel_puts(&self, key: KeyRef<'_>, upto: ObjectVersion) {
+        let before = self.shared.queue.next_seq();
+        self.shared.removals.lock().unwrap_or_else(PoisonError::into_inner).cancel(
+            key.to_key(),
+            before,
+            upto,
+        );
     }
 
     /// Removes everything: every record, every bucket, every file in the node
@@ -431,8 +465,7 @@ impl Tier {
         let (records, retired) = self.shared.lock_index().clear();
         // Retired buckets are unlinked by the protocol (after their last reader);
         // anything else in the directory goes now, the removal log included.
-        self.shared.dir.wipe(&retired)?;
-        self.shared.removal_log.forget_file();
+        self.shared.removal_log.wipe(|| self.shared.dir.wipe(&retired))?;
         let still_read = retired.iter().filter(|id| self.shared.dir.bucket_path(**id).exists()).max();
         if let Some(last) = still_read {
             // A reader still holds it: should the process die before the last reader
@@ -480,12 +513,28 @@ impl Tier {
         self.shared.events_ready.reset();
     }
 
-    /// Writes out everything accepted, stops the threads and releases the directory.
-    /// Deletes no files.
-    pub fn close(mut self) -> Result<(), TierError> {
+    /// Writes out everything accepted and stops the writer and reader threads, keeping
+    /// the index and the removal log usable ([`Tier::remove_version`],
+    /// [`Tier::poll_event`], [`Tier::sync_removals`]): the store settles the last
+    /// events with the master before it lets go of the tier. Later puts and reads fail
+    /// with `Closed`.
+    pub fn stop(&mut self) -> Result<(), TierError> {
         let flushed = self.shared.queue.flush();
         self.shutdown();
         Ok(flushed?)
+    }
+
+    /// Makes every removal logged so far durable.
+    pub fn sync_removals(&self) -> Result<(), TierError> {
+        self.shared.removal_log.sync()
+    }
+
+    /// Writes out everything accepted, stops the threads, makes the removal log
+    /// durable and releases the directory. Deletes no files.
+    pub fn close(mut self) -> Result<(), TierError> {
+        let stopped = self.stop();
+        let synced = self.sync_removals();
+        stopped.and(synced)
     }
 
     fn shutdown(&mut self) {
@@ -500,6 +549,9 @@ impl Tier {
 impl Drop for Tier {
     fn drop(&mut self) {
         self.shutdown();
+        if let Err(e) = self.sync_removals() {
+            tracing::warn!(error = %e, "could not sync the removal log at shutdown");
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use super::dir::preallocate;
 use super::error::TierError;
 use super::format::{FooterBuilder, FooterEntry, RecordHeader, RecordLayout, TRAILER_LEN, Trailer};
-use super::index::{BucketFile, Record};
+use super::index::{BucketFile, Inserted, Record};
 use super::protocol::{Bucket, WriteGuard};
 use super::tier::{Shared, TierEvent};
 use crate::checksum::crc32c;
@@ -351,13 +351,23 @@ impl Writer {
             let mut index = self.shared.lock_index();
             index.add_bucket(id, cell, Arc::new(file), file_len);
             for w in written {
-                if removed.cancels(&w.key, w.seq) {
-                    // Removed while it was being written: the bucket holds it, so the
-                    // removal log must say it is gone.
-                    self.shared.log_removal(w.key, w.record.version);
-                    continue;
-                }
-                if !index.insert(w.key.clone(), w.record) {
+                let version = w.record.version;
+                let indexed = !removed.cancels(&w.key, version, w.seq)
+                    && match index.insert(w.key.clone(), w.record) {
+                        Inserted::Added => true,
+                        Inserted::Replaced(old) => {
+                            // The older record is dead bytes now: keep it dead.
+                            self.shared.log_removal(w.key.clone(), old);
+                            true
+                        }
+                        Inserted::Refused => false,
+                    };
+                if !indexed {
+                    // Removed while it was being written, or older than what is
+                    // indexed: the bucket holds it, so the log must say it is dead, and
+                    // whoever asked for it must hear that it was not kept.
+                    self.shared.log_removal(w.key.clone(), version);
+                    self.shared.emit(TierEvent::Cancelled { key: w.key, version });
                     continue;
                 }
                 let replica = DiskReplica {

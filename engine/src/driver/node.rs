@@ -2,9 +2,10 @@
 //! carries the master's commands to the SSD tier and the tier's events back.
 //!
 //! Everything here runs under the store's node lock and never waits: a persist the
-//! write-behind queue cannot take now is handed back to the caller to finish outside
-//! the lock.
+//! write-behind queue cannot take now waits in [`Node::pending`], in order, for a
+//! caller (or the background task) to hand it over outside the lock.
 
+use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::vec::Vec;
 
@@ -23,7 +24,7 @@ use crate::wire::{DiskReplicaOrigin, NodeCommand};
 /// The one memory segment of the embedded node.
 const SEGMENT: SegmentId = SegmentId(1);
 
-/// A persist to finish outside the node lock (the write-behind queue was full).
+/// A persist waiting for room in the write-behind queue.
 #[derive(Debug)]
 pub(super) struct Deferred {
     pub(super) key: Key,
@@ -47,6 +48,9 @@ pub(super) struct Counters {
 pub(super) struct Node {
     pub(super) master: Master,
     pub(super) counters: Counters,
+    /// Persists waiting for room in the write-behind queue, oldest first. They stay
+    /// here, never in a caller's future, so that a cancelled caller loses none.
+    pub(super) pending: VecDeque<Deferred>,
     segment: Vec<u8>,
     epoch: std::time::Instant,
     id: NodeId,
@@ -86,6 +90,7 @@ impl Node {
         Ok(Self {
             master,
             counters: Counters::default(),
+            pending: VecDeque::new(),
             segment: std::vec![0u8; config.memory_bytes as usize],
             epoch: std::time::Instant::now(),
             id: config.node,
@@ -139,20 +144,25 @@ impl Node {
         taken
     }
 
-    /// Carries out the master's commands. Persists the write-behind queue cannot take
-    /// now come back, to be finished outside the lock.
-    #[must_use]
-    pub(super) fn run_commands(&mut self, tier: Option<&Tier>) -> Vec<Deferred> {
-        let mut deferred = Vec::new();
+    /// Carries out the master's commands. A persist the write-behind queue cannot take
+    /// now (or that would overtake one already waiting) goes to [`Node::pending`].
+    pub(super) fn run_commands(&mut self, tier: Option<&Tier>) {
         while let Some(command) = self.master.poll_command() {
             match command {
                 NodeCommand::Persist { key, version, source, .. } => {
                     let value = Bytes::copy_from_slice(self.bytes(&source));
-                    match tier.map(|t| t.try_put(key.as_ref(), version, value.clone())) {
-                        Some(Ok(true)) => {}
-                        Some(Ok(false)) => deferred.push(Deferred { key, version, value }),
-                        Some(Err(e)) => self.persist_failed(key.as_ref(), version, &e),
-                        None => self.persist_failed(key.as_ref(), version, &"no SSD tier"),
+                    let Some(t) = tier else {
+                        self.persist_failed(key.as_ref(), version, &"no SSD tier");
+                        continue;
+                    };
+                    if !self.pending.is_empty() {
+                        self.pending.push_back(Deferred { key, version, value });
+                        continue;
+                    }
+                    match t.try_put(key.as_ref(), version, value.clone()) {
+                        Ok(true) => {}
+                        Ok(false) => self.pending.push_back(Deferred { key, version, value }),
+                        Err(e) => self.persist_failed(key.as_ref(), version, &e),
                     }
                 }
                 NodeCommand::DropDiskReplica { key, version, .. } => {
@@ -170,7 +180,6 @@ impl Node {
             }
         }
         while self.master.poll_event().is_some() {}
-        deferred
     }
 
     /// Tells the master that a persist failed.
@@ -208,6 +217,11 @@ impl Node {
             TierEvent::PersistFailed { key, version, no_space } => {
                 let why = if no_space { "the device is full" } else { "the write failed" };
                 self.persist_failed(key.as_ref(), version, &why);
+            }
+            TierEvent::Cancelled { key, version } => {
+                // Removed (or replaced) while it was written: nothing failed, but the
+                // master may still hold its memory until it hears the persist ended.
+                let _ = self.master.handle_persist_failed(now, self.id, key.as_ref(), version);
             }
             TierEvent::Dropped { key, version, .. } => {
                 let _ = self.master.handle_remove_disk_replica(now, self.id, key.as_ref(), version);

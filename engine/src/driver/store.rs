@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 use super::config::StoreConfig;
 use super::error::StoreError;
-use super::node::{Deferred, Node};
+use super::node::Node;
 use super::runtime::{FdWatch, Runtime};
 use crate::descriptor::ReplicaDescriptor;
 use crate::disk::{ReadResult, Tier, TierConfig, TierStats};
@@ -79,6 +79,8 @@ struct Inner {
     /// Wakes the background task: the tier's events, and `close`.
     wake: Arc<Notifier>,
     closed: AtomicBool,
+    /// Held while the tier shuts down.
+    shutdown: Mutex<()>,
 }
 
 /// Where a get found its object.
@@ -137,6 +139,7 @@ impl<R: Runtime> Store<R> {
             tier: RwLock::new(tier),
             wake,
             closed: AtomicBool::new(false),
+            shutdown: Mutex::new(()),
         });
         runtime.spawn(background(runtime.clone(), Arc::clone(&inner)));
         Self { inner, runtime }
@@ -169,14 +172,14 @@ impl<R: Runtime> Store<R> {
                     self.flush().await?;
                 }
                 Err(e) => return Err(e),
-                Ok(deferred) => return self.finish_deferred(deferred).await,
+                Ok(waiting) => return self.hand_over_pending(waiting).await,
             }
         }
     }
 
     /// Allocates, copies and ends the put under the node lock.
-    fn try_put(&self, key: KeyRef<'_>, parts: &[&[u8]], len: u64) -> Result<Vec<Deferred>, StoreError> {
-        let ((), deferred) = self.inner.with_node(|node| {
+    fn try_put(&self, key: KeyRef<'_>, parts: &[&[u8]], len: u64) -> Result<bool, StoreError> {
+        let ((), waiting) = self.inner.with_node(|node| {
             let now = node.now();
             let writer = node.id();
             let segment = node.segment_bytes();
@@ -192,14 +195,16 @@ impl<R: Runtime> Store<R> {
             }
             node.master.handle_put_end(now, writer, key, grant.version).map_err(StoreError::Internal)
         })?;
-        Ok(deferred)
+        Ok(waiting)
     }
 
-    /// Persists that found the write-behind queue full: wait for room off the executor.
-    async fn finish_deferred(&self, deferred: Vec<Deferred>) -> Result<(), StoreError> {
-        for d in deferred {
+    /// Persists are waiting for room in the write-behind queue: hand them over off the
+    /// executor, waiting as long as the queue stays full (backpressure). If this future
+    /// is dropped, they stay queued in the node and the background task hands them over.
+    async fn hand_over_pending(&self, waiting: bool) -> Result<(), StoreError> {
+        if waiting {
             let inner = Arc::clone(&self.inner);
-            self.runtime.unblock(move || inner.persist_blocking(d)).await;
+            self.runtime.unblock(move || inner.hand_over_pending_blocking()).await;
         }
         Ok(())
     }
@@ -254,22 +259,22 @@ impl<R: Runtime> Store<R> {
     /// Errors: `InvalidKey`, `NotFound`, `HasLease`, `NotReady`, `Closed`.
     pub async fn remove(&self, key: &[u8], force: bool) -> Result<(), StoreError> {
         let key = KeyRef::new(key)?;
-        let ((), deferred) = self.inner.with_node(|node| {
+        let ((), waiting) = self.inner.with_node(|node| {
             let now = node.now();
             let segment = node.segment_bytes();
             node.master.handle_remove(now, key, force).map_err(|e| StoreError::from_master(e, 0, segment))
         })?;
-        self.finish_deferred(deferred).await
+        self.hand_over_pending(waiting).await
     }
 
     /// Removes every object (leased ones only if `force`) from memory and disk; returns
     /// how many went. With nothing left on disk, the node directory is wiped.
     pub async fn remove_all(&self, force: bool) -> Result<u64, StoreError> {
-        let (summary, deferred) = self.inner.with_node(|node| {
+        let (summary, waiting) = self.inner.with_node(|node| {
             let now = node.now();
             Ok(node.master.handle_remove_all(now, force))
         })?;
-        self.finish_deferred(deferred).await?;
+        self.hand_over_pending(waiting).await?;
         Ok(summary.removed)
     }
 
@@ -325,24 +330,22 @@ impl<R: Runtime> Store<R> {
             return Ok(());
         }
         let inner = Arc::clone(&self.inner);
-        let flushed = self.runtime.unblock(move || inner.flush_blocking()).await;
-        let deferred = self.inner.settle();
-        self.finish_deferred(deferred).await?;
+        let (flushed, waiting) = self.runtime.unblock(move || inner.flush_blocking()).await;
+        self.hand_over_pending(waiting).await?;
         flushed
     }
 
-    /// Flushes, stops the background work and releases the storage root (deleting no
-    /// files). Every later call fails with `Closed`.
+    /// Flushes, stops the background work, settles the last events with the master and
+    /// releases the storage root (deleting no files). Every later call fails with
+    /// `Closed`.
     pub async fn close(&self) -> Result<(), StoreError> {
         let flushed = self.flush().await;
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Err(StoreError::Closed);
         }
         self.inner.wake.notify();
-        let tier = self.inner.tier.write().unwrap_or_else(PoisonError::into_inner).take();
-        if let Some(tier) = tier {
-            self.runtime.unblock(move || tier.close()).await?;
-        }
+        let inner = Arc::clone(&self.inner);
+        self.runtime.unblock(move || inner.shutdown_blocking()).await?;
         flushed
     }
 
@@ -382,9 +385,9 @@ impl<R: Runtime> Store<R> {
         let now = node.now();
         let segment = node.segment_bytes();
         if let Some(buf) = &into {
-            // Refuse a short buffer before granting a lease.
-            let needed = node.master.object_size(key).ok_or(StoreError::NotFound)?;
-            if needed > buf.len() as u64 {
+            // Refuse a short buffer before granting a lease (an object that is not
+            // complete gets its precise error from the lookup below).
+            if let Some(needed) = node.master.object_size(key).filter(|n| *n > buf.len() as u64) {
                 return Err(StoreError::BufferTooSmall { needed, len: buf.len() });
             }
         }
@@ -459,23 +462,63 @@ impl Inner {
         Ok(self.tier.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Runs `op` on the node under its lock, then the commands it caused; returns
-    /// the persists to finish outside the lock.
+    /// Runs `op` on the node under its lock, then the commands it caused (also when it
+    /// failed: a refused put may have started evictions). Returns `op`'s answer and
+    /// whether persists are waiting for room in the write-behind queue.
     fn with_node<T>(
         &self,
         op: impl FnOnce(&mut Node) -> Result<T, StoreError>,
-    ) -> Result<(T, Vec<Deferred>), StoreError> {
+    ) -> Result<(T, bool), StoreError> {
         let tier = self.tier()?;
         let mut node = self.lock_node();
-        let out = op(&mut node)?;
-        Ok((out, node.run_commands(tier.as_ref())))
+        let out = op(&mut node);
+        node.run_commands(tier.as_ref());
+        Ok((out?, !node.pending.is_empty()))
     }
 
-    fn flush_blocking(&self) -> Result<(), StoreError> {
-        match self.tier()?.as_ref() {
-            Some(t) => Ok(t.flush()?),
+    /// Everything accepted so far durable, the events it caused settled with the
+    /// master, and the removals those logged durable too. Returns whether persists
+    /// are waiting for room.
+    fn flush_blocking(&self) -> (Result<(), StoreError>, bool) {
+        let flushed = match self.tier().map(|t| t.as_ref().map(Tier::flush)) {
+            Ok(Some(r)) => r.map_err(StoreError::from),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        let waiting = self.settle();
+        let synced = match self.tier.read().unwrap_or_else(PoisonError::into_inner).as_ref() {
+            Some(t) => t.sync_removals().map_err(StoreError::from),
             None => Ok(()),
+        };
+        (flushed.and(synced), waiting)
+    }
+
+    /// Shuts the tier down: waiting persists handed over, the queue written out, the
+    /// threads stopped, the last events settled with the master (a removed object's
+    /// late record is logged dead here), the removal log synced, the directory
+    /// released. Idempotent: whoever comes second finds no tier.
+    fn shutdown_blocking(&self) -> Result<(), StoreError> {
+        // `close` and the background task may both get here: the second waits for the
+        // first to finish, so that `close` returns only once the root is released.
+        let _one_at_a_time = self.shutdown.lock().unwrap_or_else(PoisonError::into_inner);
+        self.hand_over_pending_blocking();
+        let Some(mut tier) = self.tier.write().unwrap_or_else(PoisonError::into_inner).take() else {
+            return Ok(());
+        };
+        let stopped = tier.stop();
+        {
+            let mut node = self.lock_node();
+            while let Some(event) = tier.poll_event() {
+                node.handle_tier_event(event, &tier);
+            }
+            // Persists asked for now cannot happen: the master hears they failed.
+            node.run_commands(Some(&tier));
+            while let Some(d) = node.pending.pop_front() {
+                node.persist_failed(d.key.as_ref(), d.version, &"the store closed");
+            }
         }
+        let closed = tier.close();
+        stopped.and(closed).map_err(StoreError::from)
     }
 
     /// A disk hit: count it, and copy it back into memory if there is room.
@@ -489,29 +532,37 @@ impl Inner {
         }
     }
 
-    /// A persist the queue could not take at once (runs where blocking is allowed).
-    fn persist_blocking(&self, d: Deferred) {
-        let tier = self.tier.read().unwrap_or_else(PoisonError::into_inner);
-        let result = match tier.as_ref() {
-            Some(t) => t.put(d.key.as_ref(), d.version, d.value).map_err(|e| e.to_string()),
-            None => Err(String::from("the store closed")),
-        };
-        if let Err(e) = result {
-            self.lock_node().persist_failed(d.key.as_ref(), d.version, &e);
+    /// Hands the waiting persists to the write-behind queue, oldest first, waiting for
+    /// room (runs where blocking is allowed). Several callers may drain at once.
+    fn hand_over_pending_blocking(&self) {
+        loop {
+            let Some(d) = self.lock_node().pending.pop_front() else { return };
+            let tier = self.tier.read().unwrap_or_else(PoisonError::into_inner);
+            let result = match tier.as_ref() {
+                Some(t) => t.put(d.key.as_ref(), d.version, d.value).map_err(|e| e.to_string()),
+                None => Err(String::from("the store closed")),
+            };
+            drop(tier);
+            if let Err(e) = result {
+                self.lock_node().persist_failed(d.key.as_ref(), d.version, &e);
+            }
         }
     }
 
-    /// Carries the tier's events to the master and runs what that asks for.
-    fn settle(&self) -> Vec<Deferred> {
+    /// Carries the tier's events to the master, runs the master's timers and what they
+    /// ask for. Returns whether persists are waiting for room.
+    fn settle(&self) -> bool {
         let tier = self.tier.read().unwrap_or_else(PoisonError::into_inner);
-        let Some(t) = tier.as_ref() else { return Vec::new() };
         let mut node = self.lock_node();
-        while let Some(event) = t.poll_event() {
-            node.handle_tier_event(event, t);
+        if let Some(t) = tier.as_ref() {
+            while let Some(event) = t.poll_event() {
+                node.handle_tier_event(event, t);
+            }
         }
         let now = node.now();
         node.master.handle_timeout(now);
-        node.run_commands(Some(t))
+        node.run_commands(tier.as_ref());
+        !node.pending.is_empty()
     }
 }
 
@@ -525,11 +576,15 @@ async fn background<R: Runtime>(runtime: R, inner: Arc<Inner>) {
             None
         }
     };
-    while !inner.closed.load(Ordering::Acquire) {
+    loop {
+        // Reset before looking, so that a signal raised meanwhile is not lost.
         inner.wake.reset();
-        for d in inner.settle() {
+        if inner.closed.load(Ordering::Acquire) {
+            break;
+        }
+        if inner.settle() {
             let i = Arc::clone(&inner);
-            runtime.unblock(move || i.persist_blocking(d)).await;
+            runtime.unblock(move || i.hand_over_pending_blocking()).await;
         }
         match &watch {
             Some(w) => {
@@ -539,5 +594,10 @@ async fn background<R: Runtime>(runtime: R, inner: Arc<Inner>) {
             }
             None => runtime.sleep(IDLE_TICK).await,
         }
+    }
+    // Closed, or the store was dropped without `close`: shut the tier down properly
+    // (a no-op if `close` did it).
+    if let Err(e) = runtime.unblock(move || inner.shutdown_blocking()).await {
+        tracing::warn!(error = %e, "shutting the SSD tier down");
     }
 }
