@@ -300,6 +300,40 @@ pub async fn batch_forms_answer_per_item<H: Harness>(h: H) {
     store.close().await.unwrap();
 }
 
+/// Many tasks putting through a small memory segment and a small write-behind queue:
+/// puts wait for the SSD when they must, none fails, and everything reads back.
+pub async fn sustained_puts_wait_for_the_ssd_and_never_fail<H: Harness>(h: H) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig { write_behind_bytes: 1 << 20, ..persistent(dir.path(), 4 << 20) };
+    let store = Arc::new(h.open(config).await.unwrap());
+    let (tasks, each) = (8, 24);
+    let mut done = Vec::new();
+    for t in 0..tasks {
+        let (tx, rx) = oneshot_pair();
+        let store = Arc::clone(&store);
+        store.runtime().clone().spawn(async move {
+            for j in 0..each {
+                let i = t * 100 + j;
+                store.put(&key(i), &value(i, 256 << 10)).await.unwrap_or_else(|e| panic!("put {i}: {e}"));
+            }
+            tx.send(()).unwrap();
+        });
+        done.push(rx);
+    }
+    for rx in done {
+        rx.await.expect("a task panicked");
+    }
+    store.flush().await.unwrap();
+    for t in 0..tasks {
+        for j in 0..each {
+            let i = t * 100 + j;
+            assert_eq!(store.get(&key(i)).await.unwrap(), value(i, 256 << 10), "object {i}");
+        }
+    }
+    assert!(store.stats().evicted_to_disk > 0);
+    store.close().await.unwrap();
+}
+
 /// Many tasks on the runtime's threads put and get at once.
 pub async fn concurrent_puts_and_gets<H: Harness>(h: H) {
     let dir = tempfile::tempdir().unwrap();
@@ -588,6 +622,7 @@ macro_rules! store_behaviour_tests {
             eviction_resumes_when_leases_expire,
             batch_forms_answer_per_item,
             concurrent_puts_and_gets,
+            sustained_puts_wait_for_the_ssd_and_never_fail,
             a_vanished_storage_root_is_an_error_and_memory_keeps_everything,
             a_full_disk_is_a_storage_error_and_loses_nothing,
             crash_child,

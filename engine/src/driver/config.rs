@@ -33,6 +33,9 @@ pub struct StoreConfig {
     pub low_watermark: f64,
     /// `O_DIRECT` for bucket files (probed) or always buffered.
     pub direct_io: DirectIo,
+    /// Bytes of values waiting to be written to SSD before puts wait for the disk
+    /// (`LARDER_WRITE_BEHIND_BYTES`, 256 MiB).
+    pub write_behind_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -47,6 +50,7 @@ impl Default for StoreConfig {
             high_watermark: 0.9,
             low_watermark: 0.8,
             direct_io: DirectIo::Auto,
+            write_behind_bytes: 256 << 20,
         }
     }
 }
@@ -74,8 +78,8 @@ pub enum ConfigError {
 }
 
 impl StoreConfig {
-    /// The defaults with `LARDER_MEMORY_BYTES`, `LARDER_STORAGE_ROOT`, `LARDER_CLUSTER`
-    /// and `LARDER_MAX_DISK_BYTES` applied.
+    /// The defaults with `LARDER_MEMORY_BYTES`, `LARDER_STORAGE_ROOT`, `LARDER_CLUSTER`,
+    /// `LARDER_MAX_DISK_BYTES` and `LARDER_WRITE_BEHIND_BYTES` applied.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::default().with_env(|name| std::env::var(name).ok())
     }
@@ -95,6 +99,9 @@ impl StoreConfig {
         if let Some(v) = var("LARDER_MAX_DISK_BYTES") {
             self.max_disk_bytes = Some(parse_size("LARDER_MAX_DISK_BYTES", &v)?);
         }
+        if let Some(v) = var("LARDER_WRITE_BEHIND_BYTES") {
+            self.write_behind_bytes = parse_size("LARDER_WRITE_BEHIND_BYTES", &v)?;
+        }
         self.validate()?;
         Ok(self)
     }
@@ -107,6 +114,9 @@ impl StoreConfig {
         }
         if usize::try_from(self.memory_bytes).is_err() {
             return invalid("memory_bytes", "does not fit in this machine's address space");
+        }
+        if usize::try_from(self.write_behind_bytes).is_err() {
+            return invalid("write_behind_bytes", "does not fit in this machine's address space");
         }
         if !(0.0 < self.low_watermark
             && self.low_watermark < self.high_watermark

@@ -28,9 +28,9 @@ use std::string::{String, ToString};
 /// How often the background task looks at the master's timers when nothing happens.
 const IDLE_TICK: core::time::Duration = core::time::Duration::from_millis(100);
 
-/// Times a put that found memory full of not-yet-persisted objects waits for the SSD
-/// tier to catch up before it gives up with `NoSpace`.
-const NO_SPACE_RETRIES: usize = 3;
+/// How long a put that found memory full of objects not yet on SSD keeps waiting for
+/// the tier while the tier makes progress, before it gives up with `NoSpace`.
+const NO_SPACE_PATIENCE: core::time::Duration = core::time::Duration::from_secs(30);
 
 /// Counters and gauges of a store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -118,6 +118,7 @@ impl<R: Runtime> Store<R> {
         };
         let tier_config = TierConfig {
             max_bytes: config.max_disk_bytes,
+            queue_bytes: config.write_behind_bytes as usize,
             direct_io: config.direct_io,
             events: true,
             event_signal: Some(Arc::clone(&wake)),
@@ -161,15 +162,22 @@ impl<R: Runtime> Store<R> {
         if len == 0 {
             return Err(StoreError::EmptyValue);
         }
-        let mut retries = 0;
+        let started = std::time::Instant::now();
         loop {
             match self.try_put(key, parts, len) {
-                Err(StoreError::NoSpace) if self.inner.persistent && retries < NO_SPACE_RETRIES => {
+                Err(StoreError::NoSpace)
+                    if self.inner.persistent && started.elapsed() < NO_SPACE_PATIENCE =>
+                {
                     // Memory is full of objects waiting to be persisted before they can
-                    // be evicted: let the tier catch up, then try again.
-                    retries += 1;
+                    // be evicted: let the tier catch up, then try again, for as long as
+                    // waiting gets objects persisted (other puts may take the room
+                    // first). Without progress, memory is full of leased objects.
+                    let persisted = self.stats().persisted;
                     self.inner.lock_node().counters.put_waits += 1;
                     self.flush().await?;
+                    if self.stats().persisted == persisted {
+                        return Err(StoreError::NoSpace);
+                    }
                 }
                 Err(e) => return Err(e),
                 Ok(waiting) => return self.hand_over_pending(waiting).await,
@@ -476,10 +484,12 @@ impl Inner {
         Ok((out?, !node.pending.is_empty()))
     }
 
-    /// Everything accepted so far durable, the events it caused settled with the
-    /// master, and the removals those logged durable too. Returns whether persists
+    /// Everything accepted so far (waiting persists included) durable, the events it
+    /// caused settled with the master, and the removals those logged durable too. Returns whether persists
     /// are waiting for room.
     fn flush_blocking(&self) -> (Result<(), StoreError>, bool) {
+        // Persists still waiting for queue room were accepted before this flush too.
+        self.hand_over_pending_blocking();
         let flushed = match self.tier().map(|t| t.as_ref().map(Tier::flush)) {
             Ok(Some(r)) => r.map_err(StoreError::from),
             Ok(None) => Ok(()),

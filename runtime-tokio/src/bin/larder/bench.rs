@@ -76,26 +76,8 @@ async fn phases(c: &BenchConfig) -> Result<Summary, String> {
     let mut phases = Vec::new();
 
     let store = Arc::new(larder_tokio::open(c.store.clone()).await.map_err(|e| format!("opening: {e}"))?);
-    if store.stats().recovered > 0 {
-        // Data of an earlier bench kept with --keep: start from nothing.
-        store.remove_all(true).await.map_err(|e| e.to_string())?;
-    }
-
-    let start = Instant::now();
-    for_all(&store, c, bars.add(bar(c.count, "put")), |store, i, len| async move {
-        store.put(&key(i), &value(i, len)).await.map_err(|e| format!("put {i}: {e}"))
-    })
-    .await?;
-    phases.push(phase("put (memory; SSD behind)", start.elapsed(), total));
-
-    let start = Instant::now();
-    store.flush().await.map_err(|e| format!("flush: {e}"))?;
-    phases.push(phase("flush (all durable on SSD)", start.elapsed(), 0));
-    let after_writes = store.stats();
-
-    let (first_read, elapsed) = read_all(&store, c, &bars, "read + verify").await?;
-    phases.push(phase("read back, verified", elapsed, total));
-
+    let (after_writes, first_read) =
+        closing_on_error(&store, write_and_read(&store, c, &bars, &mut phases).await).await?;
     let start = Instant::now();
     store.close().await.map_err(|e| format!("close: {e}"))?;
     phases.push(phase("close", start.elapsed(), 0));
@@ -105,14 +87,17 @@ async fn phases(c: &BenchConfig) -> Result<Summary, String> {
     let store = Arc::new(larder_tokio::open(c.store.clone()).await.map_err(|e| format!("reopening: {e}"))?);
     phases.push(phase("reopen (recovery)", start.elapsed(), 0));
     let recovered = store.stats().recovered;
-    if recovered != c.count {
-        return Err(format!("reopening recovered {recovered} of {} objects", c.count));
-    }
-
-    let (read_after_reopen, elapsed) = read_all(&store, c, &bars, "read after reopen").await?;
-    phases.push(phase("read after reopen, verified", elapsed, total));
-    let end = store.stats();
-    store.remove_all(true).await.map_err(|e| e.to_string())?;
+    let reread = async {
+        if recovered != c.count {
+            return Err(format!("reopening recovered {recovered} of {} objects", c.count));
+        }
+        let (read_after_reopen, elapsed) = read_all(&store, c, &bars, "read after reopen").await?;
+        phases.push(phase("read after reopen, verified", elapsed, total));
+        let end = store.stats();
+        store.remove_all(true).await.map_err(|e| e.to_string())?;
+        Ok((read_after_reopen, end))
+    };
+    let (read_after_reopen, end) = closing_on_error(&store, reread.await).await?;
     store.close().await.map_err(|e| e.to_string())?;
 
     let tier = after_writes.tier.expect("persistence is on");
@@ -135,6 +120,43 @@ async fn phases(c: &BenchConfig) -> Result<Summary, String> {
         io_driver: format!("{:?}", tier.driver),
         direct_io: tier.direct_io,
     })
+}
+
+/// Puts everything, flushes, reads everything back; the stats after the writes and
+/// where the reads were served from.
+async fn write_and_read(
+    store: &Arc<Store>,
+    c: &BenchConfig,
+    bars: &MultiProgress,
+    phases: &mut Vec<Phase>,
+) -> Result<(StoreStats, Hits), String> {
+    let total = c.count * c.value_size as u64;
+    if store.stats().recovered > 0 {
+        // Data of an earlier bench kept with --keep: start from nothing.
+        store.remove_all(true).await.map_err(|e| e.to_string())?;
+    }
+    let start = Instant::now();
+    for_all(store, c, bars.add(bar(c.count, "put")), |store, i, len| async move {
+        store.put(&key(i), &value(i, len)).await.map_err(|e| format!("put {i}: {e}"))
+    })
+    .await?;
+    phases.push(phase("put (memory; SSD behind)", start.elapsed(), total));
+    let start = Instant::now();
+    store.flush().await.map_err(|e| format!("flush: {e}"))?;
+    phases.push(phase("flush (all durable on SSD)", start.elapsed(), 0));
+    let after_writes = store.stats();
+    let (first_read, elapsed) = read_all(store, c, bars, "read + verify").await?;
+    phases.push(phase("read back, verified", elapsed, total));
+    Ok((after_writes, first_read))
+}
+
+/// On an error, closes the store (so that its files are released before the caller
+/// deletes a temporary root) and passes the error on.
+async fn closing_on_error<T>(store: &Store, result: Result<T, String>) -> Result<T, String> {
+    if result.is_err() {
+        let _ = store.close().await;
+    }
+    result
 }
 
 /// Reads every object back with `tasks` in flight, comparing every byte.
