@@ -163,21 +163,24 @@ impl<R: Runtime> Store<R> {
             return Err(StoreError::EmptyValue);
         }
         let started = std::time::Instant::now();
+        let mut persisted_at_last_failure = None;
         loop {
+            let persisted = self.inner.lock_node().counters.persisted;
             match self.try_put(key, parts, len) {
                 Err(StoreError::NoSpace)
                     if self.inner.persistent && started.elapsed() < NO_SPACE_PATIENCE =>
                 {
                     // Memory is full of objects waiting to be persisted before they can
-                    // be evicted: let the tier catch up, then try again, for as long as
-                    // waiting gets objects persisted (other puts may take the room
-                    // first). Without progress, memory is full of leased objects.
-                    let persisted = self.stats().persisted;
-                    self.inner.lock_node().counters.put_waits += 1;
-                    self.flush().await?;
-                    if self.stats().persisted == persisted {
+                    // be evicted: let the tier catch up and try again, for as long as
+                    // objects get persisted between attempts (other puts may take the
+                    // room first). Two failures with no persist between them: memory is
+                    // full of objects waiting cannot free (leased ones).
+                    if persisted_at_last_failure == Some(persisted) {
                         return Err(StoreError::NoSpace);
                     }
+                    persisted_at_last_failure = Some(persisted);
+                    self.inner.lock_node().counters.put_waits += 1;
+                    self.flush().await?;
                 }
                 Err(e) => return Err(e),
                 Ok(waiting) => return self.hand_over_pending(waiting).await,
