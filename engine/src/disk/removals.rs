@@ -62,21 +62,42 @@ impl Removal {
     }
 }
 
-/// Decodes entries from the start of `bytes`; returns them and how many bytes they
-/// took (anything after is a torn or damaged tail). Never panics; allocates only for
-/// entries that checked.
-pub fn decode(bytes: &[u8]) -> (Vec<Removal>, usize) {
-    let mut out = Vec::new();
+/// What [`decode`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Decoded {
+    /// Every entry that checked, in order.
+    pub entries: Vec<Removal>,
+    /// Bytes that belong to no entry that checked (a torn append at the end, or
+    /// damage anywhere).
+    pub damaged_bytes: usize,
+}
+
+/// Decodes a removal log. An entry that does not check is skipped byte by byte until
+/// the next one that does, so that damage in the middle loses only what it hit.
+/// Never panics; allocates only for entries that checked.
+pub fn decode(bytes: &[u8]) -> Decoded {
+    let mut d = Decoded::default();
     let mut at = 0;
-    while let Some((entry, len)) = decode_one(&bytes[at..]) {
-        out.push(entry);
-        at += len;
+    while at < bytes.len() {
+        match decode_one(&bytes[at..]) {
+            Some((entry, len)) => {
+                d.entries.push(entry);
+                at += len;
+            }
+            None => {
+                d.damaged_bytes += 1;
+                at += 1;
+            }
+        }
     }
-    (out, at)
+    d
 }
 
 fn decode_one(b: &[u8]) -> Option<(Removal, usize)> {
     let head = b.get(..HEAD_LEN)?;
+    if !matches!(head[0], KIND_RECORD | KIND_WIPE) {
+        return None;
+    }
     let key_len = usize::from(u16::from_le_bytes([head[2], head[3]]));
     let n = u64::from_le_bytes(head[4..12].try_into().ok()?);
     if head[1] != 0 || key_len > MAX_KEY_LEN {
@@ -146,11 +167,15 @@ impl RemovalLog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(TierError::io("open removal log", &path, e)),
         }
-        let (entries, used) = decode(&bytes);
-        if used < bytes.len() {
-            tracing::warn!(path = %path.display(), bytes = bytes.len() - used, "removal log has a damaged tail; ignoring it");
+        let decoded = decode(&bytes);
+        if decoded.damaged_bytes > 0 {
+            tracing::warn!(
+                path = %path.display(),
+                bytes = decoded.damaged_bytes,
+                "removal log has damaged or torn bytes; skipped them"
+            );
         }
-        Ok(Removed::from_entries(entries))
+        Ok(Removed::from_entries(decoded.entries))
     }
 
     /// Writes a compacted log holding `keep` (through a temporary file and a rename,
@@ -238,7 +263,7 @@ mod tests {
     }
 
     #[test]
-    fn entries_round_trip_and_a_torn_tail_is_cut() {
+    fn entries_round_trip_a_torn_tail_is_skipped_and_damage_loses_only_what_it_hit() {
         let entries = [
             Removal::Record(k("a"), ObjectVersion(7)),
             Removal::WipedBelow(BucketId(3)),
@@ -248,15 +273,17 @@ mod tests {
         for e in &entries {
             e.encode(&mut bytes);
         }
-        assert_eq!(decode(&bytes), (entries.to_vec(), bytes.len()));
+        assert_eq!(decode(&bytes), Decoded { entries: entries.to_vec(), damaged_bytes: 0 });
         for cut in 0..bytes.len() {
-            let (got, used) = decode(&bytes[..cut]);
-            assert!(used <= cut && got.len() <= 3);
-            assert_eq!(&got[..], &entries[..got.len()]);
+            let d = decode(&bytes[..cut]);
+            assert_eq!(&d.entries[..], &entries[..d.entries.len()], "cut at {cut}");
         }
+        let first_len = HEAD_LEN + 1 + 4;
         let mut flipped = bytes.clone();
-        flipped[HEAD_LEN + 2] ^= 1; // in the first entry's CRC
-        assert_eq!(decode(&flipped), (Vec::new(), 0));
+        flipped[HEAD_LEN] ^= 1; // the first entry's key
+        let d = decode(&flipped);
+        assert_eq!(d.entries, entries[1..].to_vec(), "the entries after the damage survive");
+        assert_eq!(d.damaged_bytes, first_len);
     }
 
     #[test]
