@@ -234,23 +234,11 @@ pub async fn reopening_finds_everything_that_was_persisted<H: Harness>(h: H) {
 pub async fn dropping_without_close_loses_nothing_and_releases_the_root<H: Harness>(h: H) {
     let dir = tempfile::tempdir().unwrap();
     let store = h.open(persistent(dir.path(), 16 << 20)).await.unwrap();
-    let rt = store.runtime().clone();
     for i in 0..6 {
         store.put(&key(i), &value(i, 200_000)).await.unwrap();
     }
     drop(store);
-    let mut reopened = None;
-    for _ in 0..500 {
-        match h.open(persistent(dir.path(), 16 << 20)).await {
-            Ok(s) => {
-                reopened = Some(s);
-                break;
-            }
-            Err(StoreError::Storage(TierError::Locked { .. })) => rt.sleep(Duration::from_millis(10)).await,
-            Err(e) => panic!("reopening: {e}"),
-        }
-    }
-    let store = reopened.expect("the root was released within 5 s");
+    let store = reopen_when_released(&h, dir.path()).await;
     for i in 0..6 {
         assert_eq!(store.get(&key(i)).await.unwrap(), value(i, 200_000), "object {i}");
     }
