@@ -81,3 +81,26 @@ fn a_config_file_is_read_and_bad_keys_are_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn keep_leaves_the_data_for_a_second_run_which_starts_from_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let run = || {
+        let out = larder()
+            .args(["bench", "--json", "--keep", "--count", "16", "--value-size", "64KiB", "--memory", "2MiB"])
+            .arg("--root")
+            .arg(root.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    run();
+    let buckets = std::fs::read_dir(root.path().join("larder-bench/1"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".bucket"))
+        .count();
+    assert!(buckets > 0, "--keep left no data");
+    // The second run finds the first one's objects, clears them, and still verifies.
+    assert_eq!(run()["recovered_objects"], 16);
+}

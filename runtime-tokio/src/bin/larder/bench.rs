@@ -94,7 +94,9 @@ async fn phases(c: &BenchConfig) -> Result<Summary, String> {
         let (read_after_reopen, elapsed) = read_all(&store, c, &bars, "read after reopen").await?;
         phases.push(phase("read after reopen, verified", elapsed, total));
         let end = store.stats();
-        store.remove_all(true).await.map_err(|e| e.to_string())?;
+        if !c.keep {
+            store.remove_all(true).await.map_err(|e| e.to_string())?;
+        }
         Ok((read_after_reopen, end))
     };
     let (read_after_reopen, end) = closing_on_error(&store, reread.await).await?;

@@ -58,6 +58,8 @@ pub(crate) struct BenchConfig {
     pub(crate) store: StoreConfig,
     /// The root was made for this run and is deleted afterwards.
     pub(crate) temporary_root: bool,
+    /// Leave the data in place afterwards (`--keep`).
+    pub(crate) keep: bool,
     pub(crate) json: bool,
 }
 
@@ -101,6 +103,14 @@ impl BenchConfig {
         store.storage_root = Some(root);
         store.validate().map_err(|e| e.to_string())?;
         let keep = args.keep || file.keep.unwrap_or(false);
-        Ok(Self { value_size, count, tasks, store, temporary_root: temporary_root && !keep, json: args.json })
+        Ok(Self {
+            value_size,
+            count,
+            tasks,
+            store,
+            temporary_root: temporary_root && !keep,
+            keep,
+            json: args.json,
+        })
     }
 }
