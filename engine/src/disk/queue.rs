@@ -204,6 +204,24 @@ impl<T> WriteBehind<T> {
 
     /// Waits until every item accepted before this call is durable.
     pub fn flush(&self) -> Result<(), QueueError> {
+        let (mut s, target) = self.settle_everything_accepted()?;
+        let before = s.failed.len();
+        s.failed.retain(|seq| *seq >= target);
+        match (before - s.failed.len()) as u64 {
+            0 => Ok(()),
+            failed => Err(QueueError::PersistFailed { failed }),
+        }
+    }
+
+    /// Waits, like [`WriteBehind::flush`], until everything accepted before the call
+    /// has settled, but leaves failures for the next `flush` to report.
+    pub fn wait_settled(&self) -> Result<(), QueueError> {
+        self.settle_everything_accepted().map(drop)
+    }
+
+    /// Asks the writer to settle everything accepted so far and waits for it; returns
+    /// the guard and the sequence number waited for.
+    fn settle_everything_accepted(&self) -> Result<(MutexGuard<'_, State<T>>, u64), QueueError> {
         let mut s = self.lock();
         let target = s.next_seq;
         s.flush_upto = s.flush_upto.max(target);
@@ -216,12 +234,7 @@ impl<T> WriteBehind<T> {
             }
             s = self.wait(s);
         }
-        let before = s.failed.len();
-        s.failed.retain(|seq| *seq >= target);
-        match (before - s.failed.len()) as u64 {
-            0 => Ok(()),
-            failed => Err(QueueError::PersistFailed { failed }),
-        }
+        Ok((s, target))
     }
 
     /// Closes the queue: pushes fail, the writer drains what is left and then sees
@@ -315,6 +328,15 @@ mod tests {
         q.push(4, 1).unwrap();
         q.settle(5, &[]);
         assert_eq!(q.flush(), Ok(()), "a failure is reported once");
+    }
+
+    #[test]
+    fn wait_settled_leaves_failures_to_the_next_flush() {
+        let q = WriteBehind::new(1 << 20);
+        q.push(0u32, 1).unwrap();
+        q.settle(1, &[0]);
+        assert_eq!(q.wait_settled(), Ok(()));
+        assert_eq!(q.flush(), Err(QueueError::PersistFailed { failed: 1 }));
     }
 
     #[test]

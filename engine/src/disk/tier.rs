@@ -382,6 +382,12 @@ impl Tier {
         Ok(())
     }
 
+    /// Waits until every put accepted before this call has been written or has failed,
+    /// leaving failures for the next [`Tier::flush`] to report.
+    pub fn wait_written(&self) -> Result<(), TierError> {
+        Ok(self.shared.queue.wait_settled()?)
+    }
+
     /// Like [`Tier::put`] but never waits: `Ok(false)` (nothing accepted) when the
     /// write-behind queue is full, so that an async caller can wait elsewhere.
     pub fn try_put(&self, key: KeyRef<'_>, version: ObjectVersion, value: Bytes) -> Result<bool, TierError> {

@@ -180,12 +180,31 @@ impl<R: Runtime> Store<R> {
                     }
                     persisted_at_last_failure = Some(persisted);
                     self.inner.lock_node().counters.put_waits += 1;
-                    self.flush().await?;
+                    self.wait_for_tier().await?;
                 }
                 Err(e) => return Err(e),
                 Ok(waiting) => return self.hand_over_pending(waiting).await,
             }
         }
+    }
+
+    /// Waits until the tier has written (or failed) everything handed to it, and
+    /// settles what that freed with the master. Unlike `flush`, it reports no persist
+    /// failure: those stay for the caller's own `flush`.
+    async fn wait_for_tier(&self) -> Result<(), StoreError> {
+        let inner = Arc::clone(&self.inner);
+        let waiting = self
+            .runtime
+            .unblock(move || {
+                inner.hand_over_pending_blocking();
+                let written = match inner.tier()?.as_ref() {
+                    Some(t) => t.wait_written().map_err(StoreError::from),
+                    None => Ok(()),
+                };
+                written.map(|()| inner.settle())
+            })
+            .await?;
+        self.hand_over_pending(waiting).await
     }
 
     /// Allocates, copies and ends the put under the node lock.
