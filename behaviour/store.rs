@@ -322,6 +322,46 @@ pub async fn sustained_puts_wait_for_the_ssd_and_never_fail<H: Harness>(h: H) {
     store.close().await.unwrap();
 }
 
+/// Gets racing puts, evictions and forced removes in a small memory-only store: every
+/// read returns the object's own bytes or `NotFound`, never another object's.
+pub async fn gets_racing_evictions_and_removes_never_return_wrong_bytes<H: Harness>(h: H) {
+    let config = StoreConfig { lease_ttl: Duration::from_millis(1), ..memory_only(2 << 20) };
+    let store = Arc::new(h.open(config).await.unwrap());
+    let (writers, readers, rounds) = (3usize, 3usize, 120usize);
+    let mut done = Vec::new();
+    for t in 0..writers + readers {
+        let (tx, rx) = oneshot_pair();
+        let store = Arc::clone(&store);
+        store.runtime().clone().spawn(async move {
+            for r in 0..rounds {
+                let i = (r * 7 + t * 13) % 64;
+                if t < writers {
+                    match store.put(&key(i), &value(i, 64 << 10)).await {
+                        Ok(()) | Err(StoreError::AlreadyExists) | Err(StoreError::NoSpace) => {}
+                        Err(e) => panic!("put {i}: {e}"),
+                    }
+                    if r % 5 == 0 {
+                        let _ = store.remove(&key((i + 1) % 64), true).await;
+                    }
+                } else {
+                    match store.get(&key(i)).await {
+                        Ok(v) => assert!(v == value(i, 64 << 10), "object {i} read another object's bytes"),
+                        Err(StoreError::NotFound) | Err(StoreError::NotReady) => {}
+                        Err(e) => panic!("get {i}: {e}"),
+                    }
+                }
+            }
+            tx.send(()).unwrap();
+        });
+        done.push(rx);
+    }
+    for rx in done {
+        rx.await.expect("a task panicked");
+    }
+    assert!(store.stats().evicted_dropped > 0, "{:?}", store.stats());
+    store.close().await.unwrap();
+}
+
 /// Many tasks on the runtime's threads put and get at once.
 pub async fn concurrent_puts_and_gets<H: Harness>(h: H) {
     let dir = tempfile::tempdir().unwrap();
@@ -610,6 +650,7 @@ macro_rules! store_behaviour_tests {
             eviction_resumes_when_leases_expire,
             batch_forms_answer_per_item,
             concurrent_puts_and_gets,
+            gets_racing_evictions_and_removes_never_return_wrong_bytes,
             sustained_puts_wait_for_the_ssd_and_never_fail,
             a_vanished_storage_root_is_an_error_and_memory_keeps_everything,
             a_full_disk_is_a_storage_error_and_loses_nothing,

@@ -4,7 +4,8 @@
 //!   rotating over 1 GiB, as put copies into the segment) and `memcpy_from_256MiB`
 //!   (values rotating over 256 MiB into one buffer, as get_into copies out); `put`
 //!   (memory only, steady state with eviction), `get` (into a new `Bytes`) and
-//!   `get_into` (into the caller's buffer). Target: put and get ≥ 5 GB/s.
+//!   `get_into` (into the caller's buffer), and `get_into_2_threads` (two threads
+//!   reading at once, which copy in parallel). Target: put and get ≥ 5 GB/s.
 //! - `persistent_1MiB`: the SSD tier alone (puts, then `flush`) against the store with
 //!   persistence (puts, then `flush`), on the same directory. Target: the store within
 //!   0.9× of the tier.
@@ -117,6 +118,29 @@ fn embedded(c: &mut Criterion) {
                 black_box(&buf);
                 start.elapsed()
             })
+        })
+    });
+    // Two threads reading at once: copies out of the segment run in parallel (the
+    // node lock is held only for the lookup). Compare with `get_into` on one thread.
+    group.bench_function("get_into_2_threads", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            std::thread::scope(|scope| {
+                for t in 0..2u64 {
+                    let (store, resident) = (&store, &resident);
+                    scope.spawn(move || {
+                        let mut buf = vec![0u8; VALUE];
+                        runtime().block_on(async {
+                            for n in (t..iters).step_by(2) {
+                                let k = &resident[n as usize % resident.len()];
+                                store.get_into(k, &mut buf).await.expect("get");
+                            }
+                        });
+                        black_box(&buf);
+                    });
+                }
+            });
+            start.elapsed()
         })
     });
     group.finish();

@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::vec::Vec;
 
 use bytes::Bytes;
@@ -23,6 +24,38 @@ use crate::wire::{DiskReplicaOrigin, NodeCommand};
 
 /// The one memory segment of the embedded node.
 const SEGMENT: SegmentId = SegmentId(1);
+
+/// The memory segment's bytes, under a lock of their own so that copies into and out
+/// of it do not hold the node lock: gets copy out in parallel, and the master keeps
+/// answering while a value is copied. Lock order: the node, then the segment; nothing
+/// takes the node lock while holding the segment's.
+#[derive(Debug)]
+pub(super) struct Segment(RwLock<Vec<u8>>);
+
+impl Segment {
+    /// A segment of `len` zero bytes (pages the kernel maps only as values arrive).
+    pub(super) fn new(len: u64) -> Self {
+        Self(RwLock::new(std::vec![0u8; len as usize]))
+    }
+
+    pub(super) fn read(&self) -> RwLockReadGuard<'_, Vec<u8>> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn write(&self) -> RwLockWriteGuard<'_, Vec<u8>> {
+        self.0.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A replica's bytes in the segment.
+pub(super) fn replica<'a>(segment: &'a [u8], r: &MemoryReplica) -> &'a [u8] {
+    &segment[r.offset as usize..(r.offset + r.len) as usize]
+}
+
+/// A replica's bytes in the segment, to fill.
+pub(super) fn replica_mut<'a>(segment: &'a mut [u8], r: &MemoryReplica) -> &'a mut [u8] {
+    &mut segment[r.offset as usize..(r.offset + r.len) as usize]
+}
 
 /// A persist waiting for room in the write-behind queue.
 #[derive(Debug)]
@@ -51,7 +84,7 @@ pub(super) struct Node {
     /// Persists waiting for room in the write-behind queue, oldest first. They stay
     /// here, never in a caller's future, so that a cancelled caller loses none.
     pub(super) pending: VecDeque<Deferred>,
-    segment: Vec<u8>,
+    segment_len: u64,
     epoch: std::time::Instant,
     id: NodeId,
 }
@@ -91,7 +124,7 @@ impl Node {
             master,
             counters: Counters::default(),
             pending: VecDeque::new(),
-            segment: std::vec![0u8; config.memory_bytes as usize],
+            segment_len: config.memory_bytes,
             epoch: std::time::Instant::now(),
             id: config.node,
         })
@@ -108,15 +141,7 @@ impl Node {
     }
 
     pub(super) fn segment_bytes(&self) -> u64 {
-        self.segment.len() as u64
-    }
-
-    pub(super) fn bytes(&self, r: &MemoryReplica) -> &[u8] {
-        &self.segment[r.offset as usize..(r.offset + r.len) as usize]
-    }
-
-    pub(super) fn bytes_mut(&mut self, r: &MemoryReplica) -> &mut [u8] {
-        &mut self.segment[r.offset as usize..(r.offset + r.len) as usize]
+        self.segment_len
     }
 
     /// Registers what the tier recovered; returns how many the master took.
@@ -146,11 +171,12 @@ impl Node {
 
     /// Carries out the master's commands. A persist the write-behind queue cannot take
     /// now (or that would overtake one already waiting) goes to [`Node::pending`].
-    pub(super) fn run_commands(&mut self, tier: Option<&Tier>) {
+    pub(super) fn run_commands(&mut self, tier: Option<&Tier>, segment: &Segment) {
         while let Some(command) = self.master.poll_command() {
             match command {
                 NodeCommand::Persist { key, version, source, .. } => {
-                    let value = Bytes::copy_from_slice(self.bytes(&source));
+                    // The master keeps the source allocated until the persist ends.
+                    let value = Bytes::copy_from_slice(replica(&segment.read(), &source));
                     let Some(t) = tier else {
                         self.persist_failed(key.as_ref(), version, &"no SSD tier");
                         continue;

@@ -2,10 +2,13 @@
 //!
 //! # Concurrency
 //!
-//! One lock guards the node: the master's decisions and the copies into and out of the
-//! segment happen under it, so a replica is never read while it is being written and
-//! never freed while it is being read. Disk reads, waits for the write-behind queue,
-//! `flush` and `close` happen outside it.
+//! The node lock guards the master; the segment has a read-write lock of its own,
+//! always taken after the node's. A get takes the segment's read lock before it lets
+//! go of the node lock and copies with only the segment locked, so gets copy in
+//! parallel and the master keeps answering; a replica freed meanwhile cannot be
+//! overwritten until the copy ends (writers need the write lock). A put copies into
+//! its in-progress replica under the segment's write lock alone. Disk reads, waits for
+//! the write-behind queue, `flush` and `close` take neither.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
@@ -15,7 +18,7 @@ use bytes::Bytes;
 
 use super::config::StoreConfig;
 use super::error::StoreError;
-use super::node::Node;
+use super::node::{Node, Segment, replica, replica_mut};
 use super::runtime::{FdWatch, Runtime};
 use crate::descriptor::ReplicaDescriptor;
 use crate::disk::{ReadResult, Tier, TierConfig, TierStats};
@@ -73,6 +76,8 @@ pub struct Store<R: Runtime> {
 #[derive(Debug)]
 struct Inner {
     node: Mutex<Node>,
+    /// The values (lock order: node, then segment).
+    segment: Segment,
     /// `None` with persistence off, and after `close`.
     tier: RwLock<Option<Tier>>,
     persistent: bool,
@@ -135,6 +140,7 @@ impl<R: Runtime> Store<R> {
 
     fn start(runtime: R, node: Node, tier: Option<Tier>, wake: Arc<Notifier>) -> Self {
         let inner = Arc::new(Inner {
+            segment: Segment::new(node.segment_bytes()),
             node: Mutex::new(node),
             persistent: tier.is_some(),
             tier: RwLock::new(tier),
@@ -164,9 +170,16 @@ impl<R: Runtime> Store<R> {
         }
         let started = std::time::Instant::now();
         let mut persisted_at_last_failure = None;
+        let mut timers_run = false;
         loop {
             let persisted = self.inner.lock_node().counters.persisted;
             match self.try_put(key, parts, len) {
+                Err(StoreError::NoSpace) if !self.inner.persistent && !timers_run => {
+                    // Leases may have expired since the background task last ran the
+                    // master's timers: run them now and try once more.
+                    timers_run = true;
+                    let _pending = self.inner.settle();
+                }
                 Err(StoreError::NoSpace)
                     if self.inner.persistent && started.elapsed() < NO_SPACE_PATIENCE =>
                 {
@@ -207,22 +220,27 @@ impl<R: Runtime> Store<R> {
         self.hand_over_pending(waiting).await
     }
 
-    /// Allocates, copies and ends the put under the node lock.
+    /// Allocates under the node lock, copies under the segment's write lock alone (the
+    /// object is in progress meanwhile: readers get `NotReady`, eviction leaves it be),
+    /// then ends the put under the node lock.
     fn try_put(&self, key: KeyRef<'_>, parts: &[&[u8]], len: u64) -> Result<bool, StoreError> {
-        let ((), waiting) = self.inner.with_node(|node| {
-            let now = node.now();
-            let writer = node.id();
-            let segment = node.segment_bytes();
-            let grant = node
-                .master
+        let (grant, _) = self.inner.with_node(|node| {
+            let (now, writer, segment) = (node.now(), node.id(), node.segment_bytes());
+            node.master
                 .handle_put_start(now, writer, key, len, 1)
-                .map_err(|e| StoreError::from_master(e, len, segment))?;
-            let dst = node.bytes_mut(&grant.replicas[0]);
+                .map_err(|e| StoreError::from_master(e, len, segment))
+        })?;
+        {
+            let mut segment = self.inner.segment.write();
+            let dst = replica_mut(&mut segment, &grant.replicas[0]);
             let mut at = 0;
             for p in parts {
                 dst[at..at + p.len()].copy_from_slice(p);
                 at += p.len();
             }
+        }
+        let ((), waiting) = self.inner.with_node(|node| {
+            let (now, writer) = (node.now(), node.id());
             node.master.handle_put_end(now, writer, key, grant.version).map_err(StoreError::Internal)
         })?;
         Ok(waiting)
@@ -429,7 +447,13 @@ impl<R: Runtime> Store<R> {
             Some(ReplicaDescriptor::Memory(r)) => {
                 let r = *r;
                 node.counters.memory_hits += 1;
-                let bytes = node.bytes(&r);
+                // Take the segment before letting go of the node: once the node lock
+                // is released the replica may be freed, but not overwritten while this
+                // read lock is held. Copies by other readers run alongside.
+                let segment = self.inner.segment.read();
+                drop(node);
+                drop(tier);
+                let bytes = replica(&segment, &r);
                 Ok(match into {
                     Some(buf) => {
                         buf[..bytes.len()].copy_from_slice(bytes);
@@ -502,7 +526,7 @@ impl Inner {
         let tier = self.tier()?;
         let mut node = self.lock_node();
         let out = op(&mut node);
-        node.run_commands(tier.as_ref());
+        node.run_commands(tier.as_ref(), &self.segment);
         Ok((out?, !node.pending.is_empty()))
     }
 
@@ -544,7 +568,7 @@ impl Inner {
                 node.handle_tier_event(event, &tier);
             }
             // Persists asked for now cannot happen: the master hears they failed.
-            node.run_commands(Some(&tier));
+            node.run_commands(Some(&tier), &self.segment);
             while let Some(d) = node.pending.pop_front() {
                 node.persist_failed(d.key.as_ref(), d.version, &"the store closed");
             }
@@ -558,8 +582,9 @@ impl Inner {
         let mut node = self.lock_node();
         node.counters.disk_hits += 1;
         let now = node.now();
-        if let Ok(Some(replica)) = node.master.handle_promote(now, key.as_ref(), version) {
-            node.bytes_mut(&replica).copy_from_slice(value);
+        if let Ok(Some(r)) = node.master.handle_promote(now, key.as_ref(), version) {
+            // Under the node lock too: the replica is listed as readable already.
+            replica_mut(&mut self.segment.write(), &r).copy_from_slice(value);
             node.counters.promotions += 1;
         }
     }
@@ -593,7 +618,7 @@ impl Inner {
         }
         let now = node.now();
         node.master.handle_timeout(now);
-        node.run_commands(tier.as_ref());
+        node.run_commands(tier.as_ref(), &self.segment);
         !node.pending.is_empty()
     }
 }
