@@ -202,6 +202,20 @@ impl<T> WriteBehind<T> {
         self.changed.notify_all();
     }
 
+    /// The writer is gone for good (it panicked): the queue closes, everything not yet
+    /// settled counts as failed, and every waiting flush and producer wakes up.
+    pub fn abort(&self) {
+        let mut s = self.lock();
+        s.closed = true;
+        let unsettled = s.settled..s.next_seq;
+        s.failed.extend(unsettled);
+        s.settled = s.next_seq;
+        s.items.clear();
+        s.queued_bytes = 0;
+        drop(s);
+        self.changed.notify_all();
+    }
+
     /// Waits until every item accepted before this call is durable.
     pub fn flush(&self) -> Result<(), QueueError> {
         let (mut s, target) = self.settle_everything_accepted()?;
@@ -328,6 +342,27 @@ mod tests {
         q.push(4, 1).unwrap();
         q.settle(5, &[]);
         assert_eq!(q.flush(), Ok(()), "a failure is reported once");
+    }
+
+    #[test]
+    fn abort_fails_everything_unsettled_and_wakes_every_waiter() {
+        let q = std::sync::Arc::new(WriteBehind::new(3));
+        q.push(0u32, 1).unwrap();
+        q.settle(1, &[]);
+        q.push(1u32, 2).unwrap(); // fills the queue (item 0 is settled but not taken)
+        let producer = {
+            let q = std::sync::Arc::clone(&q);
+            std::thread::spawn(move || q.push(2u32, 2))
+        };
+        let flusher = {
+            let q = std::sync::Arc::clone(&q);
+            std::thread::spawn(move || q.flush())
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        q.abort();
+        assert_eq!(producer.join().unwrap(), Err(QueueError::Closed));
+        assert_eq!(flusher.join().unwrap(), Err(QueueError::PersistFailed { failed: 1 }));
+        assert_eq!(q.queued_bytes(), 0);
     }
 
     #[test]

@@ -356,7 +356,16 @@ impl Tier {
             let w = Writer::new(Arc::clone(&shared), write_driver, recovery.next_bucket);
             std::thread::Builder::new()
                 .name("larder-writer".into())
-                .spawn(move || w.run())
+                .spawn({
+                    let shared = Arc::clone(&shared);
+                    move || {
+                        // A writer that dies must not leave flushes and producers waiting.
+                        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.run())).is_err() {
+                            tracing::error!("the bucket writer panicked; everything not yet durable failed");
+                            shared.queue.abort();
+                        }
+                    }
+                })
                 .map_err(|e| TierError::io("start bucket writer", shared.dir.path(), e))?
         };
         let reader = Reader::start(Arc::clone(&shared), read_driver)
