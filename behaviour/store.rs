@@ -297,7 +297,7 @@ pub async fn sustained_puts_wait_for_the_ssd_and_never_fail<H: Harness>(h: H) {
     let (tasks, each) = (8, 24);
     let mut done = Vec::new();
     for t in 0..tasks {
-        let (tx, rx) = oneshot_pair();
+        let (tx, rx) = oneshot::channel::<()>();
         let store = Arc::clone(&store);
         store.runtime().clone().spawn(async move {
             for j in 0..each {
@@ -330,7 +330,7 @@ pub async fn gets_racing_evictions_and_removes_never_return_wrong_bytes<H: Harne
     let (writers, readers, rounds) = (3usize, 3usize, 120usize);
     let mut done = Vec::new();
     for t in 0..writers + readers {
-        let (tx, rx) = oneshot_pair();
+        let (tx, rx) = oneshot::channel::<()>();
         let store = Arc::clone(&store);
         store.runtime().clone().spawn(async move {
             for r in 0..rounds {
@@ -369,7 +369,7 @@ pub async fn concurrent_puts_and_gets<H: Harness>(h: H) {
     let tasks = 16;
     let mut done = Vec::new();
     for t in 0..tasks {
-        let (tx, rx) = oneshot_pair();
+        let (tx, rx) = oneshot::channel::<()>();
         let store = Arc::clone(&store);
         store.runtime().clone().spawn(async move {
             for j in 0..12 {
@@ -386,69 +386,6 @@ pub async fn concurrent_puts_and_gets<H: Harness>(h: H) {
     }
     assert_eq!(store.stats().objects, (tasks * 12) as u64);
     store.close().await.unwrap();
-}
-
-fn oneshot_pair() -> (futures_channel_lite::Sender, futures_channel_lite::Receiver) {
-    futures_channel_lite::pair()
-}
-
-/// A one-shot completion signal on std primitives (the suite depends on no runtime).
-mod futures_channel_lite {
-    use std::future::Future;
-    use std::pin::Pin;
-    use std::sync::{Arc, Mutex};
-    use std::task::{Context, Poll, Waker};
-
-    #[derive(Default)]
-    struct State {
-        done: Option<()>,
-        dropped: bool,
-        waker: Option<Waker>,
-    }
-
-    pub struct Sender(Arc<Mutex<State>>);
-    pub struct Receiver(Arc<Mutex<State>>);
-
-    pub fn pair() -> (Sender, Receiver) {
-        let s = Arc::new(Mutex::new(State::default()));
-        (Sender(Arc::clone(&s)), Receiver(s))
-    }
-
-    impl Sender {
-        pub fn send(self, v: ()) -> Result<(), ()> {
-            let mut s = self.0.lock().unwrap();
-            s.done = Some(v);
-            if let Some(w) = s.waker.take() {
-                w.wake();
-            }
-            Ok(())
-        }
-    }
-
-    impl Drop for Sender {
-        fn drop(&mut self) {
-            let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            s.dropped = true;
-            if let Some(w) = s.waker.take() {
-                w.wake();
-            }
-        }
-    }
-
-    impl Future for Receiver {
-        type Output = Result<(), ()>;
-        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-            let mut s = self.0.lock().unwrap();
-            if let Some(v) = s.done.take() {
-                return Poll::Ready(Ok(v));
-            }
-            if s.dropped {
-                return Poll::Ready(Err(()));
-            }
-            s.waker = Some(cx.waker().clone());
-            Poll::Pending
-        }
-    }
 }
 
 /// The storage root vanishes under a running store: puts still succeed in memory,

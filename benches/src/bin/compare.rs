@@ -87,27 +87,26 @@ struct RecoveryReport {
 
 fn main() {
     let cli = Cli::parse();
-    if let Command::Recovery { records, value } = cli.command {
-        match compare_recovery(&cli.dir, cli.runs, records, value) {
-            Ok(r) if cli.json => println!("{}", serde_json::to_string_pretty(&r).expect("serializes")),
-            Ok(r) => print_recovery(&r),
-            Err(e) => {
-                eprintln!("compare: {e}");
-                std::process::exit(1);
-            }
+    match cli.command {
+        Command::Io { size, depth } => {
+            emit(compare_io(&cli.dir, cli.runs, size, depth), cli.json, Report::print_table)
         }
-        return;
+        Command::Disk { size, depth, ref values, bucket_mib } => emit(
+            compare_disk(&cli.dir, cli.runs, size, depth, values, bucket_mib << 20),
+            cli.json,
+            Report::print_table,
+        ),
+        Command::Recovery { records, value } => {
+            emit(compare_recovery(&cli.dir, cli.runs, records, value), cli.json, print_recovery)
+        }
     }
-    let report = match cli.command {
-        Command::Io { size, depth } => compare_io(&cli.dir, cli.runs, size, depth),
-        Command::Disk { size, depth, ref values, bucket_mib } => {
-            compare_disk(&cli.dir, cli.runs, size, depth, values, bucket_mib << 20)
-        }
-        Command::Recovery { .. } => unreachable!("handled above"),
-    };
+}
+
+/// Prints a report as JSON or as a table, or the error (exit status 1).
+fn emit<T: serde::Serialize>(report: Result<T, String>, json: bool, table: fn(&T)) {
     match report {
-        Ok(r) if cli.json => r.print_json(),
-        Ok(r) => r.print_table(),
+        Ok(r) if json => println!("{}", serde_json::to_string_pretty(&r).expect("report serializes")),
+        Ok(r) => table(&r),
         Err(e) => {
             eprintln!("compare: {e}");
             std::process::exit(1);

@@ -116,9 +116,4 @@ impl Report {
         }
         header
     }
-
-    /// Prints the report as JSON.
-    pub fn print_json(&self) {
-        println!("{}", serde_json::to_string_pretty(self).expect("report serializes"));
-    }
 }

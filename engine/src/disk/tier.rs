@@ -383,11 +383,8 @@ impl Tier {
     /// writer makes it durable behind the caller. Waits while the write-behind queue is
     /// full (never drops).
     pub fn put(&self, key: KeyRef<'_>, version: ObjectVersion, value: Bytes) -> Result<(), TierError> {
-        if value.is_empty() || value.len() as u64 > MAX_VALUE_LEN {
-            return Err(TierError::ValueTooLarge { len: value.len() as u64, max: MAX_VALUE_LEN });
-        }
-        let bytes = value.len();
-        self.shared.queue.push(PersistItem { key: key.to_key(), version, value }, bytes)?;
+        let (item, bytes) = persist_item(key, version, value)?;
+        self.shared.queue.push(item, bytes)?;
         Ok(())
     }
 
@@ -400,11 +397,8 @@ impl Tier {
     /// Like [`Tier::put`] but never waits: `Ok(false)` (nothing accepted) when the
     /// write-behind queue is full, so that an async caller can wait elsewhere.
     pub fn try_put(&self, key: KeyRef<'_>, version: ObjectVersion, value: Bytes) -> Result<bool, TierError> {
-        if value.is_empty() || value.len() as u64 > MAX_VALUE_LEN {
-            return Err(TierError::ValueTooLarge { len: value.len() as u64, max: MAX_VALUE_LEN });
-        }
-        let bytes = value.len();
-        Ok(self.shared.queue.try_push(PersistItem { key: key.to_key(), version, value }, bytes)?.is_ok())
+        let (item, bytes) = persist_item(key, version, value)?;
+        Ok(self.shared.queue.try_push(item, bytes)?.is_ok())
     }
 
     /// Waits until every put accepted before this call is durable; an error if any of
@@ -568,6 +562,19 @@ impl Drop for Tier {
             tracing::warn!(error = %e, "could not sync the removal log at shutdown");
         }
     }
+}
+
+/// A value checked for the bucket format's bounds, as a queue item and its size.
+fn persist_item(
+    key: KeyRef<'_>,
+    version: ObjectVersion,
+    value: Bytes,
+) -> Result<(PersistItem, usize), TierError> {
+    if value.is_empty() || value.len() as u64 > MAX_VALUE_LEN {
+        return Err(TierError::ValueTooLarge { len: value.len() as u64, max: MAX_VALUE_LEN });
+    }
+    let bytes = value.len();
+    Ok((PersistItem { key: key.to_key(), version, value }, bytes))
 }
 
 /// Whether the directory's filesystem accepts `O_DIRECT` (tmpfs, some FUSE and network

@@ -187,7 +187,7 @@ impl<R: Runtime> Store<R> {
                     // be evicted: let the tier catch up and try again, for as long as
                     // objects get persisted between attempts (other puts may take the
                     // room first). Two failures with no persist between them: memory is
-                    // full of objects waiting cannot free (leased ones).
+                    // full of objects no waiting can free (leased ones).
                     if persisted_at_last_failure == Some(persisted) {
                         return Err(StoreError::NoSpace);
                     }
