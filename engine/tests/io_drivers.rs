@@ -216,6 +216,7 @@ fn cancellation_keeps_the_buffer_until_the_operation_is_done() {
 /// Runs in a child process that has dropped CAP_IPC_LOCK, so that RLIMIT_MEMLOCK
 /// (8 MiB here) applies to buffer registration as it does for an unprivileged service.
 #[test]
+#[ignore = "a child process of the memlock test; runs only when that test spawns it"]
 fn memlock_child() {
     if std::env::var("LARDER_MEMLOCK_CHILD").is_err() {
         return;
@@ -259,7 +260,7 @@ fn registration_past_the_memlock_limit_falls_back_to_unregistered_buffers() {
 /// Runs one test of this binary in a child process with extra environment.
 fn run_child(test: &str, env: &[(&str, &str)]) -> String {
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .args(["--exact", test, "--ignored", "--nocapture", "--test-threads=1"])
         .envs(env.iter().copied())
         .output()
         .unwrap();
@@ -279,6 +280,7 @@ fn choices_parse_and_unknown_ones_are_errors() {
 /// Runs in a child process with `LARDER_IO=fallback`: the automatic choice must yield
 /// the thread pool. The parent test below spawns it.
 #[test]
+#[ignore = "a child process of the LARDER_IO test; runs only when that test spawns it"]
 fn env_forces_fallback_child() {
     if std::env::var("LARDER_IO_CHILD").is_err() {
         return;

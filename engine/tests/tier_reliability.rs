@@ -26,7 +26,7 @@ fn round_key(round: u64, j: u64) -> u64 {
 /// Spawns this test binary running `test` with `env`, stdout piped.
 fn spawn_child(test: &str, env: &[(&str, &str)]) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .args(["--exact", test, "--ignored", "--nocapture", "--test-threads=1"])
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -37,6 +37,7 @@ fn spawn_child(test: &str, env: &[(&str, &str)]) -> std::process::Child {
 /// The child of the crash test: puts continuously, flushing every few puts and saying
 /// how far the flush got. It is killed at a random moment.
 #[test]
+#[ignore = "the crash test's child process; runs only when that test spawns it"]
 fn crash_child() {
     let (Ok(root), Ok(round)) = (std::env::var("LARDER_CRASH_ROOT"), std::env::var("LARDER_CRASH_ROUND"))
     else {
@@ -213,6 +214,7 @@ fn a_truncated_bucket_is_deleted() {
 
 /// The child of the lock test: holds the node directory until killed.
 #[test]
+#[ignore = "the lock test's child process; runs only when that test spawns it"]
 fn lock_child() {
     let Ok(root) = std::env::var("LARDER_LOCK_ROOT") else { return };
     let (_tier, _) = Tier::open(config(Path::new(&root))).unwrap();
