@@ -76,6 +76,11 @@ pub(super) struct BufferTable {
 }
 
 impl BufferTable {
+    /// Buffers in the table.
+    pub(super) fn len(&self) -> usize {
+        self.entries.iter().filter(|e| e.is_some()).count()
+    }
+
     pub(super) fn insert(&mut self, data: AlignedBuf) -> BufId {
         let entry = Some(BufEntry { data, busy: 0, fixed: None });
         match self.vacant.pop() {

@@ -25,7 +25,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::string::String;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::vec::Vec;
 
 use super::buffers::{AlignedBuf, BufferTable, FileTable, ResourceError, aligned_zeroed};
@@ -162,6 +162,9 @@ pub struct Driver {
     #[cfg_attr(not(feature = "io-uring"), allow(dead_code))] // read by the ring backend only
     config: DriverConfig,
     info: DriverInfo,
+    /// Test hook: waiting at drop fails, as it may when the ring is broken.
+    #[cfg(test)]
+    fail_teardown_wait: bool,
 }
 
 static CHOICE_LOGGED: AtomicBool = AtomicBool::new(false);
@@ -191,6 +194,8 @@ impl Driver {
             wake,
             config: config.clone(),
             info: DriverInfo { kind, fixed_files, fixed_buffers: 0, fixed_buffer_refusals: 0 },
+            #[cfg(test)]
+            fail_teardown_wait: false,
         })
     }
 
@@ -273,9 +278,12 @@ impl Driver {
         if let (Backend::Ring(ring), true) = (&mut self.backend, self.config.register_buffers) {
             if ring.caps().fixed_buffers && id.0 < super::ring::FIXED_BUFFERS {
                 let (ptr, len) = self.buffers.region(id).expect("just inserted");
-                // SAFETY: the buffer's memory is owned by the table and is only freed by
-                // `remove_buffer`, which unregisters it first (or by dropping the driver,
-                // which drops the ring first: `backend` is declared before `buffers`).
+                // SAFETY: the buffer's memory is owned by the table and stays allocated
+                // for as long as the registration: `remove_buffer` unregisters it before
+                // freeing it (and refuses a buffer an operation holds), and dropping the
+                // driver frees buffers only once no operation is in flight, leaking them
+                // otherwise (see `Drop`). The kernel touches a registered buffer only
+                // while an operation on it is in flight.
                 match unsafe { ring.register_buffer(id.0, ptr, len) } {
                     Ok(()) => {
                         self.buffers.set_fixed(id, Some(id.0 as u16));
@@ -468,11 +476,15 @@ impl Driver {
 }
 
 impl Drop for Driver {
+    /// Frees the buffers only once no operation the kernel or a worker holds can still
+    /// touch them. Closing a ring does not stop the kernel synchronously (its requests
+    /// are cancelled later, from a kernel worker), so if waiting for the operations in
+    /// flight fails, the buffers are leaked rather than freed under the kernel's writes.
     fn drop(&mut self) {
-        // Buffers must outlive every operation the kernel or a worker holds.
         while self.machine.in_flight() > 0 {
-            if self.wait().is_err() {
-                break;
+            if let Err(e) = self.wait_for_teardown() {
+                self.leak_buffers(&e);
+                return;
             }
             let machine = &mut self.machine;
             let on_completion = |user_data, result| {
@@ -484,5 +496,72 @@ impl Drop for Driver {
                 Backend::Pool(pool) => pool.drain(on_completion),
             };
         }
+    }
+}
+
+/// Buffers leaked by drivers dropped while the kernel might still use them.
+static LEAKED_BUFFERS: AtomicU64 = AtomicU64::new(0);
+
+/// How many buffers dropped drivers have leaked in this process because an operation
+/// was still in flight and waiting for it failed (normally zero).
+pub fn leaked_buffers() -> u64 {
+    LEAKED_BUFFERS.load(Ordering::Relaxed)
+}
+
+impl Driver {
+    fn wait_for_teardown(&mut self) -> Result<(), DriverError> {
+        #[cfg(test)]
+        if self.fail_teardown_wait {
+            return Err(DriverError::Submit(io::Error::from_raw_os_error(libc::EBADF)));
+        }
+        self.wait()
+    }
+
+    /// Gives up on the buffers: they stay allocated for as long as the process lives.
+    fn leak_buffers(&mut self, why: &DriverError) {
+        let buffers = core::mem::take(&mut self.buffers);
+        let count = buffers.len() as u64;
+        LEAKED_BUFFERS.fetch_add(count, Ordering::Relaxed);
+        tracing::error!(
+            error = %why,
+            in_flight = self.machine.in_flight(),
+            buffers = count,
+            "cannot wait for I/O still in flight; leaking its buffers rather than freeing memory the kernel may write"
+        );
+        core::mem::forget(buffers);
+    }
+}
+
+#[cfg(test)]
+mod teardown_tests {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+
+    use super::*;
+
+    /// A read that cannot complete (an empty pipe) is in flight when the driver is
+    /// dropped and waiting fails: the drop returns and leaks the buffer; the kernel's
+    /// late write lands in memory nobody else owns.
+    #[test]
+    #[cfg(feature = "io-uring")]
+    fn a_failed_wait_at_drop_leaks_the_buffers_instead_of_freeing_them() {
+        let mut fds = [0; 2];
+        // SAFETY: pipe writes two descriptors into the array we pass.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both descriptors were just created and are owned here alone.
+        let (rx, mut tx) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+        let config = DriverConfig { choice: DriverChoice::IoUring, ..DriverConfig::default() };
+        let mut d = Driver::open(&config).unwrap();
+        let file = d.add_file(rx);
+        let buf = d.alloc_buffer(4096);
+        d.push(IoRequest::Read { file, offset: 0, buf, buf_offset: 0, len: 4096 }).unwrap();
+        d.submit().unwrap();
+        assert_eq!(d.in_flight(), 1);
+        d.fail_teardown_wait = true;
+        let before = leaked_buffers();
+        drop(d);
+        assert_eq!(leaked_buffers() - before, 1, "the buffer was freed under the kernel");
+        // Whatever the kernel still does with the read lands in leaked memory.
+        let _ = tx.write_all(&[7u8; 4096]);
     }
 }

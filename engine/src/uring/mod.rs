@@ -24,7 +24,9 @@ pub use machine::{
 #[cfg(feature = "std")]
 pub use buffers::{AlignedBuf, IO_ALIGN, ResourceError, aligned_zeroed};
 #[cfg(feature = "std")]
-pub use driver::{Driver, DriverChoice, DriverConfig, DriverError, DriverInfo, DriverKind, IO_ENV};
+pub use driver::{
+    Driver, DriverChoice, DriverConfig, DriverError, DriverInfo, DriverKind, IO_ENV, leaked_buffers,
+};
 #[cfg(feature = "std")]
 pub use eventfd::Notifier;
 
