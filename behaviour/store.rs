@@ -34,6 +34,18 @@ pub fn value(i: usize, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Bytes that depend on `i` in every 8-byte word that matters (a window into one
+/// random block, stamped with `i` at both ends): cheap to make for gigabytes of values.
+pub fn stamped(i: usize, len: usize) -> Vec<u8> {
+    static NOISE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let noise = NOISE.get_or_init(|| value(0, 2 << 20));
+    let start = (i * 4099) % (1 << 20);
+    let mut out = noise[start..start + len].to_vec();
+    out[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    out[len - 8..].copy_from_slice(&(!(i as u64)).to_le_bytes());
+    out
+}
+
 pub fn key(i: usize) -> Vec<u8> {
     format!("prefix/{i:06}").into_bytes()
 }
@@ -129,6 +141,22 @@ pub async fn a_bad_storage_root_is_an_error_at_open<H: Harness>(h: H) {
     first.close().await.unwrap();
     // Closing released the directory.
     h.open(persistent(dir.path(), 4 << 20)).await.unwrap().close().await.unwrap();
+}
+
+/// With persistence on, a value larger than one SSD record (4 GiB) is refused at the
+/// put, even when the memory segment could hold it: it could never be made durable.
+pub async fn a_value_too_large_to_persist_is_refused_at_the_put<H: Harness>(h: H) {
+    let dir = tempfile::tempdir().unwrap();
+    // Zeroed pages the kernel maps only when touched: neither the segment nor the value
+    // costs memory here.
+    let store = h.open(persistent(dir.path(), 5 << 30)).await.unwrap();
+    let huge = vec![0u8; (4 << 30) + 1];
+    assert!(matches!(
+        store.put(b"huge", &huge).await,
+        Err(StoreError::TooLarge { len, max }) if len == (4 << 30) + 1 && max == 4 << 30
+    ));
+    assert!(matches!(store.get(b"huge").await, Err(StoreError::NotFound)));
+    store.close().await.unwrap();
 }
 
 /// Persistence follows puts in the background, with no flush: the tier's events reach
@@ -438,6 +466,59 @@ pub async fn a_full_disk_is_a_storage_error_and_loses_nothing<H: Harness>(h: H) 
     store.close().await.unwrap();
 }
 
+/// `max_disk_bytes` bounds what the filesystem really holds: 1.2 GiB of values through
+/// a 192 MiB limit on a 448 MiB tmpfs, with reads of older objects in between (which
+/// open buckets that are evicted later), keeps the filesystem within the limit plus the
+/// bucket being written, and no put fails.
+pub async fn the_disk_limit_bounds_what_the_filesystem_holds<H: Harness>(h: H) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mnt) = tmpfs::Tmpfs::mount(&dir.path().join("mnt"), "448m") else {
+        eprintln!(
+            "SKIPPED: mounting a tmpfs is not permitted here (needs root); the capacity test did not run"
+        );
+        return;
+    };
+    let limit: u64 = 192 << 20;
+    let used = || {
+        let s = rustix::fs::statvfs(&mnt.0).unwrap();
+        (s.f_blocks - s.f_bfree) * s.f_frsize
+    };
+    // The bucket being written (64 MiB, reserved whole, plus a write chunk) and the
+    // node directory's small files come on top of the limit.
+    let allowance = limit + (64 << 20) + (1 << 20) + (1 << 20);
+    let store =
+        h.open(StoreConfig { max_disk_bytes: Some(limit), ..persistent(&mnt.0, 64 << 20) }).await.unwrap();
+    let (n, len) = (2400, 512 << 10);
+    let mut peak = 0;
+    for i in 0..n {
+        store.put(&key(i), &stamped(i, len)).await.unwrap_or_else(|e| panic!("put {i}: {e}"));
+        if i >= 300 && i % 8 == 0 {
+            // Older than memory holds: a read from SSD, unless its bucket was evicted.
+            let j = i - 200;
+            match store.get(&key(j)).await {
+                Ok(v) => assert!(v == stamped(j, len), "object {j}: wrong bytes"),
+                Err(StoreError::NotFound) => {}
+                Err(e) => panic!("get {j}: {e}"),
+            }
+        }
+        if i % 16 == 0 {
+            peak = peak.max(used());
+            assert!(
+                peak <= allowance,
+                "after {i} puts the filesystem holds {peak} bytes (allowed {allowance})"
+            );
+        }
+    }
+    store.flush().await.unwrap();
+    peak = peak.max(used());
+    assert!(peak <= allowance, "the filesystem holds {peak} bytes (allowed {allowance})");
+    let stats = store.stats();
+    let tier = stats.tier.unwrap();
+    assert!(tier.evicted_buckets > 0 && stats.disk_hits > 0, "{stats:?}");
+    assert!(tier.bytes <= limit, "{tier:?}");
+    store.close().await.unwrap();
+}
+
 /// The crash test's child: puts forever on the root in `CRASH_CHILD_ROOT`, printing
 /// `flushed N` once objects 0..N are durable.
 pub async fn crash_child<H: Harness>(h: H) {
@@ -578,6 +659,7 @@ macro_rules! store_behaviour_tests {
             puts_are_persisted_behind_the_caller,
             every_error_is_typed_and_changes_nothing,
             a_bad_storage_root_is_an_error_at_open,
+            a_value_too_large_to_persist_is_refused_at_the_put,
             memory_pressure_evicts_to_ssd_and_reads_come_back,
             memory_only_eviction_drops_the_oldest,
             reopening_finds_everything_that_was_persisted,
@@ -591,6 +673,7 @@ macro_rules! store_behaviour_tests {
             sustained_puts_wait_for_the_ssd_and_never_fail,
             a_vanished_storage_root_is_an_error_and_memory_keeps_everything,
             a_full_disk_is_a_storage_error_and_loses_nothing,
+            the_disk_limit_bounds_what_the_filesystem_holds,
         );
         #[test]
         #[ignore = "the SIGKILL test's child process; runs only when that test spawns it"]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use larder_engine::disk::{DirectIo, DropCause, LOCK_FILE, Tier, TierError, TierEvent};
 use larder_engine::uring::{DriverChoice, DriverKind};
 use larder_engine::{NodeId, ObjectVersion};
-use support::{config, files, k, key, scratch, value};
+use support::{config, files, k, key, read_all, scratch, value};
 
 fn put_range(tier: &Tier, range: std::ops::Range<u64>, version: u64) {
     for i in range {
@@ -19,7 +19,7 @@ fn put_range(tier: &Tier, range: std::ops::Range<u64>, version: u64) {
 fn check_range(tier: &Tier, range: std::ops::Range<u64>, version: u64) {
     let keys: Vec<Vec<u8>> = range.clone().map(key).collect();
     let refs: Vec<_> = keys.iter().map(|k| k.as_slice()).map(k).collect();
-    for (i, got) in range.zip(tier.get_many(&refs)) {
+    for (i, got) in range.zip(read_all(tier, &refs)) {
         let (v, bytes) = got.unwrap_or_else(|e| panic!("key {i}: {e}"));
         assert_eq!(v, ObjectVersion(version));
         assert!(bytes == value(i, version), "key {i}: wrong bytes");
@@ -166,40 +166,51 @@ fn remove_all_leaves_only_the_lock() {
     assert_eq!(recovered.len(), 5);
 }
 
+/// Capacity evicts whole buckets, least recently used first, where writing a bucket and
+/// reading from it both count as use. Buckets are cut by size only (no deadline), so
+/// which bucket holds what is deterministic: four 256 KiB records per 1 MiB bucket.
 #[test]
-fn capacity_evicts_whole_buckets_least_recently_read_first() {
+fn capacity_evicts_whole_buckets_least_recently_used_first() {
     let root = scratch("capacity");
     let mut c = config(&root);
-    c.max_bytes = Some(8 << 20);
+    // A bucket takes 1044 KiB: six fit below the high watermark (6.75 MiB), the
+    // seventh passes it, and evicting one brings the tier below the low (6.375 MiB).
+    c.max_bytes = Some(15 << 19);
+    c.low_watermark = 0.85;
+    c.bucket_deadline = Duration::from_secs(3600);
     c.events = true;
     let (tier, _) = Tier::open(c).unwrap();
-    put_range(&tier, 0..40, 1);
-    tier.flush().unwrap();
-    // Read the oldest records: their bucket becomes the most recently read.
-    check_range(&tier, 0..5, 1);
-    put_range(&tier, 40..160, 1);
-    tier.flush().unwrap();
+    let v = |i: u64| support::value_of_size(i, 1, 256 << 10);
+    let put_bucket = |b: u64| {
+        for i in b * 4..b * 4 + 4 {
+            tier.put(k(&key(i)), ObjectVersion(1), v(i)).unwrap();
+        }
+        tier.flush().unwrap();
+    };
+    for b in 0..6 {
+        put_bucket(b); // six buckets, about 6.3 MiB
+    }
+    assert_eq!((tier.stats().buckets, tier.stats().evicted_buckets), (6, 0));
+    tier.get(k(&key(0))).unwrap(); // bucket 0 is now the most recently used
+    put_bucket(6); // past the high watermark: the least recently used bucket goes
     let s = tier.stats();
-    assert!(s.bytes <= 8 << 20, "{s:?}");
-    assert!(s.evicted_buckets > 0 && s.evicted_records > 0, "{s:?}");
-    check_range(&tier, 0..5, 1);
-    let evicted: Vec<TierEvent> = std::iter::from_fn(|| tier.poll_event())
-        .filter(|e| matches!(e, TierEvent::Dropped { cause: DropCause::Evicted, .. }))
+    assert_eq!((s.buckets, s.evicted_buckets, s.evicted_records), (6, 1, 4), "{s:?}");
+    assert!(s.bytes <= 15 << 19, "{s:?}");
+    let mut evicted: Vec<Vec<u8>> = std::iter::from_fn(|| tier.poll_event())
+        .filter_map(|e| match e {
+            TierEvent::Dropped { key, cause: DropCause::Evicted, .. } => Some(key.as_bytes().to_vec()),
+            _ => None,
+        })
         .collect();
-    assert_eq!(evicted.len() as u64, s.evicted_records);
-    // Everything not evicted reads back; nothing evicted does.
-    let mut readable = 0;
-    for i in 0..160 {
+    evicted.sort();
+    assert_eq!(evicted, (4..8).map(key).collect::<Vec<_>>(), "bucket 1 was the least recently used");
+    for i in 0..28 {
         match tier.get(k(&key(i))) {
-            Ok((_, bytes)) => {
-                assert!(bytes == value(i, 1));
-                readable += 1;
-            }
-            Err(TierError::NotFound) => {}
-            Err(e) => panic!("{e}"),
+            Ok((_, bytes)) => assert!(!(4..8).contains(&i) && bytes == v(i), "object {i}"),
+            Err(TierError::NotFound) => assert!((4..8).contains(&i), "object {i} was lost"),
+            Err(e) => panic!("object {i}: {e}"),
         }
     }
-    assert_eq!(readable, s.objects);
 }
 
 #[test]
@@ -249,7 +260,7 @@ fn empty_values_are_refused() {
     let root = scratch("empty");
     let (tier, _) = Tier::open(config(&root)).unwrap();
     let err = tier.put(k(b"x"), ObjectVersion(1), bytes::Bytes::new()).unwrap_err();
-    assert!(matches!(err, TierError::ValueTooLarge { len: 0, .. }));
+    assert!(matches!(err, TierError::EmptyValue), "{err}");
 }
 
 #[test]

@@ -66,6 +66,9 @@ pub enum TierError {
     /// No record under this key.
     #[error("not found")]
     NotFound,
+    /// Records hold at least one byte.
+    #[error("empty values are not stored")]
+    EmptyValue,
     /// A value too large for one record.
     #[error("value of {len} bytes is larger than a record can hold ({max})")]
     ValueTooLarge {

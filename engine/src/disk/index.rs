@@ -1,5 +1,5 @@
 //! The tier's index: key → record, and every published bucket with its live records,
-//! physical size and last read (for eviction).
+//! physical size and last use, written or read (for LRU eviction).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -7,28 +7,63 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::vec::Vec;
 
+use crossbeam_queue::SegQueue;
+
 use super::protocol::{Bucket, ReadGuard, Unlink};
 use crate::ids::{BucketId, ObjectVersion};
 use crate::key::Key;
 use crate::sync::Arc;
+use crate::uring::Notifier;
+
+/// Bucket files unlinked and not yet closed by the reader. An unlinked file's blocks
+/// are freed only when its last descriptor closes, so every unlink is reported here and
+/// the reader, woken, closes its descriptor of that bucket at once.
+#[derive(Debug)]
+pub(super) struct Unlinked {
+    ids: SegQueue<BucketId>,
+    wake: Arc<Notifier>,
+}
+
+impl Unlinked {
+    /// Unlinks are reported to whoever waits on `wake`.
+    pub(super) fn new(wake: Arc<Notifier>) -> Self {
+        Self { ids: SegQueue::new(), wake }
+    }
+
+    fn report(&self, id: BucketId) {
+        self.ids.push(id);
+        self.wake.notify();
+    }
+
+    /// The next bucket unlinked since the last call.
+    pub(super) fn pop(&self) -> Option<BucketId> {
+        self.ids.pop()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
 
 /// A bucket's file, deleted through the bucket protocol: the temporary name until the
 /// rename publishes it, the final name after.
 #[derive(Debug)]
 pub(crate) struct BucketFile {
+    id: BucketId,
     tmp: PathBuf,
     path: PathBuf,
     renamed: AtomicBool,
+    unlinked: Arc<Unlinked>,
 }
 
 impl BucketFile {
-    pub(super) fn new(tmp: PathBuf, path: PathBuf) -> Self {
-        Self { tmp, path, renamed: AtomicBool::new(false) }
+    pub(super) fn new(id: BucketId, tmp: PathBuf, path: PathBuf, unlinked: Arc<Unlinked>) -> Self {
+        Self { id, tmp, path, renamed: AtomicBool::new(false), unlinked }
     }
 
     /// A file found already published (at recovery).
-    pub(super) fn published(path: PathBuf) -> Self {
-        Self { tmp: PathBuf::new(), path, renamed: AtomicBool::new(true) }
+    pub(super) fn published(id: BucketId, path: PathBuf, unlinked: Arc<Unlinked>) -> Self {
+        Self { id, tmp: PathBuf::new(), path, renamed: AtomicBool::new(true), unlinked }
     }
 
     pub(super) fn mark_renamed(&self) {
@@ -44,6 +79,7 @@ impl Unlink for BucketFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not delete bucket file"),
         }
+        self.unlinked.report(self.id);
     }
 }
 
@@ -75,7 +111,8 @@ pub(super) struct BucketInfo {
     pub(super) file: Arc<File>,
     pub(super) file_len: u64,
     pub(super) live: u32,
-    pub(super) last_read: u64,
+    /// When it was last written or read (the index's logical clock), for LRU eviction.
+    pub(super) last_used: u64,
     /// Keys indexed into this bucket (some may since have moved on), for eviction.
     keys: Vec<Key>,
 }
@@ -127,8 +164,11 @@ impl Index {
         file_len: u64,
     ) {
         self.physical_bytes += file_len;
-        // Never read: ties with every other unread bucket, which go oldest first.
-        self.buckets.insert(id, BucketInfo { cell, file, file_len, live: 0, last_read: 0, keys: Vec::new() });
+        // Writing counts as a use: a bucket just written holds the freshest values and
+        // must not be the first to go because older buckets happened to be read once.
+        self.clock += 1;
+        let last_used = self.clock;
+        self.buckets.insert(id, BucketInfo { cell, file, file_len, live: 0, last_used, keys: Vec::new() });
     }
 
     /// Indexes a record unless a newer version of the key is indexed; the record it
@@ -177,7 +217,7 @@ impl Index {
         let record = *self.records.get(key)?;
         self.clock += 1;
         let b = self.buckets.get_mut(&record.bucket)?;
-        b.last_read = self.clock;
+        b.last_used = self.clock;
         let guard = Bucket::read(&b.cell)?;
         Some(Pinned { record, file: Arc::clone(&b.file), _guard: guard })
     }
@@ -200,14 +240,13 @@ impl Index {
         }
     }
 
-    /// Evicts whole buckets, least recently read first, until the physical size is at
-    /// most `target`; buckets never read tie, and go oldest (lowest id) first. Returns
-    /// the records that went.
+    /// Evicts whole buckets, least recently used (written or read) first, until the
+    /// physical size is at most `target`. Returns the records that went.
     pub(super) fn evict_to(&mut self, target: u64) -> Vec<(Key, Record)> {
         let mut gone = Vec::new();
         while self.physical_bytes > target {
             let Some(victim) =
-                self.buckets.iter().min_by_key(|(id, b)| (b.last_read, **id)).map(|(id, _)| *id)
+                self.buckets.iter().min_by_key(|(id, b)| (b.last_used, **id)).map(|(id, _)| *id)
             else {
                 break;
             };

@@ -2,6 +2,15 @@
 //! keeping many in flight. Each read pins its bucket (the bucket protocol's read
 //! guard) until the data is in memory and its CRC32C checked; a mismatch drops the
 //! record and is an error to the caller, never wrong bytes.
+//!
+//! A value is read as several chunk reads in flight at once (`read_chunk_bytes` each),
+//! so that one caller waiting for one large value keeps the device busy, and so that
+//! no single transfer is ever larger than a chunk whatever the value's size.
+//!
+//! The reader keeps a descriptor per bucket it reads. An unlinked bucket's blocks are
+//! freed only when its last descriptor closes, so the reader closes its descriptor as
+//! soon as it hears of the unlink ([`Unlinked`]), which happens when the bucket's last
+//! read ends.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,14 +23,14 @@ use crossbeam_queue::SegQueue;
 
 use super::error::TierError;
 use super::format::align_up;
-use super::index::Pinned;
+use super::index::{Pinned, Unlinked};
 use super::tier::Shared;
 use crate::checksum::crc32c;
 use crate::ids::{BucketId, ObjectVersion};
 use crate::key::Key;
 use crate::sync::Arc;
 use crate::uring::eventfd::{Notifier, wait_any};
-use crate::uring::{AlignedBuf, Driver, FileId, IoRequest, OpId, Outcome, aligned_zeroed};
+use crate::uring::{AlignedBuf, BufId, Driver, Errno, FileId, IoRequest, OpId, Outcome, aligned_zeroed};
 
 /// What a read yields: the version the record holds, and its value.
 pub type ReadResult = Result<(ObjectVersion, Bytes), TierError>;
@@ -47,23 +56,42 @@ pub(super) struct Reader {
 }
 
 impl Reader {
-    pub(super) fn start(shared: Arc<Shared>, driver: Driver) -> std::io::Result<Self> {
+    /// Starts the thread. `wake` is also the signal of `unlinked`.
+    pub(super) fn start(
+        shared: Arc<Shared>,
+        driver: Driver,
+        wake: Arc<Notifier>,
+        unlinked: Arc<Unlinked>,
+    ) -> std::io::Result<Self> {
         let jobs = Arc::new(SegQueue::new());
-        let wake = Arc::new(Notifier::new()?);
         let stop = Arc::new(AtomicBool::new(false));
+        let chunk = (shared.config.read_chunk_bytes as u64).max(super::format::BLOCK);
         let thread = {
             let (jobs, wake, stop) = (Arc::clone(&jobs), Arc::clone(&wake), Arc::clone(&stop));
             std::thread::Builder::new().name("larder-reader".into()).spawn(move || {
-                let pool = Arc::new(BufferPool::default());
-                Serve { shared, driver, pool, files: HashMap::new(), in_flight: HashMap::new() }
-                    .run(&jobs, &wake, &stop)
+                let serve = Serve {
+                    shared,
+                    driver,
+                    pool: Arc::new(BufferPool::default()),
+                    chunk: align_up(chunk),
+                    files: HashMap::new(),
+                    unlinked,
+                    closing: Vec::new(),
+                    reads: HashMap::new(),
+                    next_read: 0,
+                    ops: HashMap::new(),
+                };
+                serve.run(&jobs, &wake, &stop)
             })?
         };
         Ok(Self { jobs, wake, stop, thread: Some(thread) })
     }
 
-    pub(super) fn submit(&self, job: ReadJob) {
-        self.jobs.push(job);
+    /// Queues reads and wakes the thread once.
+    pub(super) fn submit(&self, jobs: impl IntoIterator<Item = ReadJob>) {
+        for job in jobs {
+            self.jobs.push(job);
+        }
         self.wake.notify();
     }
 }
@@ -78,12 +106,37 @@ impl Drop for Reader {
     }
 }
 
+/// A read whose chunks are in flight.
+struct ActiveRead {
+    job: ReadJob,
+    buf: BufId,
+    /// Chunks not yet completed.
+    pending: u32,
+    /// The first thing that went wrong with a chunk.
+    failure: Option<ChunkFailure>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ChunkFailure {
+    /// The file ended before the chunk did: the bucket is damaged.
+    Short,
+    Errno(Errno),
+    Cancelled,
+}
+
 struct Serve {
     shared: Arc<Shared>,
     driver: Driver,
     pool: Arc<BufferPool>,
+    /// Bytes per chunk read (a whole number of blocks).
+    chunk: u64,
     files: HashMap<BucketId, FileId>,
-    in_flight: HashMap<OpId, ReadJob>,
+    unlinked: Arc<Unlinked>,
+    /// Unlinked buckets whose descriptor could not be closed yet.
+    closing: Vec<BucketId>,
+    reads: HashMap<u64, ActiveRead>,
+    next_read: u64,
+    ops: HashMap<OpId, u64>,
 }
 
 /// Bytes of idle read buffers kept for reuse. Fresh buffers cost page faults and
@@ -148,6 +201,7 @@ impl Serve {
     fn run(mut self, jobs: &SegQueue<ReadJob>, wake: &Notifier, stop: &AtomicBool) {
         loop {
             wake.reset();
+            self.close_unlinked();
             while let Some(job) = jobs.pop() {
                 self.start(job);
             }
@@ -155,13 +209,28 @@ impl Serve {
                 tracing::error!(error = %e, "reader I/O driver failed");
             }
             while let Some(c) = self.driver.poll_completion() {
-                self.finish(c.id, c.buf.expect("reads have buffers"), c.outcome);
+                self.chunk_done(c.id, c.outcome);
             }
-            if stop.load(Ordering::Acquire) && self.in_flight.is_empty() && jobs.is_empty() {
+            if stop.load(Ordering::Acquire) && self.reads.is_empty() && jobs.is_empty() {
                 return;
             }
-            if jobs.is_empty() {
+            if jobs.is_empty() && self.unlinked.is_empty() {
                 let _ = wait_any(&[wake.fd(), self.driver.event_fd()], None);
+            }
+        }
+    }
+
+    /// Closes the descriptors of buckets unlinked since the last look, so that their
+    /// blocks are freed.
+    fn close_unlinked(&mut self) {
+        let mut retry = core::mem::take(&mut self.closing);
+        retry.extend(core::iter::from_fn(|| self.unlinked.pop()));
+        for id in retry {
+            let Some(file) = self.files.remove(&id) else { continue };
+            if self.driver.remove_file(file).is_err() {
+                // A read of it is still being taken in: close it next time round.
+                self.files.insert(id, file);
+                self.closing.push(id);
             }
         }
     }
@@ -172,17 +241,41 @@ impl Serve {
             Ok(f) => f,
             Err(e) => return drop(job.reply.send(Err(e))),
         };
-        let len = align_up(record.len) as usize;
+        let Ok(len) = usize::try_from(align_up(record.len)) else {
+            let max = usize::MAX as u64;
+            return drop(job.reply.send(Err(TierError::ValueTooLarge { len: record.len, max })));
+        };
         let buf = self.driver.add_buffer(self.pool.take(len));
-        let request = IoRequest::Read { file, offset: record.value_offset, buf, buf_offset: 0, len };
-        match self.driver.push(request) {
-            Ok(id) => {
-                self.in_flight.insert(id, job);
+        let id = self.next_read;
+        self.next_read += 1;
+        let mut read = ActiveRead { job, buf, pending: 0, failure: None };
+        let mut at = 0u64;
+        while at < len as u64 {
+            let n = self.chunk.min(len as u64 - at) as usize;
+            let request = IoRequest::Read {
+                file,
+                offset: record.value_offset + at,
+                buf,
+                buf_offset: at as usize,
+                len: n,
+            };
+            match self.driver.push(request) {
+                Ok(op) => {
+                    self.ops.insert(op, id);
+                    read.pending += 1;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "could not queue a read");
+                    read.failure = Some(ChunkFailure::Errno(Errno(libc::EIO)));
+                    break;
+                }
             }
-            Err(e) => {
-                let _ = self.driver.remove_buffer(buf);
-                let _ = job.reply.send(Err(TierError::Driver(e.into())));
-            }
+            at += n as u64;
+        }
+        if read.pending == 0 {
+            self.finish(read);
+        } else {
+            self.reads.insert(id, read);
         }
     }
 
@@ -202,19 +295,37 @@ impl Serve {
         Ok(id)
     }
 
-    /// Closes files no read is using (their buckets may be gone).
+    /// Closes files no read is using.
     fn close_idle_files(&mut self) {
         let driver = &mut self.driver;
         self.files.retain(|_, id| driver.remove_file(*id).is_err());
     }
 
-    fn finish(&mut self, id: OpId, buf: crate::uring::BufId, outcome: Outcome) {
-        let job = self.in_flight.remove(&id).expect("completion of a started read");
-        let data = self.driver.remove_buffer(buf).expect("a completed read's buffer is free");
+    fn chunk_done(&mut self, op: OpId, outcome: Outcome) {
+        let id = self.ops.remove(&op).expect("completion of a started read");
+        let read = self.reads.get_mut(&id).expect("a read with chunks in flight");
+        read.pending -= 1;
+        let failure = match outcome {
+            Outcome::Done { eof: true, .. } => Some(ChunkFailure::Short),
+            Outcome::Done { .. } => None,
+            Outcome::Failed { errno, .. } => Some(ChunkFailure::Errno(errno)),
+            Outcome::Cancelled => Some(ChunkFailure::Cancelled),
+        };
+        if read.failure.is_none() {
+            read.failure = failure;
+        }
+        if read.pending == 0 {
+            let read = self.reads.remove(&id).expect("looked up above");
+            self.finish(read);
+        }
+    }
+
+    fn finish(&mut self, read: ActiveRead) {
+        let ActiveRead { job, buf, failure, .. } = read;
+        let data = self.driver.remove_buffer(buf).expect("no chunk of a finished read is in flight");
         let record = job.pinned.record;
-        let result = match outcome {
-            Outcome::Done { bytes, .. } if (bytes as u64) < record.len => Err(self.corrupted(&job)),
-            Outcome::Done { .. } => {
+        let result = match failure {
+            None => {
                 let value = Value { buf: Some(data), len: record.len as usize, pool: Arc::clone(&self.pool) };
                 if crc32c(value.as_ref()) == record.crc {
                     Ok((record.version, Bytes::from_owner(value)))
@@ -222,12 +333,18 @@ impl Serve {
                     Err(self.corrupted(&job))
                 }
             }
-            Outcome::Failed { errno, .. } => Err(TierError::io(
-                "read bucket",
-                &self.shared.dir.bucket_path(record.bucket),
-                std::io::Error::from_raw_os_error(errno.0),
-            )),
-            Outcome::Cancelled => Err(TierError::Closed),
+            Some(failure) => {
+                self.pool.give_back(data);
+                Err(match failure {
+                    ChunkFailure::Short => self.corrupted(&job),
+                    ChunkFailure::Errno(errno) => TierError::io(
+                        "read bucket",
+                        &self.shared.dir.bucket_path(record.bucket),
+                        std::io::Error::from_raw_os_error(errno.0),
+                    ),
+                    ChunkFailure::Cancelled => TierError::Closed,
+                })
+            }
         };
         // The pin is released only now, after the data is in memory.
         let _ = job.reply.send(result);
@@ -238,9 +355,4 @@ impl Serve {
         self.shared.drop_corrupted(&job.key, record.version, record.bucket);
         TierError::Corrupted { key: job.key.clone(), bucket: record.bucket }
     }
-}
-
-/// Collects many replies (for batch reads).
-pub(super) fn wait_all(receivers: Vec<Result<oneshot::Receiver<ReadResult>, TierError>>) -> Vec<ReadResult> {
-    receivers.into_iter().map(|r| r.and_then(|rx| rx.recv().map_err(|_| TierError::Closed)?)).collect()
 }

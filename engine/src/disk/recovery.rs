@@ -13,7 +13,7 @@ use std::vec::Vec;
 use super::dir::NodeDir;
 use super::error::TierError;
 use super::format::{BLOCK, Footer, TRAILER_LEN, Trailer};
-use super::index::{BucketFile, Index, Inserted, Record};
+use super::index::{BucketFile, Index, Inserted, Record, Unlinked};
 use super::protocol::Bucket;
 use super::removals::{Removal, Removed};
 use crate::descriptor::DiskReplica;
@@ -45,7 +45,12 @@ pub(super) struct Recovery {
 
 /// Scans `dir`, skipping what the removal log says was removed; see the module
 /// documentation.
-pub(super) fn recover(dir: &NodeDir, direct_io: bool, removed: Removed) -> Result<Recovery, TierError> {
+pub(super) fn recover(
+    dir: &NodeDir,
+    direct_io: bool,
+    removed: Removed,
+    unlinked: &Arc<Unlinked>,
+) -> Result<Recovery, TierError> {
     let mut r = Recovery { tmp_removed: dir.remove_tmp_files()?, ..Recovery::default() };
     // Dead records found, by key: the newest dead version (the compacted log).
     let mut dead: HashMap<Key, ObjectVersion> = HashMap::new();
@@ -76,7 +81,8 @@ pub(super) fn recover(dir: &NodeDir, direct_io: bool, removed: Removed) -> Resul
                     }
                 };
                 let reader = open_for_reads(&path, direct_io)?;
-                let cell = Bucket::create(BucketFile::published(path.clone())).publish();
+                let cell =
+                    Bucket::create(BucketFile::published(id, path.clone(), Arc::clone(unlinked))).publish();
                 r.index.add_bucket(id, cell, Arc::new(reader), trailer.file_len());
                 for e in &footer.entries {
                     let key = e.key.to_key();

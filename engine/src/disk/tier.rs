@@ -23,9 +23,9 @@ use crossbeam_queue::SegQueue;
 use super::dir::NodeDir;
 use super::error::TierError;
 use super::format::MAX_VALUE_LEN;
-use super::index::Index;
+use super::index::{Index, Unlinked};
 use super::queue::WriteBehind;
-use super::reader::{ReadJob, ReadResult, Reader, wait_all};
+use super::reader::{ReadJob, ReadResult, Reader};
 use super::recovery::{RecoveredRecord, recover, recovered_records};
 use super::removals::{Removal, RemovalLog};
 use super::writer::{PersistItem, Writer};
@@ -71,6 +71,9 @@ pub struct TierConfig {
     pub write_depth: u32,
     /// Reads the reader keeps in flight (64).
     pub read_depth: u32,
+    /// A value is read as concurrent reads of this many bytes each (256 KiB), so that
+    /// one large value keeps several reads in flight.
+    pub read_chunk_bytes: usize,
     /// `O_DIRECT` or not.
     pub direct_io: DirectIo,
     /// The I/O drivers' configuration (backend choice, threads).
@@ -99,6 +102,7 @@ impl TierConfig {
             chunk_bytes: 1 << 20,
             write_depth: 16,
             read_depth: 64,
+            read_chunk_bytes: 256 << 10,
             direct_io: DirectIo::Auto,
             driver: DriverConfig::default(),
             events: false,
@@ -240,6 +244,8 @@ pub(super) struct Shared {
     pub(super) removals: Mutex<Removals>,
     pub(super) removal_log: RemovalLog,
     pub(super) stats: Counters,
+    /// Where bucket unlinks are reported, for the reader to close its descriptors.
+    pub(super) unlinked: Arc<Unlinked>,
     index: Mutex<Index>,
     events: SegQueue<TierEvent>,
     events_ready: Arc<Notifier>,
@@ -319,17 +325,27 @@ impl Tier {
         if config.direct_io == DirectIo::Auto && !direct_io {
             tracing::info!(dir = %dir.path().display(), "O_DIRECT refused here; using buffered I/O");
         }
+        let reader_wake =
+            Arc::new(Notifier::new().map_err(|e| TierError::io("create reader notifier", dir.path(), e))?);
+        let unlinked = Arc::new(Unlinked::new(Arc::clone(&reader_wake)));
         let removed = RemovalLog::read(&dir)?;
-        let recovery = recover(&dir, direct_io, removed)?;
+        let recovery = recover(&dir, direct_io, removed, &unlinked)?;
         let removal_log = RemovalLog::rewrite(&dir, &recovery.removals)?;
         let records = recovered_records(&recovery.index, config.node);
-        let write_driver =
-            Driver::open(&DriverConfig { queue_depth: config.write_depth, ..config.driver.clone() })?;
+        // Files are not registered with io_uring: the kernel drops a registered file
+        // some time after it is unregistered, and a retired bucket's blocks must be
+        // freed as soon as its last descriptor closes.
+        let write_driver = Driver::open(&DriverConfig {
+            queue_depth: config.write_depth,
+            register_files: false,
+            ..config.driver.clone()
+        })?;
         // Read buffers come and go with values: registering each would cost two
         // syscalls per read and pin memory against RLIMIT_MEMLOCK.
         let read_driver = Driver::open(&DriverConfig {
             queue_depth: config.read_depth,
             register_buffers: false,
+            register_files: false,
             ..config.driver.clone()
         })?;
         let shared = Arc::new(Shared {
@@ -348,6 +364,7 @@ impl Tier {
             tmp_removed: recovery.tmp_removed as u64,
             damaged_removed: recovery.damaged_removed as u64,
             driver_kind: write_driver.info().kind,
+            unlinked: Arc::clone(&unlinked),
             direct_io,
             dir,
             config,
@@ -368,7 +385,7 @@ impl Tier {
                 })
                 .map_err(|e| TierError::io("start bucket writer", shared.dir.path(), e))?
         };
-        let reader = Reader::start(Arc::clone(&shared), read_driver)
+        let reader = Reader::start(Arc::clone(&shared), read_driver, reader_wake, unlinked)
             .map_err(|e| TierError::io("start reader", shared.dir.path(), e))?;
         shared.enforce_capacity();
         Ok((Tier { shared, reader: Some(reader), writer: Some(writer) }, records))
@@ -411,20 +428,34 @@ impl Tier {
     /// Starts a read of `key`; the receiver yields the value (or an error) when it is
     /// in memory and its checksum verified. It is also a `Future`.
     pub fn read(&self, key: KeyRef<'_>) -> Result<oneshot::Receiver<ReadResult>, TierError> {
-        let pinned = self.shared.lock_index().pin(key.as_bytes()).ok_or(TierError::NotFound)?;
-        let (reply, rx) = oneshot::channel();
-        self.reader.as_ref().ok_or(TierError::Closed)?.submit(ReadJob { key: key.to_key(), pinned, reply });
-        Ok(rx)
+        self.read_many(&[key]).pop().expect("one result per key")
+    }
+
+    /// Starts reads of many keys, all in flight at once; one receiver (or error) per
+    /// key, in order.
+    pub fn read_many(&self, keys: &[KeyRef<'_>]) -> Vec<Result<oneshot::Receiver<ReadResult>, TierError>> {
+        let Some(reader) = self.reader.as_ref() else {
+            return keys.iter().map(|_| Err(TierError::Closed)).collect();
+        };
+        let mut jobs = Vec::with_capacity(keys.len());
+        let receivers = {
+            let mut index = self.shared.lock_index();
+            keys.iter()
+                .map(|key| {
+                    let pinned = index.pin(key.as_bytes()).ok_or(TierError::NotFound)?;
+                    let (reply, rx) = oneshot::channel();
+                    jobs.push(ReadJob { key: key.to_key(), pinned, reply });
+                    Ok(rx)
+                })
+                .collect()
+        };
+        reader.submit(jobs);
+        receivers
     }
 
     /// Reads `key` (blocking).
     pub fn get(&self, key: KeyRef<'_>) -> ReadResult {
         self.read(key)?.recv().map_err(|_| TierError::Closed)?
-    }
-
-    /// Reads many keys with all the reads in flight at once (blocking).
-    pub fn get_many(&self, keys: &[KeyRef<'_>]) -> Vec<ReadResult> {
-        wait_all(keys.iter().map(|k| self.read(*k)).collect())
     }
 
     /// The version indexed for `key`, if any.
@@ -570,7 +601,10 @@ fn persist_item(
     version: ObjectVersion,
     value: Bytes,
 ) -> Result<(PersistItem, usize), TierError> {
-    if value.is_empty() || value.len() as u64 > MAX_VALUE_LEN {
+    if value.is_empty() {
+        return Err(TierError::EmptyValue);
+    }
+    if value.len() as u64 > MAX_VALUE_LEN {
         return Err(TierError::ValueTooLarge { len: value.len() as u64, max: MAX_VALUE_LEN });
     }
     let bytes = value.len();

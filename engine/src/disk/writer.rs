@@ -155,7 +155,7 @@ impl Writer {
         self.next_id += 1;
         let dir = &self.shared.dir;
         let (tmp, path) = (dir.tmp_path(id), dir.bucket_path(id));
-        let guard = Bucket::create(BucketFile::new(tmp.clone(), path));
+        let guard = Bucket::create(BucketFile::new(id, tmp.clone(), path, Arc::clone(&self.shared.unlinked)));
         let mut options = OpenOptions::new();
         options.read(true).write(true).create_new(true);
         if self.shared.direct_io {
@@ -382,8 +382,10 @@ impl Writer {
             index.retire_if_empty(id);
         }
         self.shared.removals.lock().unwrap_or_else(std::sync::PoisonError::into_inner).forget_before(upto);
-        self.shared.queue.settle(upto, &[]);
+        // Capacity is enforced before the records count as settled, so that a flush
+        // returns with the tier back within its limit.
         self.shared.enforce_capacity();
+        self.shared.queue.settle(upto, &[]);
     }
 
     /// Gives up on a bucket: dropping the guard deletes its temporary file (once); its

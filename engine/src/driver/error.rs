@@ -26,12 +26,13 @@ pub enum StoreError {
     /// persisted).
     #[error("no space in memory for the value")]
     NoSpace,
-    /// The value can never fit in the memory segment.
-    #[error("value of {len} bytes is larger than the memory segment ({max} bytes)")]
+    /// The value can never be stored: it is larger than the memory segment, or (with
+    /// persistence on) than one record on SSD can hold.
+    #[error("value of {len} bytes is larger than the store can hold ({max} bytes)")]
     TooLarge {
         /// The value's length.
         len: u64,
-        /// The segment's size.
+        /// The limit: the segment's size, or the largest record.
         max: u64,
     },
     /// Values must hold at least one byte.

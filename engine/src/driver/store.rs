@@ -21,6 +21,7 @@ use super::error::StoreError;
 use super::node::{Node, Segment, replica, replica_mut};
 use super::runtime::{FdWatch, Runtime};
 use crate::descriptor::ReplicaDescriptor;
+use crate::disk::format::MAX_VALUE_LEN;
 use crate::disk::{ReadResult, Tier, TierConfig, TierStats};
 use crate::ids::ObjectVersion;
 use crate::key::{Key, KeyRef};
@@ -167,6 +168,10 @@ impl<R: Runtime> Store<R> {
         let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
         if len == 0 {
             return Err(StoreError::EmptyValue);
+        }
+        if self.inner.persistent && len > MAX_VALUE_LEN {
+            // It would live in memory but could never be persisted.
+            return Err(StoreError::TooLarge { len, max: MAX_VALUE_LEN });
         }
         let started = std::time::Instant::now();
         let mut persisted_at_last_failure = None;

@@ -86,6 +86,11 @@ pub struct DriverConfig {
     /// Try to register buffers with io_uring (default true). Registration counts
     /// against `RLIMIT_MEMLOCK`; buffers it refuses are used unregistered.
     pub register_buffers: bool,
+    /// Register files with io_uring (default true). A registered file's last reference
+    /// is dropped by the kernel some time after it is removed from the driver, so a
+    /// caller that needs an unlinked file's blocks back as soon as it closes the file
+    /// (the SSD tier) turns this off.
+    pub register_files: bool,
 }
 
 impl Default for DriverConfig {
@@ -96,6 +101,7 @@ impl Default for DriverConfig {
             threads: 4,
             max_retries: 16,
             register_buffers: true,
+            register_files: true,
         }
     }
 }
@@ -239,7 +245,7 @@ impl Driver {
         let fd = file.as_raw_fd();
         let id = self.files.insert(file);
         #[cfg(feature = "io-uring")]
-        if let Backend::Ring(ring) = &mut self.backend {
+        if let (Backend::Ring(ring), true) = (&mut self.backend, self.config.register_files) {
             if ring.register_file(id.0, fd) {
                 self.files.set_fixed(id, Some(id.0));
             }

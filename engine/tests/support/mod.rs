@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use larder_engine::disk::TierConfig;
+use larder_engine::disk::{ReadResult, Tier, TierConfig, TierError};
 use larder_engine::{KeyRef, NodeId};
 
 /// A fresh scratch root on the build's filesystem (not tmpfs: O_DIRECT works there).
@@ -23,6 +23,7 @@ pub fn config(root: &Path) -> TierConfig {
     c.bucket_deadline = Duration::from_millis(5);
     c.queue_bytes = 8 << 20;
     c.chunk_bytes = 256 << 10;
+    c.read_chunk_bytes = 32 << 10; // most values are read in several chunks
     c.write_depth = 4;
     c
 }
@@ -48,11 +49,11 @@ pub fn small_value(i: u64, v: u64) -> Bytes {
     value_of_size(i, v, 4096 + ((i * 7919 + v * 104_729) % 4096) as usize)
 }
 
-fn value_of_size(i: u64, v: u64, len: usize) -> Bytes {
+pub fn value_of_size(i: u64, v: u64, len: usize) -> Bytes {
     static NOISE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     let noise = NOISE.get_or_init(|| {
         use rand::{RngCore, SeedableRng};
-        let mut block = vec![0u8; 256 << 10];
+        let mut block = vec![0u8; 512 << 10];
         rand::rngs::StdRng::seed_from_u64(7).fill_bytes(&mut block);
         block
     });
@@ -72,4 +73,12 @@ pub fn files(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// Reads many keys with every read in flight at once, and waits for them all.
+pub fn read_all(tier: &Tier, keys: &[KeyRef<'_>]) -> Vec<ReadResult> {
+    tier.read_many(keys)
+        .into_iter()
+        .map(|r| r.and_then(|rx| rx.recv().map_err(|_| TierError::Closed)?))
+        .collect()
 }
