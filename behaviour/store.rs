@@ -257,6 +257,34 @@ pub async fn reopening_finds_everything_that_was_persisted<H: Harness>(h: H) {
     store.close().await.unwrap();
 }
 
+/// The versions a store hands out lie above every version already on disk, even when
+/// the clock has stepped back since the run that wrote them (here: that run's record
+/// and removal of "clock" carry a version far in the future). A put after the step back
+/// survives the next reopen instead of vanishing behind the old removal.
+pub async fn a_clock_stepped_back_cannot_hide_new_puts<H: Harness>(h: H) {
+    use larder_engine::disk::{Tier, TierConfig};
+    use larder_engine::{KeyRef, NodeId, ObjectVersion};
+    let dir = tempfile::tempdir().unwrap();
+    let future = ObjectVersion(u64::MAX / 2); // the year 2262, in nanoseconds
+    {
+        let (tier, _) = Tier::open(TierConfig::new(dir.path(), "default", NodeId(1))).unwrap();
+        let (clock, keep) = (KeyRef::new(b"clock").unwrap(), KeyRef::new(b"keep").unwrap());
+        tier.put(clock, future, value(1, 5000).into()).unwrap();
+        tier.put(keep, ObjectVersion(5), value(2, 5000).into()).unwrap();
+        tier.flush().unwrap();
+        // Dead in a bucket that stays (it holds "keep"): the log entry stays too.
+        assert!(tier.remove_version(clock, future));
+        tier.close().unwrap();
+    }
+    let store = h.open(persistent(dir.path(), 8 << 20)).await.unwrap();
+    store.put(b"clock", &value(3, 7000)).await.unwrap();
+    store.close().await.unwrap();
+    let store = h.open(persistent(dir.path(), 8 << 20)).await.unwrap();
+    assert_eq!(store.get(b"clock").await.unwrap(), value(3, 7000), "the new put vanished");
+    assert_eq!(store.get(b"keep").await.unwrap(), value(2, 5000));
+    store.close().await.unwrap();
+}
+
 /// Dropping a store without closing it still writes out what was acknowledged and
 /// releases the storage root once its background work has ended.
 pub async fn dropping_without_close_loses_nothing_and_releases_the_root<H: Harness>(h: H) {
@@ -663,6 +691,7 @@ macro_rules! store_behaviour_tests {
             memory_pressure_evicts_to_ssd_and_reads_come_back,
             memory_only_eviction_drops_the_oldest,
             reopening_finds_everything_that_was_persisted,
+            a_clock_stepped_back_cannot_hide_new_puts,
             remove_all_wipes_memory_and_disk,
             dropping_without_close_loses_nothing_and_releases_the_root,
             removals_racing_persistence_stay_removed_across_reopen,

@@ -1,5 +1,6 @@
 //! A node's directory, `<root>/<cluster>/<node>/`: the `LOCK` file one process holds,
-//! bucket files named by id (never by key), and transient `*.tmp` files.
+//! bucket files named by id (never by key), transient `*.tmp` and `*.retired` files,
+//! and damaged buckets moved aside as `*.damaged`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -16,11 +17,22 @@ use crate::ids::{BucketId, NodeId};
 pub const LOCK_FILE: &str = "LOCK";
 const BUCKET_SUFFIX: &str = ".bucket";
 const TMP_SUFFIX: &str = ".tmp";
+const RETIRED_SUFFIX: &str = ".retired";
+const DAMAGED_SUFFIX: &str = ".damaged";
 
 /// The file name of published bucket `id` in its node directory (names come from
 /// bucket ids only, never from keys).
 pub fn bucket_file_name(id: BucketId) -> String {
     std::format!("{:016x}{BUCKET_SUFFIX}", id.0)
+}
+
+/// The names of one bucket's file: while it is written, once published, and once
+/// retired while readers still hold it (recovery deletes retired files).
+#[derive(Debug, Clone)]
+pub(super) struct BucketPaths {
+    pub(super) tmp: PathBuf,
+    pub(super) published: PathBuf,
+    pub(super) retired: PathBuf,
 }
 
 /// An open, locked node directory. The lock is released when this is dropped (or the
@@ -85,16 +97,50 @@ impl NodeDir {
             .map_err(|e| TierError::io("fsync node directory", &self.path, e))
     }
 
-    /// Deletes every `*.tmp` file (left by a crash mid-write); returns how many.
-    pub(super) fn remove_tmp_files(&self) -> Result<usize, TierError> {
+    /// Every name bucket `id`'s file has in its life.
+    pub(super) fn bucket_paths(&self, id: BucketId) -> BucketPaths {
+        let published = self.bucket_path(id);
+        let with = |suffix: &str| {
+            let mut p = published.clone().into_os_string();
+            p.push(suffix);
+            PathBuf::from(p)
+        };
+        BucketPaths { tmp: self.tmp_path(id), retired: with(RETIRED_SUFFIX), published }
+    }
+
+    /// Deletes every `*.tmp` file (a bucket a crash interrupted) and `*.retired` file (a
+    /// bucket retired while a reader held it); returns how many.
+    pub(super) fn remove_leftovers(&self) -> Result<usize, TierError> {
         let mut removed = 0;
-        for entry in self.entries()? {
-            if entry.1.ends_with(TMP_SUFFIX) {
-                fs::remove_file(&entry.0).map_err(|e| TierError::io("remove temporary file", &entry.0, e))?;
+        for (path, name) in self.entries()? {
+            if name.ends_with(TMP_SUFFIX) || name.ends_with(RETIRED_SUFFIX) {
+                fs::remove_file(&path).map_err(|e| TierError::io("remove leftover file", &path, e))?;
                 removed += 1;
             }
         }
         Ok(removed)
+    }
+
+    /// Moves a damaged bucket aside as `*.damaged` (never deleted: an operator may want
+    /// what is left of it), logging why. A failed rename is logged too; the bucket is
+    /// then simply not used.
+    pub(super) fn move_aside(&self, path: &Path, why: &str) {
+        let mut aside = std::ffi::OsString::from(path.as_os_str());
+        aside.push(DAMAGED_SUFFIX);
+        match fs::rename(path, &aside) {
+            Ok(()) => tracing::warn!(
+                path = %path.display(),
+                moved_to = %Path::new(&aside).display(),
+                reason = why,
+                "damaged bucket moved aside; its records are not used"
+            ),
+            Err(e) => tracing::warn!(
+                path = %path.display(),
+                reason = why,
+                error = %e,
+                "damaged bucket could not be moved aside; its records are not used"
+            ),
+        }
     }
 
     /// Every published bucket in the directory, by id.
@@ -114,15 +160,14 @@ impl NodeDir {
         Ok(out)
     }
 
-    /// Deletes everything in the directory except the lock, the temporary files (those
-    /// of a crashed run were deleted at open; the rest belong to the writer) and the
-    /// files of the buckets in `retired` (the bucket protocol deletes those, after
-    /// their last reader).
-    pub(super) fn wipe(&self, retired: &[BucketId]) -> Result<usize, TierError> {
+    /// Deletes everything in the directory except the lock and the temporary files (those
+    /// of a crashed run were deleted at open; the rest belong to the writer). Buckets
+    /// that readers still hold go too: their readers keep reading through their
+    /// descriptors, and the bucket protocol's later unlink finds nothing to do.
+    pub(super) fn wipe(&self) -> Result<usize, TierError> {
         let mut removed = 0;
-        let spared: Vec<PathBuf> = retired.iter().map(|id| self.bucket_path(*id)).collect();
         for (path, name) in self.entries()? {
-            if name == LOCK_FILE || name.ends_with(TMP_SUFFIX) || spared.contains(&path) {
+            if name == LOCK_FILE || name.ends_with(TMP_SUFFIX) {
                 continue;
             }
             match fs::remove_file(&path) {

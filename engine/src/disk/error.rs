@@ -63,6 +63,18 @@ pub enum TierError {
         /// What is wrong.
         source: FormatError,
     },
+    /// A bucket file was written by a newer build, in a format this build cannot read:
+    /// the directory is left as it is (upgrade, or move the file aside).
+    #[error(
+        "bucket file {path} has format version {version}; this build reads version {}: it was written by a newer Larder (run that, or move the file aside)",
+        super::format::FORMAT_VERSION
+    )]
+    NewerFormat {
+        /// The file.
+        path: PathBuf,
+        /// The version it says it has.
+        version: u16,
+    },
     /// No record under this key.
     #[error("not found")]
     NotFound,

@@ -358,6 +358,15 @@ pub struct Trailer {
 }
 
 impl Trailer {
+    /// The format version a trailer says it has, if its magic is a trailer's: a bucket
+    /// written by a newer build is told apart from a damaged one by this alone, since
+    /// every later version keeps the magic and the version in the trailer's first
+    /// bytes.
+    pub fn peek_version(bytes: &[u8]) -> Option<u16> {
+        let mut r = Reader::new(bytes);
+        (r.u32("trailer magic").ok()? == TRAILER_MAGIC).then(|| r.u16("trailer version").ok()).flatten()
+    }
+
     /// The total file length for a trailer: records, footer, padding, trailer.
     pub fn file_len(&self) -> u64 {
         align_up(self.footer_offset + self.footer_len + TRAILER_LEN as u64)

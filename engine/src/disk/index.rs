@@ -3,13 +3,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::vec::Vec;
 
 use crossbeam_queue::SegQueue;
 
-use super::protocol::{Bucket, ReadGuard, Unlink};
+use super::dir::BucketPaths;
+use super::protocol::{Bucket, ReadGuard, Retired, Unlink};
 use crate::ids::{BucketId, ObjectVersion};
 use crate::key::Key;
 use crate::sync::Arc;
@@ -45,40 +44,86 @@ impl Unlinked {
     }
 }
 
+/// Which name a bucket's file has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileName {
+    /// Being written.
+    Tmp,
+    /// Published.
+    Published,
+    /// Retired while readers held it.
+    Retired,
+    /// Unlinked.
+    Gone,
+}
+
 /// A bucket's file, deleted through the bucket protocol: the temporary name until the
-/// rename publishes it, the final name after.
+/// rename publishes it, the final name after, and the retired name if it is retired
+/// while readers still hold it (so that a crash before the last reader leaves does not
+/// bring it back: recovery deletes retired files).
 #[derive(Debug)]
 pub(crate) struct BucketFile {
     id: BucketId,
-    tmp: PathBuf,
-    path: PathBuf,
-    renamed: AtomicBool,
+    paths: BucketPaths,
+    name: std::sync::Mutex<FileName>,
     unlinked: Arc<Unlinked>,
 }
 
 impl BucketFile {
-    pub(super) fn new(id: BucketId, tmp: PathBuf, path: PathBuf, unlinked: Arc<Unlinked>) -> Self {
-        Self { id, tmp, path, renamed: AtomicBool::new(false), unlinked }
+    /// A bucket about to be written under its temporary name.
+    pub(super) fn new(id: BucketId, paths: BucketPaths, unlinked: Arc<Unlinked>) -> Self {
+        Self { id, paths, name: std::sync::Mutex::new(FileName::Tmp), unlinked }
     }
 
     /// A file found already published (at recovery).
-    pub(super) fn published(id: BucketId, path: PathBuf, unlinked: Arc<Unlinked>) -> Self {
-        Self { id, tmp: PathBuf::new(), path, renamed: AtomicBool::new(true), unlinked }
+    pub(super) fn published(id: BucketId, paths: BucketPaths, unlinked: Arc<Unlinked>) -> Self {
+        Self { id, paths, name: std::sync::Mutex::new(FileName::Published), unlinked }
     }
 
+    fn name(&self) -> std::sync::MutexGuard<'_, FileName> {
+        self.name.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The writer renamed the file into place.
     pub(super) fn mark_renamed(&self) {
-        self.renamed.store(true, Ordering::Release);
+        *self.name() = FileName::Published;
+    }
+
+    /// The bucket was retired while readers hold it: give the file its retired name,
+    /// which recovery deletes. (A failed rename is logged; the file then keeps its
+    /// name until the last reader unlinks it.)
+    fn move_to_retired(&self) {
+        let mut name = self.name();
+        if *name != FileName::Published {
+            return; // the last reader unlinked it already
+        }
+        match std::fs::rename(&self.paths.published, &self.paths.retired) {
+            Ok(()) => *name = FileName::Retired,
+            Err(e) => tracing::warn!(
+                path = %self.paths.published.display(),
+                error = %e,
+                "could not rename a retired bucket; a crash before its last read ends would bring it back"
+            ),
+        }
     }
 }
 
 impl Unlink for BucketFile {
     fn unlink(&self) {
-        let path = if self.renamed.load(Ordering::Acquire) { &self.path } else { &self.tmp };
+        let mut name = self.name();
+        let path = match *name {
+            FileName::Tmp => &self.paths.tmp,
+            FileName::Published => &self.paths.published,
+            FileName::Retired => &self.paths.retired,
+            FileName::Gone => return,
+        };
         match std::fs::remove_file(path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not delete bucket file"),
         }
+        *name = FileName::Gone;
+        drop(name);
         self.unlinked.report(self.id);
     }
 }
@@ -208,7 +253,9 @@ impl Index {
     fn retire(&mut self, id: BucketId) {
         if let Some(b) = self.buckets.remove(&id) {
             self.physical_bytes -= b.file_len;
-            b.cell.retire();
+            if let Retired::Deferred { .. } = b.cell.retire() {
+                b.cell.unlinker().move_to_retired();
+            }
         }
     }
 
@@ -272,5 +319,61 @@ impl Index {
             self.retire(*id);
         }
         (records, ids)
+    }
+}
+
+#[cfg(all(test, not(larder_loom)))]
+mod tests {
+    use super::*;
+
+    /// A bucket retired while a read holds it takes the retired name at once (recovery
+    /// deletes that name), and is unlinked when the read ends.
+    #[test]
+    fn a_bucket_retired_under_a_reader_is_renamed_then_unlinked_by_the_last_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |name: &str| dir.path().join(name);
+        let paths = BucketPaths {
+            tmp: at("1.bucket.tmp"),
+            published: at("1.bucket"),
+            retired: at("1.bucket.retired"),
+        };
+        std::fs::write(&paths.published, b"bucket").unwrap();
+        let wake = Arc::new(Notifier::new().unwrap());
+        let unlinked = Arc::new(Unlinked::new(Arc::clone(&wake)));
+        let id = BucketId(1);
+        let cell = Bucket::create(BucketFile::published(id, paths.clone(), Arc::clone(&unlinked))).publish();
+        let mut index = Index::default();
+        index.add_bucket(id, cell, Arc::new(File::open(&paths.published).unwrap()), 4096);
+        let record = Record { bucket: id, value_offset: 4096, len: 1, crc: 0, version: ObjectVersion(1) };
+        assert_eq!(index.insert(Key::new(b"k").unwrap(), record), Inserted::Added);
+        let pinned = index.pin(b"k").unwrap();
+        assert!(index.remove(b"k").is_some()); // nothing left alive: retired
+        assert!(!paths.published.exists() && paths.retired.exists(), "retired under a reader: renamed");
+        assert!(unlinked.is_empty());
+        drop(pinned);
+        assert!(!paths.retired.exists(), "the last reader out unlinks the retired name");
+        assert_eq!(unlinked.pop(), Some(id), "and reports it, for the reader to close its descriptor");
+    }
+
+    #[test]
+    fn a_bucket_retired_with_no_reader_is_unlinked_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |name: &str| dir.path().join(name);
+        let paths = BucketPaths {
+            tmp: at("2.bucket.tmp"),
+            published: at("2.bucket"),
+            retired: at("2.bucket.retired"),
+        };
+        std::fs::write(&paths.published, b"bucket").unwrap();
+        let unlinked = Arc::new(Unlinked::new(Arc::new(Notifier::new().unwrap())));
+        let id = BucketId(2);
+        let cell = Bucket::create(BucketFile::published(id, paths.clone(), Arc::clone(&unlinked))).publish();
+        let mut index = Index::default();
+        index.add_bucket(id, cell, Arc::new(File::open(&paths.published).unwrap()), 4096);
+        let record = Record { bucket: id, value_offset: 4096, len: 1, crc: 0, version: ObjectVersion(1) };
+        index.insert(Key::new(b"k").unwrap(), record);
+        index.remove(b"k");
+        assert!(!paths.published.exists() && !paths.retired.exists());
+        assert_eq!(unlinked.pop(), Some(id));
     }
 }

@@ -124,6 +124,9 @@ pub(super) struct Removed {
     /// Records of a key at this version or older are dead.
     pub(super) records: HashMap<Key, ObjectVersion>,
     pub(super) wiped_below: BucketId,
+    /// The highest version any entry names (also those a wipe superseded): new puts
+    /// must get higher versions, or an entry could hide them.
+    pub(super) max_version: ObjectVersion,
 }
 
 impl Removed {
@@ -132,6 +135,7 @@ impl Removed {
         for e in entries {
             match e {
                 Removal::Record(k, v) => {
+                    r.max_version = r.max_version.max(v);
                     let upto = r.records.entry(k).or_insert(v);
                     *upto = (*upto).max(v);
                 }
@@ -147,12 +151,22 @@ impl Removed {
 }
 
 /// The open log. Appends go to the file at once; [`RemovalLog::sync`] makes them
-/// durable.
+/// durable. An append that fails is kept and written again by the next append or
+/// sync, so a removal is durable or its failure is reported by every sync until it is.
 #[derive(Debug)]
 pub(super) struct RemovalLog {
     path: PathBuf,
-    /// `None` after a wipe deleted the file (the next append recreates it).
-    file: Mutex<(Option<File>, bool)>,
+    state: Mutex<LogState>,
+}
+
+#[derive(Debug, Default)]
+struct LogState {
+    /// `None` until the first append, and after a wipe deleted the file.
+    file: Option<File>,
+    /// Appended since the last sync.
+    dirty: bool,
+    /// Encoded entries not yet written (their append failed).
+    unwritten: Vec<u8>,
 }
 
 impl RemovalLog {
@@ -203,16 +217,28 @@ impl RemovalLog {
             write().map_err(|e| TierError::io("rewrite removal log", &path, e))?;
             dir.sync()?;
         }
-        Ok(Self { path, file: Mutex::new((None, false)) })
+        Ok(Self { path, state: Mutex::new(LogState::default()) })
     }
 
-    /// Appends a removal (durable after the next [`RemovalLog::sync`]).
+    fn lock(&self) -> std::sync::MutexGuard<'_, LogState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Appends a removal (durable after the next [`RemovalLog::sync`]). On error the
+    /// entry is kept, and written again by the next append or sync.
     pub(super) fn append(&self, removal: &Removal) -> Result<(), TierError> {
-        let mut bytes = Vec::with_capacity(64);
-        removal.encode(&mut bytes);
-        let mut guard = self.file.lock().unwrap_or_else(PoisonError::into_inner);
-        let (file, dirty) = &mut *guard;
-        if file.is_none() {
+        let mut state = self.lock();
+        removal.encode(&mut state.unwritten);
+        self.write_unwritten(&mut state)
+    }
+
+    /// Writes the entries whose append failed or is pending, opening (creating) the
+    /// file if needed. A partial write leaves a torn entry, which decoding skips.
+    fn write_unwritten(&self, state: &mut LogState) -> Result<(), TierError> {
+        if state.unwritten.is_empty() {
+            return Ok(());
+        }
+        if state.file.is_none() {
             let f = OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -223,33 +249,36 @@ impl RemovalLog {
             File::open(dir)
                 .and_then(|d| d.sync_all())
                 .map_err(|e| TierError::io("fsync node directory", dir, e))?;
-            *file = Some(f);
+            state.file = Some(f);
         }
+        let LogState { file, dirty, unwritten } = state;
         file.as_mut()
             .expect("opened above")
-            .write_all(&bytes)
+            .write_all(unwritten)
             .map_err(|e| TierError::io("append to removal log", &self.path, e))?;
+        unwritten.clear();
         *dirty = true;
         Ok(())
     }
 
-    /// Makes every append so far durable.
+    /// Makes every append so far durable, writing first those that failed.
     pub(super) fn sync(&self) -> Result<(), TierError> {
-        let mut guard = self.file.lock().unwrap_or_else(PoisonError::into_inner);
-        let (file, dirty) = &mut *guard;
-        if let (Some(f), true) = (file.as_ref(), *dirty) {
+        let mut state = self.lock();
+        self.write_unwritten(&mut state)?;
+        if let (Some(f), true) = (state.file.as_ref(), state.dirty) {
             f.sync_data().map_err(|e| TierError::io("sync removal log", &self.path, e))?;
-            *dirty = false;
+            state.dirty = false;
         }
         Ok(())
     }
 
     /// Runs `wipe` (which deletes the log's file among everything else) with appends
-    /// held off, then forgets the handle: the next append recreates the file.
+    /// held off, then starts afresh: entries from before the wipe are obsolete, and the
+    /// next append recreates the file.
     pub(super) fn wipe<T>(&self, wipe: impl FnOnce() -> T) -> T {
-        let mut guard = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.lock();
         let out = wipe();
-        *guard = (None, false);
+        *state = LogState::default();
         out
     }
 }

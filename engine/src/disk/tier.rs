@@ -181,10 +181,14 @@ pub struct TierStats {
     pub write_failures: u64,
     /// Of those, because the device was full.
     pub no_space: u64,
-    /// `*.tmp` files deleted at open.
+    /// Leftover files deleted at open: `*.tmp` (a bucket a crash interrupted) and
+    /// `*.retired` (a bucket retired while a reader held it).
     pub tmp_removed: u64,
-    /// Damaged buckets deleted at open.
-    pub damaged_removed: u64,
+    /// Damaged buckets moved aside at open (as `*.damaged`, never deleted).
+    pub damaged: u64,
+    /// Buckets that could not be read at open: left in place, not used, tried again at
+    /// the next open.
+    pub skipped: u64,
     /// Whether bucket files use `O_DIRECT` (false: the buffered fallback).
     pub direct_io: bool,
     /// The I/O backend (the thread pool is the fallback).
@@ -228,6 +232,12 @@ impl Removals {
         c.upto = c.upto.max(upto);
     }
 
+    /// Cancels every put accepted before `before` (never moving backwards, whatever
+    /// order concurrent calls arrive in).
+    fn cancel_all_before(&mut self, before: u64) {
+        self.all_before = self.all_before.max(before);
+    }
+
     /// Every put below `upto` has been published or failed: their removals are done.
     pub(super) fn forget_before(&mut self, upto: u64) {
         self.keys.retain(|_, c| c.before > upto);
@@ -241,7 +251,7 @@ pub(super) struct Shared {
     pub(super) dir: NodeDir,
     pub(super) direct_io: bool,
     pub(super) queue: WriteBehind<PersistItem>,
-    pub(super) removals: Mutex<Removals>,
+    removals: Mutex<Removals>,
     pub(super) removal_log: RemovalLog,
     pub(super) stats: Counters,
     /// Where bucket unlinks are reported, for the reader to close its descriptors.
@@ -250,13 +260,21 @@ pub(super) struct Shared {
     events: SegQueue<TierEvent>,
     events_ready: Arc<Notifier>,
     tmp_removed: u64,
-    damaged_removed: u64,
+    damaged: u64,
+    skipped: u64,
+    /// Versions below this may be named by records or removals already on disk.
+    version_floor: ObjectVersion,
     driver_kind: DriverKind,
 }
 
 impl Shared {
     pub(super) fn lock_index(&self) -> MutexGuard<'_, Index> {
         self.index.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The pending removals. Lock order: removals, then the index, then the log.
+    pub(super) fn lock_removals(&self) -> MutexGuard<'_, Removals> {
+        self.removals.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(super) fn emit(&self, event: TierEvent) {
@@ -362,7 +380,9 @@ impl Tier {
                 ),
             },
             tmp_removed: recovery.tmp_removed as u64,
-            damaged_removed: recovery.damaged_removed as u64,
+            damaged: recovery.damaged as u64,
+            skipped: recovery.skipped as u64,
+            version_floor: recovery.max_version.next(),
             driver_kind: write_driver.info().kind,
             unlinked: Arc::clone(&unlinked),
             direct_io,
@@ -394,6 +414,15 @@ impl Tier {
     /// The node directory.
     pub fn dir(&self) -> &std::path::Path {
         self.shared.dir.path()
+    }
+
+    /// The lowest version a new put may use: above every version that a record or a
+    /// removal on disk names (a removal of version `v` hides every record of its key at
+    /// `v` or below, so a new put at such a version would vanish at the next open). A
+    /// store that takes versions from a clock starts at the larger of the clock and
+    /// this, so that a clock stepped back cannot lose data.
+    pub fn version_floor(&self) -> ObjectVersion {
+        self.shared.version_floor
     }
 
     /// Accepts `value` of `key` at `version` for persistence and returns; the bucket
@@ -490,28 +519,25 @@ impl Tier {
 
     fn cancel_puts(&self, key: KeyRef<'_>, upto: ObjectVersion) {
         let before = self.shared.queue.next_seq();
-        self.shared.removals.lock().unwrap_or_else(PoisonError::into_inner).cancel(
-            key.to_key(),
-            before,
-            upto,
-        );
+        self.shared.lock_removals().cancel(key.to_key(), before, upto);
     }
 
-    /// Removes everything: every record, every bucket, every file in the node
-    /// directory but the lock (the bucket being written is abandoned as it seals).
+    /// Removes everything accepted before the call: every record, every bucket, every
+    /// file in the node directory but the lock (a bucket being written keeps only what
+    /// was accepted after the call). Returns how many indexed records went.
+    ///
+    /// It runs under the removal and index locks that publishing takes too, so that no
+    /// bucket is published halfway through: a put accepted after the sequence number
+    /// read here survives, one accepted before is cancelled or cleared, and the removal
+    /// log starts afresh before anything published later logs into it. A bucket that a
+    /// reader still holds is renamed `*.retired` as it retires, so a crash before its
+    /// last read ends does not bring it back.
     pub fn remove_all(&self) -> Result<usize, TierError> {
-        let seq = self.shared.queue.next_seq();
-        self.shared.removals.lock().unwrap_or_else(PoisonError::into_inner).all_before = seq;
-        let (records, retired) = self.shared.lock_index().clear();
-        // Retired buckets are unlinked by the protocol (after their last reader);
-        // anything else in the directory goes now, the removal log included.
-        self.shared.removal_log.wipe(|| self.shared.dir.wipe(&retired))?;
-        let still_read = retired.iter().filter(|id| self.shared.dir.bucket_path(**id).exists()).max();
-        if let Some(last) = still_read {
-            // A reader still holds it: should the process die before the last reader
-            // leaves, recovery deletes it.
-            self.shared.removal_log.append(&Removal::WipedBelow(BucketId(last.0 + 1)))?;
-        }
+        let mut removals = self.shared.lock_removals();
+        let mut index = self.shared.lock_index();
+        removals.cancel_all_before(self.shared.queue.next_seq());
+        let (records, _) = index.clear();
+        self.shared.removal_log.wipe(|| self.shared.dir.wipe())?;
         Ok(records)
     }
 
@@ -530,7 +556,8 @@ impl Tier {
             write_failures: c.write_failures.load(Ordering::Relaxed),
             no_space: c.no_space.load(Ordering::Relaxed),
             tmp_removed: self.shared.tmp_removed,
-            damaged_removed: self.shared.damaged_removed,
+            damaged: self.shared.damaged,
+            skipped: self.shared.skipped,
             direct_io: self.shared.direct_io,
             driver: self.shared.driver_kind,
         }
@@ -625,4 +652,36 @@ fn probe_direct_io(dir: &NodeDir) -> bool {
         .is_ok();
     let _ = std::fs::remove_file(&path);
     ok
+}
+
+#[cfg(all(test, not(larder_loom)))]
+mod tests {
+    use super::*;
+
+    fn key(s: &str) -> Key {
+        Key::new(s.as_bytes()).unwrap()
+    }
+
+    /// Two `remove_all`s finishing in the other order never un-cancel what the later
+    /// one cancelled.
+    #[test]
+    fn cancelling_everything_before_a_point_never_moves_backwards() {
+        let mut r = Removals::default();
+        r.cancel_all_before(7);
+        r.cancel_all_before(5);
+        assert!(r.cancels(&key("a"), ObjectVersion(1), 6), "seq 6 was cancelled by the call at 7");
+        assert!(!r.cancels(&key("a"), ObjectVersion(1), 7));
+    }
+
+    #[test]
+    fn a_key_cancel_spares_newer_versions_and_later_puts() {
+        let mut r = Removals::default();
+        r.cancel(key("a"), 10, ObjectVersion(3));
+        assert!(r.cancels(&key("a"), ObjectVersion(3), 9));
+        assert!(!r.cancels(&key("a"), ObjectVersion(4), 9), "a newer version queued meanwhile stays");
+        assert!(!r.cancels(&key("a"), ObjectVersion(3), 10), "a put accepted after the removal stays");
+        assert!(!r.cancels(&key("b"), ObjectVersion(1), 0));
+        r.forget_before(10);
+        assert!(!r.cancels(&key("a"), ObjectVersion(3), 9), "forgotten once everything below 10 settled");
+    }
 }

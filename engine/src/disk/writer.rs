@@ -154,8 +154,9 @@ impl Writer {
         let id = BucketId(self.next_id);
         self.next_id += 1;
         let dir = &self.shared.dir;
-        let (tmp, path) = (dir.tmp_path(id), dir.bucket_path(id));
-        let guard = Bucket::create(BucketFile::new(id, tmp.clone(), path, Arc::clone(&self.shared.unlinked)));
+        let tmp = dir.tmp_path(id);
+        let guard =
+            Bucket::create(BucketFile::new(id, dir.bucket_paths(id), Arc::clone(&self.shared.unlinked)));
         let mut options = OpenOptions::new();
         options.read(true).write(true).create_new(true);
         if self.shared.direct_io {
@@ -347,7 +348,7 @@ impl Writer {
         let upto = written.last().map_or(0, |w| w.seq + 1);
         let node = self.shared.config.node;
         {
-            let removed = self.shared.removals.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let removed = self.shared.lock_removals();
             let mut index = self.shared.lock_index();
             index.add_bucket(id, cell, Arc::new(file), file_len);
             for w in written {
@@ -381,7 +382,7 @@ impl Writer {
             }
             index.retire_if_empty(id);
         }
-        self.shared.removals.lock().unwrap_or_else(std::sync::PoisonError::into_inner).forget_before(upto);
+        self.shared.lock_removals().forget_before(upto);
         // Capacity is enforced before the records count as settled, so that a flush
         // returns with the tier back within its limit.
         self.shared.enforce_capacity();

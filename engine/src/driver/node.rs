@@ -91,8 +91,15 @@ pub(super) struct Node {
 
 impl Node {
     /// A master with this node registered and its segment mounted. The segment is
-    /// zero pages the kernel maps only as values arrive.
-    pub(super) fn new(config: &StoreConfig, persist: bool) -> Result<Self, StoreError> {
+    /// zero pages the kernel maps only as values arrive. Versions start at the wall
+    /// clock in nanoseconds, or at `version_floor` (above every version the SSD tier
+    /// holds) if that is higher: a clock stepped back must not hand out versions that
+    /// records or removals on disk already name.
+    pub(super) fn new(
+        config: &StoreConfig,
+        persist: bool,
+        version_floor: ObjectVersion,
+    ) -> Result<Self, StoreError> {
         let wall = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64);
@@ -103,8 +110,7 @@ impl Node {
             high_watermark: config.high_watermark,
             low_watermark: config.low_watermark,
             persist: if persist { PersistPolicy::WriteBehind } else { PersistPolicy::Off },
-            // Versions stay above those of any earlier run whose records are recovered.
-            first_version: ObjectVersion(wall.max(1)),
+            first_version: ObjectVersion(wall.max(1)).max(version_floor),
             hash_seed: std::hash::RandomState::new().hash_one(wall),
             ..MasterConfig::default()
         };

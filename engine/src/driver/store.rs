@@ -119,7 +119,7 @@ impl<R: Runtime> Store<R> {
         })?);
         let Some(root) = config.storage_root.clone() else {
             tracing::info!("no storage root configured (LARDER_STORAGE_ROOT): persistence is off");
-            let node = Node::new(&config, false)?;
+            let node = Node::new(&config, false, ObjectVersion(1))?;
             return Ok(Self::start(runtime, node, None, wake));
         };
         let tier_config = TierConfig {
@@ -131,7 +131,7 @@ impl<R: Runtime> Store<R> {
             ..TierConfig::new(root, config.cluster.clone(), config.node)
         };
         let (tier, recovered) = runtime.unblock(move || Tier::open(tier_config)).await?;
-        let mut node = Node::new(&config, true)?;
+        let mut node = Node::new(&config, true, tier.version_floor())?;
         let taken = node.register_recovered(recovered, &tier);
         if taken > 0 {
             tracing::info!(objects = taken, dir = %tier.dir().display(), "recovered persisted objects");
