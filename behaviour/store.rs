@@ -547,6 +547,50 @@ pub async fn the_disk_limit_bounds_what_the_filesystem_holds<H: Harness>(h: H) {
     store.close().await.unwrap();
 }
 
+/// The flush contract on a full disk, as a user meets it: on a 24 MiB tmpfs nearly
+/// filled by another file, 24 puts (4 KiB – 770 KiB) are acknowledged; flushes (two at
+/// once, then another) report the storage error; once the other file is deleted the
+/// next flushes (two at once) return `Ok` and `close` returns `Ok`; after reopening,
+/// all 24 objects are there, byte for byte.
+pub async fn a_flush_after_a_failed_one_is_ok_only_once_everything_is_durable<H: Harness>(h: H) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mnt) = tmpfs::Tmpfs::mount(&dir.path().join("mnt"), "24m") else {
+        eprintln!("SKIPPED: mounting a tmpfs is not permitted here (needs root); the flush test did not run");
+        return;
+    };
+    let filler = mnt.0.join("other-file");
+    std::fs::write(&filler, vec![1u8; 23 << 20]).unwrap();
+    let store = Arc::new(h.open(persistent(&mnt.0, 64 << 20)).await.unwrap());
+    let len = |i: usize| 4096 + i * ((770 << 10) - 4096) / 23;
+    for i in 0..24 {
+        store.put(&key(i), &stamped(i, len(i))).await.unwrap_or_else(|e| panic!("put {i}: {e}"));
+    }
+    let two_flushes = || {
+        let (a, b) = (Arc::clone(&store), Arc::clone(&store));
+        let (ta, ra) = oneshot::channel();
+        let (tb, rb) = oneshot::channel();
+        store.runtime().spawn(async move { ta.send(a.flush().await).unwrap() });
+        store.runtime().spawn(async move { tb.send(b.flush().await).unwrap() });
+        async move { (ra.await.unwrap(), rb.await.unwrap()) }
+    };
+    let not_durable = |r: &Result<(), StoreError>| matches!(r, Err(StoreError::Storage(TierError::NotDurable { records, .. })) if *records > 0);
+    let (a, b) = two_flushes().await;
+    assert!(not_durable(&a) && not_durable(&b), "{a:?} {b:?}");
+    let again = store.flush().await;
+    assert!(not_durable(&again), "a retried flush forgot the failure: {again:?}");
+    std::fs::remove_file(&filler).unwrap();
+    let (a, b) = two_flushes().await;
+    assert!(a.is_ok() && b.is_ok(), "{a:?} {b:?}");
+    store.flush().await.unwrap();
+    store.close().await.unwrap();
+    let store = h.open(persistent(&mnt.0, 64 << 20)).await.unwrap();
+    for i in 0..24 {
+        let got = store.get(&key(i)).await.unwrap_or_else(|e| panic!("object {i} after reopen: {e}"));
+        assert!(got == stamped(i, len(i)), "object {i}: wrong bytes");
+    }
+    store.close().await.unwrap();
+}
+
 /// The crash test's child: puts forever on the root in `CRASH_CHILD_ROOT`, printing
 /// `flushed N` once objects 0..N are durable.
 pub async fn crash_child<H: Harness>(h: H) {
@@ -702,6 +746,7 @@ macro_rules! store_behaviour_tests {
             sustained_puts_wait_for_the_ssd_and_never_fail,
             a_vanished_storage_root_is_an_error_and_memory_keeps_everything,
             a_full_disk_is_a_storage_error_and_loses_nothing,
+            a_flush_after_a_failed_one_is_ok_only_once_everything_is_durable,
             the_disk_limit_bounds_what_the_filesystem_holds,
         );
         #[test]

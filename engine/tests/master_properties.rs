@@ -26,6 +26,7 @@ fn op() -> impl Strategy<Value = Op> {
         5 => (node.clone(), prop::bool::weighted(0.1)).prop_map(|(node, fail_persists)| Op::Deliver { node, fail_persists }),
         1 => (key, any::<i8>(), any::<bool>())
             .prop_map(|(key, version_offset, recovered)| Op::ForgeDiskReplica { key, version_offset, recovered }),
+        2 => Just(Op::Flush),
     ]
 }
 

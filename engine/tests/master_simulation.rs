@@ -65,6 +65,7 @@ fn simulate(seed: u64, config: MasterConfig) -> SimStats {
             94 if rng.random_ratio(1, 10) => Op::Unmount { node },
             95 if rng.random_ratio(1, 10) => Op::Mount { node, size_kib: 4096 },
             96..98 => Op::ForgeDiskReplica { key, version_offset: rng.random(), recovered: rng.random() },
+            98 => Op::Flush,
             _ => Op::Exists { key },
         });
         for op in ops {
@@ -90,6 +91,8 @@ fn write_behind_cluster_with_expiring_leases_silent_nodes_and_unmounts() {
         total.persisted += s.persisted;
         total.forgeries += s.forgeries;
         total.puts_ended += s.puts_ended;
+        total.flushes_durable += s.flushes_durable;
+        total.flushes_not_durable += s.flushes_not_durable;
     }
     eprintln!("{total:?}");
     assert!(total.puts_ended > 1000, "{total:?}");
@@ -100,6 +103,8 @@ fn write_behind_cluster_with_expiring_leases_silent_nodes_and_unmounts() {
     assert!(total.refused_for_lease > 0, "no lease ever blocked a remove: {total:?}");
     assert!(total.gets_from_disk > 0, "no read was served from disk only: {total:?}");
     assert!(total.forgeries > 0, "{total:?}");
+    assert!(total.flushes_durable > 0, "no flush was ever answered durable: {total:?}");
+    assert!(total.flushes_not_durable > 0, "no flush ever met a failed persist: {total:?}");
 }
 
 #[test]

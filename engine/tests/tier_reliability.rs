@@ -5,7 +5,8 @@ mod support;
 #[path = "../../behaviour/tmpfs.rs"]
 mod tmpfs;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -380,7 +381,10 @@ fn a_full_disk_is_a_clear_error_keeps_existing_data_and_recovers_when_space_is_f
         tier.put(k(&key(i)), ObjectVersion(1), value(i, 1)).unwrap();
     }
     let err = tier.flush().unwrap_err();
-    assert!(matches!(err, TierError::Queue(_)), "{err}");
+    assert!(
+        matches!(&err, TierError::NotDurable { records, cause: Some(c) } if *records > 0 && matches!(**c, TierError::NoSpace { .. })),
+        "{err}"
+    );
     let s = tier.stats();
     assert!(s.no_space > 0, "{s:?}");
     assert!(
@@ -586,4 +590,46 @@ fn the_version_floor_lies_above_every_version_on_disk() {
     tier.close().unwrap();
     let (tier, _) = Tier::open(config(&root)).unwrap();
     assert_eq!(tier.version_floor(), ObjectVersion(7001), "the removal log's highest version, plus one");
+}
+
+/// A process forked while a tier holds its node directory (here a child held between
+/// its fork and its exec, as every spawned process briefly is) does not keep the
+/// directory locked: the tier closes and the directory opens again at once.
+#[test]
+fn a_forked_child_does_not_keep_the_node_directory_locked() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    let root = scratch("fork-lock");
+    let (tier, _) = Tier::open(config(&root)).unwrap();
+    let pipe = || {
+        let mut fds = [0; 2];
+        // SAFETY: pipe writes two new descriptors into the array we pass.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both descriptors were just created and are owned here alone.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    };
+    let ((forked_rx, forked_tx), (go_rx, go_tx)) = (pipe(), pipe());
+    let (forked_tx_fd, go_rx_fd) = (forked_tx.as_raw_fd(), go_rx.as_raw_fd());
+    let mut command = Command::new("true");
+    // SAFETY: the closure runs in the forked child before exec and calls only write(2)
+    // and read(2), which are async-signal-safe, on descriptors that stay open in the
+    // child until then.
+    unsafe {
+        command.pre_exec(move || {
+            let byte = 1u8;
+            libc::write(forked_tx_fd, (&raw const byte).cast(), 1);
+            let mut got = 0u8;
+            libc::read(go_rx_fd, (&raw mut got).cast(), 1);
+            Ok(())
+        });
+    }
+    let spawner = std::thread::spawn(move || command.status().unwrap());
+    let mut byte = [0u8];
+    std::fs::File::from(forked_rx).read_exact(&mut byte).unwrap(); // the child exists
+    tier.close().unwrap();
+    let reopened = Tier::open(config(&root));
+    std::fs::File::from(go_tx).write_all(&[1]).unwrap(); // let the child exec
+    assert!(spawner.join().unwrap().success());
+    assert!(reopened.is_ok(), "a forked child kept the directory locked: {:?}", reopened.err());
+    drop((forked_tx, go_rx));
 }

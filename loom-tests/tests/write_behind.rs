@@ -13,11 +13,11 @@ fn writer(q: &WriteBehind<u32>, disk: &Mutex<Vec<u32>>, settle_first: bool) {
         if let Some(&(last, _)) = taken.items.last() {
             let items: Vec<u32> = taken.items.iter().map(|(_, v)| *v).collect();
             if settle_first {
-                q.settle(last + 1, &[]);
+                q.settle(last + 1);
                 disk.lock().unwrap().extend(items);
             } else {
                 disk.lock().unwrap().extend(items);
-                q.settle(last + 1, &[]);
+                q.settle(last + 1);
             }
         }
         if taken.closed {
@@ -41,7 +41,7 @@ fn model(settle_first: bool) {
             })
         };
         q.push(1, 1).unwrap();
-        q.flush().unwrap();
+        q.wait_settled().unwrap();
         assert!(disk.lock().unwrap().contains(&1), "flush returned before an earlier put was durable");
         other.join().unwrap();
         q.close();

@@ -35,12 +35,12 @@ pub(super) struct BucketPaths {
     pub(super) retired: PathBuf,
 }
 
-/// An open, locked node directory. The lock is released when this is dropped (or the
-/// process dies: `flock` locks go with the descriptor).
+/// An open, locked node directory. The lock is released when this is dropped, or when
+/// the process dies.
 #[derive(Debug)]
 pub(super) struct NodeDir {
     path: PathBuf,
-    _lock: File,
+    _lock: DirLock,
 }
 
 impl NodeDir {
@@ -71,7 +71,7 @@ impl NodeDir {
                 TierError::io("create node directory", &path, e)
             }
         })?;
-        let lock = lock(&path)?;
+        let lock = DirLock::take(&path)?;
         Ok(Self { path, _lock: lock })
     }
 
@@ -194,35 +194,91 @@ impl NodeDir {
     }
 }
 
-/// Takes the node directory's lock, recording who holds it.
-fn lock(dir: &Path) -> Result<File, TierError> {
-    let path = dir.join(LOCK_FILE);
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o644)
-        .open(&path)
-        .map_err(|e| TierError::io("open lock file", &path, e))?;
-    // SAFETY: flock on a descriptor we own; no pointers involved.
-    let ret = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if ret != 0 {
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            let holder = holder.trim();
-            return Err(TierError::Locked { path, holder: (!holder.is_empty()).then(|| holder.to_string()) });
+/// Node directories this process holds, by canonical path.
+static HELD: std::sync::Mutex<std::collections::BTreeSet<PathBuf>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// The lock on a node directory: a POSIX record lock (`fcntl(F_SETLK)`) on its `LOCK`
+/// file against other processes, and a process-wide registry against this one.
+///
+/// Not `flock`: a `flock` lock belongs to the open file description, which a forked
+/// child shares until it execs (or for good, if it never does), so a process that
+/// forks (a test spawning a child, Python's multiprocessing) keeps the directory
+/// locked after the store that owned it closed. Record locks belong to the process and
+/// are not inherited by `fork`. They are also dropped by closing *any* descriptor of
+/// the file in the process, which is why this process never opens a `LOCK` it holds:
+/// the registry refuses first.
+#[derive(Debug)]
+struct DirLock {
+    /// The locked file; `None` only while dropping.
+    file: Option<File>,
+    dir: PathBuf,
+}
+
+impl DirLock {
+    /// Takes the lock of `dir`, recording who holds it in the file.
+    fn take(dir: &Path) -> Result<Self, TierError> {
+        let path = dir.join(LOCK_FILE);
+        let canonical = fs::canonicalize(dir).map_err(|e| TierError::io("resolve node directory", dir, e))?;
+        if !HELD.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(canonical.clone()) {
+            let holder = std::format!("this process, pid {}", std::process::id());
+            return Err(TierError::Locked { path, holder: Some(holder) });
         }
-        return Err(TierError::io("lock node directory", &path, err));
+        // From here on, dropping `lock` releases the registry entry.
+        let mut lock = DirLock { file: None, dir: canonical };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(&path)
+            .map_err(|e| TierError::io("open lock file", &path, e))?;
+        if let Err(err) = set_write_lock(&file) {
+            if matches!(err.raw_os_error(), Some(libc::EACCES | libc::EAGAIN)) {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                return Err(TierError::Locked {
+                    path,
+                    holder: (!holder.is_empty()).then(|| holder.to_string()),
+                });
+            }
+            return Err(TierError::io("lock node directory", &path, err));
+        }
+        let holder = std::format!("pid {} on {}\n", std::process::id(), hostname());
+        file.set_len(0)
+            .and_then(|()| file.seek(SeekFrom::Start(0)))
+            .and_then(|_| file.write_all(holder.as_bytes()))
+            .map_err(|e| TierError::io("write lock file", &path, e))?;
+        lock.file = Some(file);
+        Ok(lock)
     }
-    let holder = std::format!("pid {} on {}\n", std::process::id(), hostname());
-    file.set_len(0)
-        .and_then(|()| file.seek(SeekFrom::Start(0)))
-        .and_then(|_| file.write_all(holder.as_bytes()))
-        .map_err(|e| TierError::io("write lock file", &path, e))?;
-    Ok(file)
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        // Close first (that releases the record lock), then let another opener in this
+        // process try: the other order would let it lock, then lose its lock to this
+        // close.
+        drop(self.file.take());
+        HELD.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.dir);
+    }
+}
+
+/// A non-blocking write lock over the whole of `file`.
+fn set_write_lock(file: &File) -> io::Result<()> {
+    let lock = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0, // to the end, however long the file grows
+        l_pid: 0,
+    };
+    // SAFETY: fcntl(F_SETLK) on a descriptor we own, reading the `flock` we pass for
+    // the duration of the call only.
+    let ret = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &lock) };
+    if ret == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 fn hostname() -> String {

@@ -89,6 +89,17 @@ pub enum TierError {
         /// The limit.
         max: u64,
     },
+    /// Puts accepted before a flush are not durable: their writes failed (the latest
+    /// failure is the cause). Every flush reports them until they are written again or
+    /// removed.
+    #[error("{records} records accepted for persistence are not durable{}", cause.as_ref().map(|c| std::format!(" (latest failure: {c})")).unwrap_or_default())]
+    NotDurable {
+        /// How many.
+        records: u64,
+        /// The latest write failure.
+        #[source]
+        cause: Option<std::sync::Arc<TierError>>,
+    },
     /// The write-behind queue refused or could not complete.
     #[error(transparent)]
     Queue(#[from] QueueError),

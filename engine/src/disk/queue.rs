@@ -1,16 +1,17 @@
-//! The write-behind queue: puts hand records to the bucket writer; `flush` waits until
-//! everything accepted before it is durable.
+//! The write-behind queue: puts hand records to the bucket writer; a flush waits until
+//! everything accepted before it has been written (or has failed).
 //!
 //! - [`WriteBehind::push`] accepts an item and gives it a sequence number. The queue is
 //!   bounded in bytes: a producer waits while it is full (backpressure) — an item is
 //!   never dropped. (An item larger than the whole bound is taken when the queue is
 //!   empty, so it cannot wait forever.)
-//! - The writer takes items with [`WriteBehind::take`], makes them durable, then
-//!   reports with [`WriteBehind::settle`] that every item below a sequence number is
-//!   durable (or failed).
-//! - [`WriteBehind::flush`] notes the next sequence number, asks the writer to seal
-//!   early, and returns once everything below it has settled — with an error if any of
-//!   those items failed.
+//! - The writer takes items with [`WriteBehind::take`], writes them, then reports with
+//!   [`WriteBehind::settle`] that every item below a sequence number has settled:
+//!   durable, or failed. Which ones failed is the tier's to remember (until they are
+//!   written again or removed), not the queue's: a failure is never forgotten by being
+//!   reported once.
+//! - [`WriteBehind::wait_settled`] notes the next sequence number, asks the writer to
+//!   seal early, and returns it once everything below it has settled.
 //!
 //! Everything is one mutex and one condvar (waiters re-check their condition), which
 //! keeps the protocol small enough for loom to check exhaustively (`loom-tests`).
@@ -28,11 +29,11 @@ pub enum QueueError {
     /// The queue was closed (the tier is shutting down or failed).
     #[error("write-behind queue is closed")]
     Closed,
-    /// Some items accepted before the flush could not be made durable.
-    #[error("{failed} items accepted before the flush failed to persist")]
-    PersistFailed {
-        /// How many.
-        failed: u64,
+    /// The writer is gone (it panicked) before it wrote these items.
+    #[error("the bucket writer stopped before {items} accepted items were written")]
+    Abandoned {
+        /// How many of the items waited for.
+        items: u64,
     },
 }
 
@@ -58,9 +59,9 @@ struct State<T> {
     settled: u64,
     /// The highest sequence number any flush waits for.
     flush_upto: u64,
-    /// Sequence numbers that failed to persist and no flush has reported yet.
-    failed: Vec<u64>,
     closed: bool,
+    /// The writer is gone for good: nothing unsettled will ever settle.
+    abandoned: bool,
 }
 
 impl<T> State<T> {
@@ -89,8 +90,8 @@ impl<T> WriteBehind<T> {
                 next_seq: 0,
                 settled: 0,
                 flush_upto: 0,
-                failed: Vec::new(),
                 closed: false,
+                abandoned: false,
             }),
             changed: Condvar::new(),
         }
@@ -192,63 +193,41 @@ impl<T> WriteBehind<T> {
         self.wait(guard)
     }
 
-    /// Reports that every item below `upto` has settled; `failed` lists those that
-    /// could not be made durable.
-    pub fn settle(&self, upto: u64, failed: &[u64]) {
+    /// Reports that every item below `upto` has settled (been written, or failed).
+    pub fn settle(&self, upto: u64) {
         let mut s = self.lock();
         s.settled = s.settled.max(upto);
-        s.failed.extend_from_slice(failed);
         drop(s);
         self.changed.notify_all();
     }
 
-    /// The writer is gone for good (it panicked): the queue closes, everything not yet
-    /// settled counts as failed, and every waiting flush and producer wakes up.
+    /// The writer is gone for good (it panicked): the queue closes, its items are
+    /// dropped, and every waiting flush and producer wakes up with an error.
     pub fn abort(&self) {
         let mut s = self.lock();
         s.closed = true;
-        let unsettled = s.settled..s.next_seq;
-        s.failed.extend(unsettled);
-        s.settled = s.next_seq;
+        s.abandoned = true;
         s.items.clear();
         s.queued_bytes = 0;
         drop(s);
         self.changed.notify_all();
     }
 
-    /// Waits until every item accepted before this call is durable.
-    pub fn flush(&self) -> Result<(), QueueError> {
-        let (mut s, target) = self.settle_everything_accepted()?;
-        let before = s.failed.len();
-        s.failed.retain(|seq| *seq >= target);
-        match (before - s.failed.len()) as u64 {
-            0 => Ok(()),
-            failed => Err(QueueError::PersistFailed { failed }),
-        }
-    }
-
-    /// Waits, like [`WriteBehind::flush`], until everything accepted before the call
-    /// has settled, but leaves failures for the next `flush` to report.
-    pub fn wait_settled(&self) -> Result<(), QueueError> {
-        self.settle_everything_accepted().map(drop)
-    }
-
-    /// Asks the writer to settle everything accepted so far and waits for it; returns
-    /// the guard and the sequence number waited for.
-    fn settle_everything_accepted(&self) -> Result<(MutexGuard<'_, State<T>>, u64), QueueError> {
+    /// Asks the writer to settle everything accepted so far (sealing early) and waits
+    /// for it; returns the sequence number waited for: every item below it has been
+    /// written or has failed.
+    pub fn wait_settled(&self) -> Result<u64, QueueError> {
         let mut s = self.lock();
         let target = s.next_seq;
         s.flush_upto = s.flush_upto.max(target);
         self.changed.notify_all();
         while s.settled < target {
-            if s.closed && s.items.is_empty() && s.settled < target {
-                // Closed before the writer got to them: they never will be durable.
-                let failed = target - s.settled;
-                return Err(QueueError::PersistFailed { failed });
+            if s.abandoned {
+                return Err(QueueError::Abandoned { items: target - s.settled });
             }
             s = self.wait(s);
         }
-        Ok((s, target))
+        Ok(target)
     }
 
     /// Closes the queue: pushes fail, the writer drains what is left and then sees
@@ -277,7 +256,7 @@ mod tests {
     use std::thread;
 
     #[test]
-    fn flush_waits_for_everything_accepted_before_it() {
+    fn wait_settled_waits_for_everything_accepted_before_it() {
         let q = Arc::new(WriteBehind::new(1 << 20));
         for i in 0..5u32 {
             q.push(i, 100).unwrap();
@@ -287,29 +266,45 @@ mod tests {
             thread::spawn(move || {
                 let t = q.take(1 << 20, None);
                 assert_eq!(t.items.len(), 5);
-                assert_eq!(t.flush_upto, 5, "the flush asked for an early seal");
-                q.settle(5, &[]);
+                q.settle(5);
             })
         };
-        q.flush().unwrap();
+        assert_eq!(q.wait_settled(), Ok(5));
         writer.join().unwrap();
     }
 
     #[test]
-    fn producers_wait_while_the_queue_is_full() {
+    fn a_waiting_flush_asks_the_writer_to_seal_early() {
+        let q = Arc::new(WriteBehind::new(1 << 20));
+        q.push(0u32, 1).unwrap();
+        let t = q.take(1 << 20, Some(Duration::ZERO));
+        assert_eq!((t.items.len(), t.flush_upto), (1, 0), "no flush yet");
+        let flusher = {
+            let q = Arc::clone(&q);
+            thread::spawn(move || q.wait_settled())
+        };
+        // The writer is woken by the flush (take waits while idle and nothing is
+        // asked), and learns what to seal.
+        let t = q.take(1 << 20, None);
+        assert_eq!(t.flush_upto, 1);
+        q.settle(1);
+        assert_eq!(flusher.join().unwrap(), Ok(1));
+    }
+
+    #[test]
+    fn a_full_queue_refuses_without_waiting_and_takes_again_once_drained() {
         let q = Arc::new(WriteBehind::new(250));
         q.push(0u32, 100).unwrap();
         q.push(1, 100).unwrap();
+        assert_eq!(q.try_push(2, 100), Ok(Err(2)), "a third item does not fit");
+        assert_eq!(q.queued_bytes(), 200);
         let producer = {
             let q = Arc::clone(&q);
             thread::spawn(move || q.push(2, 100).unwrap())
         };
-        thread::sleep(Duration::from_millis(50));
-        assert!(!producer.is_finished(), "the third push must wait for room");
-        assert_eq!(q.queued_bytes(), 200);
         let t = q.take(100, None);
         assert_eq!(t.items.len(), 1);
-        assert_eq!(producer.join().unwrap(), 2);
+        assert_eq!(producer.join().unwrap(), 2, "the waiting producer got in once there was room");
     }
 
     #[test]
@@ -332,46 +327,25 @@ mod tests {
     }
 
     #[test]
-    fn failures_are_reported_by_the_flush_that_covers_them() {
-        let q = WriteBehind::new(1 << 20);
-        for i in 0..4u32 {
-            q.push(i, 1).unwrap();
-        }
-        q.settle(4, &[1, 2]);
-        assert_eq!(q.flush(), Err(QueueError::PersistFailed { failed: 2 }));
-        q.push(4, 1).unwrap();
-        q.settle(5, &[]);
-        assert_eq!(q.flush(), Ok(()), "a failure is reported once");
-    }
-
-    #[test]
-    fn abort_fails_everything_unsettled_and_wakes_every_waiter() {
-        let q = std::sync::Arc::new(WriteBehind::new(3));
+    fn abort_fails_every_waiter_and_every_later_push() {
+        let q = Arc::new(WriteBehind::new(3));
         q.push(0u32, 1).unwrap();
-        q.settle(1, &[]);
+        q.settle(1);
         q.push(1u32, 2).unwrap(); // fills the queue (item 0 is settled but not taken)
         let producer = {
-            let q = std::sync::Arc::clone(&q);
-            std::thread::spawn(move || q.push(2u32, 2))
+            let q = Arc::clone(&q);
+            thread::spawn(move || q.push(2u32, 2))
         };
         let flusher = {
-            let q = std::sync::Arc::clone(&q);
-            std::thread::spawn(move || q.flush())
+            let q = Arc::clone(&q);
+            thread::spawn(move || q.wait_settled())
         };
-        std::thread::sleep(Duration::from_millis(20));
         q.abort();
         assert_eq!(producer.join().unwrap(), Err(QueueError::Closed));
-        assert_eq!(flusher.join().unwrap(), Err(QueueError::PersistFailed { failed: 1 }));
+        // Item 1, and item 2 if its push got in before the abort, never settle.
+        assert!(matches!(flusher.join().unwrap(), Err(QueueError::Abandoned { items: 1 | 2 })));
         assert_eq!(q.queued_bytes(), 0);
-    }
-
-    #[test]
-    fn wait_settled_leaves_failures_to_the_next_flush() {
-        let q = WriteBehind::new(1 << 20);
-        q.push(0u32, 1).unwrap();
-        q.settle(1, &[0]);
-        assert_eq!(q.wait_settled(), Ok(()));
-        assert_eq!(q.flush(), Err(QueueError::PersistFailed { failed: 1 }));
+        assert!(matches!(q.wait_settled(), Err(QueueError::Abandoned { .. })));
     }
 
     #[test]
@@ -384,14 +358,14 @@ mod tests {
         let t = q.take(1, None);
         assert_eq!(t.items.len(), 1, "items accepted before the close are still written");
         assert!(t.closed, "and the writer learns it may finish");
-        q.settle(1, &[]);
-        assert_eq!(q.flush(), Ok(()));
+        q.settle(1);
+        assert_eq!(q.wait_settled(), Ok(1));
     }
 
     #[test]
-    fn take_times_out_when_idle() {
+    fn take_returns_empty_handed_when_idle_past_its_timeout() {
         let q: WriteBehind<u32> = WriteBehind::new(1);
-        let t = q.take(1, Some(Duration::from_millis(10)));
+        let t = q.take(1, Some(Duration::ZERO));
         assert!(t.items.is_empty() && !t.closed);
     }
 }

@@ -244,6 +244,51 @@ impl Removals {
     }
 }
 
+/// Puts whose write failed, until they are superseded: the same version (or a newer
+/// one) of the key written, or the key removed. While any is left, every flush that
+/// covers it fails.
+#[derive(Debug, Default)]
+pub(super) struct Unpersisted {
+    /// Key → the failed version and the put's sequence number.
+    puts: HashMap<Key, (ObjectVersion, u64)>,
+    /// The latest write failure.
+    last_error: Option<Arc<TierError>>,
+}
+
+impl Unpersisted {
+    /// A put failed with `error`.
+    pub(super) fn failed(&mut self, key: Key, version: ObjectVersion, seq: u64) {
+        let entry = self.puts.entry(key).or_insert((version, seq));
+        if version >= entry.0 {
+            *entry = (version, seq);
+        }
+    }
+
+    pub(super) fn set_error(&mut self, error: Arc<TierError>) {
+        self.last_error = Some(error);
+    }
+
+    /// `key` is durable at `version`, or removed up to it: older failures are moot.
+    pub(super) fn superseded(&mut self, key: &Key, version: ObjectVersion) {
+        if self.puts.get(key).is_some_and(|(v, _)| *v <= version) {
+            self.puts.remove(key);
+        }
+    }
+
+    /// Everything accepted before `seq` was removed.
+    fn removed_before(&mut self, seq: u64) {
+        self.puts.retain(|_, (_, s)| *s >= seq);
+    }
+
+    /// `Ok` unless a put below `target` is not durable.
+    fn check(&self, target: u64) -> Result<(), TierError> {
+        match self.puts.values().filter(|(_, seq)| *seq < target).count() as u64 {
+            0 => Ok(()),
+            records => Err(TierError::NotDurable { records, cause: self.last_error.clone() }),
+        }
+    }
+}
+
 /// State shared by the tier's callers and its threads.
 #[derive(Debug)]
 pub(super) struct Shared {
@@ -252,6 +297,7 @@ pub(super) struct Shared {
     pub(super) direct_io: bool,
     pub(super) queue: WriteBehind<PersistItem>,
     removals: Mutex<Removals>,
+    unpersisted: Mutex<Unpersisted>,
     pub(super) removal_log: RemovalLog,
     pub(super) stats: Counters,
     /// Where bucket unlinks are reported, for the reader to close its descriptors.
@@ -275,6 +321,11 @@ impl Shared {
     /// The pending removals. Lock order: removals, then the index, then the log.
     pub(super) fn lock_removals(&self) -> MutexGuard<'_, Removals> {
         self.removals.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The puts that failed and are not superseded.
+    pub(super) fn lock_unpersisted(&self) -> MutexGuard<'_, Unpersisted> {
+        self.unpersisted.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(super) fn emit(&self, event: TierEvent) {
@@ -369,6 +420,7 @@ impl Tier {
         let shared = Arc::new(Shared {
             queue: WriteBehind::new(config.queue_bytes),
             removals: Mutex::new(Removals::default()),
+            unpersisted: Mutex::new(Unpersisted::default()),
             removal_log,
             stats: Counters::default(),
             index: Mutex::new(recovery.index),
@@ -434,10 +486,11 @@ impl Tier {
         Ok(())
     }
 
-    /// Waits until every put accepted before this call has been written or has failed,
-    /// leaving failures for the next [`Tier::flush`] to report.
+    /// Waits until every put accepted before this call has been written or has failed
+    /// (the failures stay for [`Tier::flush`] to report, and are reported as events).
     pub fn wait_written(&self) -> Result<(), TierError> {
-        Ok(self.shared.queue.wait_settled()?)
+        self.shared.queue.wait_settled()?;
+        Ok(())
     }
 
     /// Like [`Tier::put`] but never waits: `Ok(false)` (nothing accepted) when the
@@ -447,11 +500,22 @@ impl Tier {
         Ok(self.shared.queue.try_push(item, bytes)?.is_ok())
     }
 
-    /// Waits until every put accepted before this call is durable; an error if any of
-    /// them could not be persisted.
+    /// Waits until every put accepted before this call has been written, then makes
+    /// every removal logged so far durable. `Ok` only if every one of those puts is
+    /// durable: a put whose write failed stays not durable, and every flush says so
+    /// ([`TierError::NotDurable`]), until the same version (or a newer one) of its key
+    /// is written or the key is removed. The tier does not retry by itself: the store
+    /// above it does.
     pub fn flush(&self) -> Result<(), TierError> {
-        self.shared.queue.flush()?;
+        self.settle_and_check()?;
         self.shared.removal_log.sync()
+    }
+
+    /// Waits for every put accepted so far to settle; an error if any of them, or any
+    /// put before them, is not durable.
+    fn settle_and_check(&self) -> Result<(), TierError> {
+        let target = self.shared.queue.wait_settled()?;
+        self.shared.lock_unpersisted().check(target)
     }
 
     /// Starts a read of `key`; the receiver yields the value (or an error) when it is
@@ -497,6 +561,7 @@ impl Tier {
     /// version that was indexed, if any.
     pub fn remove(&self, key: KeyRef<'_>) -> Option<ObjectVersion> {
         self.cancel_puts(key, ObjectVersion(u64::MAX));
+        self.shared.lock_unpersisted().superseded(&key.to_key(), ObjectVersion(u64::MAX));
         let version = self.shared.lock_index().remove(key.as_bytes()).map(|r| r.version)?;
         self.shared.log_removal(key.to_key(), version);
         Some(version)
@@ -507,6 +572,7 @@ impl Tier {
     /// meanwhile stays). Returns whether an indexed record went.
     pub fn remove_version(&self, key: KeyRef<'_>, version: ObjectVersion) -> bool {
         self.cancel_puts(key, version);
+        self.shared.lock_unpersisted().superseded(&key.to_key(), version);
         let removed = {
             let mut index = self.shared.lock_index();
             let indexed = index.get(key.as_bytes()).filter(|r| r.version <= version);
@@ -535,7 +601,9 @@ impl Tier {
     pub fn remove_all(&self) -> Result<usize, TierError> {
         let mut removals = self.shared.lock_removals();
         let mut index = self.shared.lock_index();
-        removals.cancel_all_before(self.shared.queue.next_seq());
+        let seq = self.shared.queue.next_seq();
+        removals.cancel_all_before(seq);
+        self.shared.lock_unpersisted().removed_before(seq);
         let (records, _) = index.clear();
         self.shared.removal_log.wipe(|| self.shared.dir.wipe())?;
         Ok(records)
@@ -586,9 +654,14 @@ impl Tier {
     /// events with the master before it lets go of the tier. Later puts and reads fail
     /// with `Closed`.
     pub fn stop(&mut self) -> Result<(), TierError> {
-        let flushed = self.shared.queue.flush();
+        let flushed = self.settle_and_check();
         self.shutdown();
-        Ok(flushed?)
+        flushed
+    }
+
+    /// The latest failure to write a bucket, if any.
+    pub fn last_failure(&self) -> Option<Arc<TierError>> {
+        self.shared.lock_unpersisted().last_error.clone()
     }
 
     /// Makes every removal logged so far durable.

@@ -112,7 +112,7 @@ impl Writer {
             match self.open_bucket() {
                 Ok(b) => self.open = Some(b),
                 Err(e) => {
-                    self.fail_items(&[(seq, item.key, item.version)], &e);
+                    self.fail_items(&[(seq, item.key, item.version)], e);
                     return;
                 }
             }
@@ -312,7 +312,7 @@ impl Writer {
         let b = self.open.take().expect("sealing");
         let file = self.driver.remove_file(b.file).expect("no operation is in flight");
         match b.error {
-            Some(e) => self.abandon(b.guard, b.written, &e),
+            Some(e) => self.abandon(b.guard, b.written, e),
             None => self.publish(b.id, b.guard, b.written, file, file_len),
         }
     }
@@ -338,11 +338,11 @@ impl Writer {
         let dir = &self.shared.dir;
         let (tmp, path) = (dir.tmp_path(id), dir.bucket_path(id));
         if let Err(e) = std::fs::rename(&tmp, &path) {
-            return self.abandon(guard, written, &TierError::io("rename bucket into place", &tmp, e));
+            return self.abandon(guard, written, TierError::io("rename bucket into place", &tmp, e));
         }
         guard.bucket().unlinker().mark_renamed();
         if let Err(e) = dir.sync() {
-            return self.abandon(guard, written, &e);
+            return self.abandon(guard, written, e);
         }
         let cell = guard.publish();
         let upto = written.last().map_or(0, |w| w.seq + 1);
@@ -351,8 +351,10 @@ impl Writer {
             let removed = self.shared.lock_removals();
             let mut index = self.shared.lock_index();
             index.add_bucket(id, cell, Arc::new(file), file_len);
+            let mut unpersisted = self.shared.lock_unpersisted();
             for w in written {
                 let version = w.record.version;
+                unpersisted.superseded(&w.key, version);
                 let indexed = !removed.cancels(&w.key, version, w.seq)
                     && match index.insert(w.key.clone(), w.record) {
                         Inserted::Added => true,
@@ -386,34 +388,40 @@ impl Writer {
         // Capacity is enforced before the records count as settled, so that a flush
         // returns with the tier back within its limit.
         self.shared.enforce_capacity();
-        self.shared.queue.settle(upto, &[]);
+        self.shared.queue.settle(upto);
     }
 
     /// Gives up on a bucket: dropping the guard deletes its temporary file (once); its
     /// records are reported failed.
-    fn abandon(&mut self, guard: WriteGuard<BucketFile>, written: Vec<Written>, error: &TierError) {
+    fn abandon(&mut self, guard: WriteGuard<BucketFile>, written: Vec<Written>, error: TierError) {
         drop(guard);
         let items: Vec<(u64, Key, ObjectVersion)> =
             written.into_iter().map(|w| (w.seq, w.key, w.record.version)).collect();
         self.fail_items(&items, error);
     }
 
-    fn fail_items(&mut self, items: &[(u64, Key, ObjectVersion)], error: &TierError) {
+    /// The items could not be persisted: the tier remembers them as not durable
+    /// (before they count as settled, so that a flush waking up sees them), and the
+    /// master hears of each.
+    fn fail_items(&mut self, items: &[(u64, Key, ObjectVersion)], error: TierError) {
         tracing::warn!(error = %error, records = items.len(), "could not persist a bucket");
         self.shared.stats.write_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if matches!(error, TierError::NoSpace { .. }) {
+        let no_space = matches!(error, TierError::NoSpace { .. });
+        if no_space {
             self.shared.stats.no_space.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let seqs: Vec<u64> = items.iter().map(|(seq, _, _)| *seq).collect();
-        for (_, key, version) in items {
-            self.shared.emit(TierEvent::PersistFailed {
-                key: key.clone(),
-                version: *version,
-                no_space: matches!(error, TierError::NoSpace { .. }),
-            });
+        {
+            let mut unpersisted = self.shared.lock_unpersisted();
+            for (seq, key, version) in items {
+                unpersisted.failed(key.clone(), *version, *seq);
+            }
+            unpersisted.set_error(Arc::new(error));
         }
-        if let Some(upto) = seqs.iter().max().map(|s| s + 1) {
-            self.shared.queue.settle(upto, &seqs);
+        for (_, key, version) in items {
+            self.shared.emit(TierEvent::PersistFailed { key: key.clone(), version: *version, no_space });
+        }
+        if let Some(upto) = items.iter().map(|(seq, _, _)| seq + 1).max() {
+            self.shared.queue.settle(upto);
         }
     }
 }

@@ -25,6 +25,7 @@ use crate::disk::format::MAX_VALUE_LEN;
 use crate::disk::{ReadResult, Tier, TierConfig, TierStats};
 use crate::ids::ObjectVersion;
 use crate::key::{Key, KeyRef};
+use crate::master::FlushStatus;
 use crate::sync::Arc;
 use crate::uring::Notifier;
 use std::string::{String, ToString};
@@ -374,10 +375,15 @@ impl<R: Runtime> Store<R> {
         out
     }
 
-    /// Waits until every put acknowledged before this call is durable on SSD (a no-op
-    /// with persistence off).
+    /// Waits until every put acknowledged before this call is durable on SSD, and every
+    /// removal before it too (a no-op with persistence off). The answer is computed
+    /// from the master's record of which objects have a disk copy, so a flush retried
+    /// after a failure, and flushes running at once, all tell the truth. Persists that
+    /// failed earlier are asked for again at once.
     ///
-    /// Errors: `Storage` if some of them could not be persisted (they stay in memory).
+    /// Errors: `Storage` ([`TierError::NotDurable`](crate::disk::TierError::NotDurable))
+    /// if some of them could not be persisted: they stay in memory and are retried in
+    /// the background (and by the next flush); or the removal log's own error.
     pub async fn flush(&self) -> Result<(), StoreError> {
         if !self.inner.persistent {
             return Ok(());
@@ -391,6 +397,10 @@ impl<R: Runtime> Store<R> {
     /// Flushes, stops the background work, settles the last events with the master and
     /// releases the storage root (deleting no files). Every later call fails with
     /// `Closed`.
+    ///
+    /// Errors: as [`Store::flush`]; `Storage` ([`TierError::NotDurable`](crate::disk::TierError::NotDurable))
+    /// counts the objects that were not durable when the store closed, which are lost
+    /// with its memory.
     pub async fn close(&self) -> Result<(), StoreError> {
         let flushed = self.flush().await;
         if self.inner.closed.swap(true, Ordering::AcqRel) {
@@ -535,23 +545,54 @@ impl Inner {
         Ok((out?, !node.pending.is_empty()))
     }
 
-    /// Everything accepted so far (waiting persists included) durable, the events it
-    /// caused settled with the master, and the removals those logged durable too. Returns whether persists
-    /// are waiting for room.
+    /// The flush barrier: asks the master for a ticket (which asks again for every
+    /// failed persist), then hands persists to the tier, waits for them to be written
+    /// and carries the outcomes to the master, until the master says every object
+    /// acknowledged before the ticket is durable or that some could not be persisted.
+    /// Then the removal log is made durable. Returns whether persists are waiting for
+    /// room.
     fn flush_blocking(&self) -> (Result<(), StoreError>, bool) {
-        // Persists still waiting for queue room were accepted before this flush too.
-        self.hand_over_pending_blocking();
-        let flushed = match self.tier().map(|t| t.as_ref().map(Tier::flush)) {
-            Ok(Some(r)) => r.map_err(StoreError::from),
-            Ok(None) => Ok(()),
-            Err(e) => Err(e),
+        let ticket = match self.with_node(|node| {
+            let now = node.now();
+            Ok(node.master.handle_flush(now))
+        }) {
+            Ok((ticket, _)) => ticket,
+            Err(e) => return (Err(e), false),
         };
-        let waiting = self.settle();
+        let flushed = loop {
+            // Persists still waiting for queue room were acknowledged before too.
+            self.hand_over_pending_blocking();
+            let written = match self.tier().map(|t| t.as_ref().map(Tier::wait_written)) {
+                Ok(Some(r)) => r.map_err(StoreError::from),
+                Ok(None) => Err(StoreError::Closed),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
+                break Err(e);
+            }
+            self.settle();
+            let status = self.lock_node().master.flush_status(&ticket);
+            match status {
+                FlushStatus::Durable => break Ok(()),
+                FlushStatus::NotDurable { objects } => break Err(self.not_durable(objects)),
+                // Persists asked for after the tier's wait began (a retry whose
+                // backoff ended): wait for those too.
+                FlushStatus::Pending => {}
+            }
+        };
         let synced = match self.tier.read().unwrap_or_else(PoisonError::into_inner).as_ref() {
             Some(t) => t.sync_removals().map_err(StoreError::from),
             None => Ok(()),
         };
+        let waiting = !self.lock_node().pending.is_empty();
         (flushed.and(synced), waiting)
+    }
+
+    /// The error for `objects` not durable, with the tier's latest write failure.
+    fn not_durable(&self, objects: u64) -> StoreError {
+        let cause =
+            self.tier.read().unwrap_or_else(PoisonError::into_inner).as_ref().and_then(Tier::last_failure);
+        StoreError::Storage(crate::disk::TierError::NotDurable { records: objects, cause })
     }
 
     /// Shuts the tier down: waiting persists handed over, the queue written out, the
@@ -567,6 +608,7 @@ impl Inner {
             return Ok(());
         };
         let stopped = tier.stop();
+        let lost;
         {
             let mut node = self.lock_node();
             while let Some(event) = tier.poll_event() {
@@ -577,9 +619,26 @@ impl Inner {
             while let Some(d) = node.pending.pop_front() {
                 node.persist_failed(d.key.as_ref(), d.version, &"the store closed");
             }
+            lost = node.master.undurable_objects();
         }
+        let cause = tier.last_failure();
         let closed = tier.close();
-        stopped.and(closed).map_err(StoreError::from)
+        let stopped = stopped.and(closed).map_err(StoreError::from);
+        if lost == 0 {
+            return stopped;
+        }
+        tracing::error!(objects = lost, "the store closed with objects that are not durable; they are lost");
+        stopped.and(Err(StoreError::Storage(crate::disk::TierError::NotDurable { records: lost, cause })))
+    }
+
+    /// How long until the master's next timer (a lease, a persist retry): at least a
+    /// millisecond (a timer the master could not clear must not spin the task), at most
+    /// [`IDLE_TICK`].
+    fn until_next_timer(&self) -> core::time::Duration {
+        let node = self.lock_node();
+        let due = node.master.poll_timeout().map(|at| at.saturating_duration_since(node.now()));
+        let due = due.map_or(IDLE_TICK, |d| core::time::Duration::from_nanos(d.as_nanos()));
+        due.clamp(core::time::Duration::from_millis(1), IDLE_TICK)
     }
 
     /// A disk hit: count it, and copy it back into memory if there is room.
@@ -648,13 +707,13 @@ async fn background<R: Runtime>(runtime: R, inner: Arc<Inner>) {
             let i = Arc::clone(&inner);
             runtime.unblock(move || i.hand_over_pending_blocking()).await;
         }
+        let tick = runtime.sleep(inner.until_next_timer());
         match &watch {
             Some(w) => {
                 let readable = w.readable();
-                let tick = runtime.sleep(IDLE_TICK);
                 futures_lite::future::or(async { drop(readable.await) }, tick).await;
             }
-            None => runtime.sleep(IDLE_TICK).await,
+            None => tick.await,
         }
     }
     // Closed, or the store was dropped without `close`: shut the tier down properly

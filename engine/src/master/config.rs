@@ -42,6 +42,11 @@ pub struct MasterConfig {
     pub first_version: ObjectVersion,
     /// Seed of the key hash (the runtimes pass a random one).
     pub hash_seed: u64,
+    /// How long after a failed persist it is asked for again (default 100 ms); the
+    /// delay doubles with every failure of the same object, up to `persist_retry_max`.
+    pub persist_retry: Duration,
+    /// The longest delay between retries of a failed persist (default 10 s).
+    pub persist_retry_max: Duration,
 }
 
 impl Default for MasterConfig {
@@ -57,6 +62,8 @@ impl Default for MasterConfig {
             max_replicas: 4,
             first_version: ObjectVersion(1),
             hash_seed: 0x6c61_7264_6572,
+            persist_retry: Duration::from_millis(100),
+            persist_retry_max: Duration::from_secs(10),
         }
     }
 }

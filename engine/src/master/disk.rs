@@ -4,7 +4,7 @@
 use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 
-use super::objects::{DiskEntry, DiskState, EVICT_AFTER_PERSIST, Object, PERSISTING, Placements};
+use super::objects::{DiskEntry, DiskState, Object, PERSISTING, Placements};
 use super::{DropReason, Master, MasterError, PinnedRemoved};
 use crate::descriptor::{DiskReplica, ReplicaStatus};
 use crate::ids::{NodeId, ObjectVersion};
@@ -64,6 +64,7 @@ impl Master {
         if origin == DiskReplicaOrigin::Persisted && o.has(PERSISTING) {
             self.finish_persist(now, slot);
         }
+        self.durable_or_gone(slot, version);
         Ok(())
     }
 
@@ -123,8 +124,10 @@ impl Master {
         Ok(())
     }
 
-    /// A node could not persist `key` at `version`. The memory is unpinned; an object
-    /// that was being evicted is dropped, since it cannot be kept anywhere.
+    /// A node could not persist `key` at `version`. The object keeps its memory (an
+    /// eviction waiting for the persist is called off) and the persist is asked for
+    /// again after a backoff ([`Master::poll_timeout`]), until it succeeds or the object
+    /// is removed: nothing acknowledged is given up on.
     ///
     /// Errors: `ObjectNotFound`; `StaleVersion`; `PutNotInProgress` (no persist of
     /// that version is pending).
@@ -157,12 +160,9 @@ impl Master {
         if !pinned_by_node {
             return Ok(());
         }
-        let evicting = self.object(slot).has(EVICT_AFTER_PERSIST);
         self.clear_persist(slot);
-        if evicting {
-            self.drop_object(slot, DropReason::PersistFailed);
-            self.settle_eviction(now);
-        }
+        self.schedule_retry(now, slot);
+        self.settle_eviction(now);
         Ok(())
     }
 

@@ -75,6 +75,11 @@ impl Master {
             if o.memory.is_empty() || o.status != ReplicaStatus::Complete || o.has(PERSISTING) {
                 continue;
             }
+            if self.durability.waits_for_retry(o.version) {
+                // Its persist failed: evicting it would ask for it again before its
+                // backoff is over.
+                continue;
+            }
             if o.is_leased(now) {
                 first_lease_expiry = Some(first_lease_expiry.map_or(o.lease_until, |t| t.min(o.lease_until)));
                 continue;

@@ -35,7 +35,7 @@ impl Master {
     /// Errors: `SegmentNotFound`; `NotSegmentOwner`.
     pub fn handle_unmount_segment(
         &mut self,
-        _now: Instant,
+        now: Instant,
         node: NodeId,
         segment: SegmentId,
     ) -> Result<(), MasterError> {
@@ -43,7 +43,7 @@ impl Master {
         if self.segments.get(slot).node != node {
             return Err(MasterError::NotSegmentOwner);
         }
-        self.drop_segment(slot, DropReason::SegmentUnmounted);
+        self.drop_segment(now, slot, DropReason::SegmentUnmounted);
         Ok(())
     }
 
@@ -65,7 +65,7 @@ impl Master {
                 PingOutcome::Refreshed
             }
             Some(_) => {
-                self.drop_node(node);
+                self.drop_node(now, node);
                 PingOutcome::Restarted
             }
             None => PingOutcome::Registered,
@@ -80,17 +80,19 @@ impl Master {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let node_deadline = self.nodes.values().map(|n| n.last_seen + self.config.node_ttl).min();
         let put_deadline = self.in_progress.front().map(|e| e.0);
-        [node_deadline, put_deadline, self.eviction_retry_at].into_iter().flatten().min()
+        let retry = self.durability.next_retry();
+        [node_deadline, put_deadline, self.eviction_retry_at, retry].into_iter().flatten().min()
     }
 
-    /// Expires silent nodes, discards puts past the discard timeout and retries
-    /// eviction. Calling it early or twice does nothing extra.
+    /// Expires silent nodes, discards puts past the discard timeout, asks again for
+    /// failed persists whose backoff is over and retries eviction. Calling it early or
+    /// twice does nothing extra.
     pub fn handle_timeout(&mut self, now: Instant) {
         let ttl = self.config.node_ttl;
         let expired: Vec<NodeId> =
             self.nodes.iter().filter(|(_, i)| i.last_seen + ttl <= now).map(|(n, _)| *n).collect();
         for node in expired {
-            self.drop_node(node);
+            self.drop_node(now, node);
             self.nodes.remove(&node);
         }
         self.trim_in_progress();
@@ -103,6 +105,7 @@ impl Master {
             self.drop_object(slot, DropReason::Discarded);
             self.trim_in_progress();
         }
+        self.retry_due(now);
         if self.eviction_retry_at.is_some_and(|t| t <= now) {
             let target = self.low_watermark_bytes();
             self.evict(now, target);
@@ -110,7 +113,7 @@ impl Master {
     }
 
     /// Drops every replica placed in a segment, then the segment.
-    pub(super) fn drop_segment(&mut self, seg: SegmentSlot, reason: DropReason) {
+    pub(super) fn drop_segment(&mut self, now: Instant, seg: SegmentSlot, reason: DropReason) {
         for slot in self.objects.live_slots() {
             let o = self.object(slot);
             if !o.memory.iter().any(|p| p.segment == seg) {
@@ -120,8 +123,11 @@ impl Master {
                 self.release_object(slot);
                 continue;
             }
-            // A persist reading from this segment will not produce a usable record.
-            if o.has(PERSISTING) && self.persist_source(o).is_some_and(|(_, p)| p.segment == seg) {
+            // A persist reading from this segment will not produce a usable record:
+            // ask again, from a replica that stays (if one does).
+            let source_lost =
+                o.has(PERSISTING) && self.persist_source(o).is_some_and(|(_, p)| p.segment == seg);
+            if source_lost {
                 self.clear_persist(slot);
             }
             let o = self.objects.get_mut(slot).expect("live");
@@ -140,6 +146,8 @@ impl Master {
             }
             if empty {
                 self.drop_object(slot, reason);
+            } else if source_lost {
+                self.schedule_retry(now, slot);
             }
         }
         let pinned: Vec<ObjectVersion> = self
@@ -158,11 +166,11 @@ impl Master {
 
     /// Forgets what a node's lost run contributed (segments, unfinished puts) and takes
     /// its disk replicas offline until it re-registers them.
-    pub(super) fn drop_node(&mut self, node: NodeId) {
+    pub(super) fn drop_node(&mut self, now: Instant, node: NodeId) {
         let segs: Vec<SegmentSlot> =
             self.segments.iter().filter(|(_, s)| s.node == node).map(|(s, _)| s).collect();
         for seg in segs {
-            self.drop_segment(seg, DropReason::NodeLost);
+            self.drop_segment(now, seg, DropReason::NodeLost);
         }
         for slot in self.objects.live_slots() {
             let o = self.objects.get_mut(slot).expect("live");

@@ -40,6 +40,7 @@ mod allocator;
 mod config;
 mod disk;
 mod dispatch;
+mod durability;
 mod error;
 mod eviction;
 mod membership;
@@ -52,6 +53,7 @@ mod verify;
 
 pub use allocator::{AllocError, AllocId, AllocatorInconsistency, SegmentAllocator};
 pub use config::{ConfigError, MasterConfig, PersistPolicy};
+pub use durability::{FlushStatus, FlushTicket};
 pub use error::MasterError;
 pub use outputs::{DropReason, MasterEvent, MasterStats};
 pub use verify::Inconsistency;
@@ -59,6 +61,7 @@ pub use verify::Inconsistency;
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec::Vec;
 
+use durability::Durability;
 use objects::{Object, ObjectTable, Placement, Placements, REFERENCED};
 use segments::Segments;
 
@@ -103,6 +106,8 @@ pub struct Master {
     eviction_owed: bool,
     /// When the earliest lease that blocked the last sweep expires.
     eviction_retry_at: Option<Instant>,
+    /// What is durable, and the retries of failed persists.
+    durability: Durability,
     commands: VecDeque<NodeCommand>,
     events: VecDeque<MasterEvent>,
     evicted_to_disk: u64,
@@ -139,6 +144,7 @@ impl Master {
             clock_hand: 0,
             eviction_owed: false,
             eviction_retry_at: None,
+            durability: Durability::default(),
             commands: VecDeque::new(),
             events: VecDeque::new(),
             evicted_to_disk: 0,
@@ -217,7 +223,9 @@ impl Master {
     }
 
     /// Ends a put: the writer copied the value into every replica, which become
-    /// readable. With write-behind on, asks the owning node to persist it.
+    /// readable. With write-behind on, asks the owning node to persist it (if a node
+    /// with an SSD tier holds a replica), and the object counts towards the next
+    /// flush's barrier.
     ///
     /// Errors: `ObjectNotFound`; `PutNotInProgress` (another version holds the key, or
     /// this one ended already); `NotWriter`.
@@ -231,8 +239,12 @@ impl Master {
         let slot = self.writers_put(writer, key, version)?;
         let o = self.objects.get_mut(slot).expect("found above");
         o.status = ReplicaStatus::Complete;
-        if self.config.persist == PersistPolicy::WriteBehind {
-            self.request_persist(slot, PersistReason::WriteBehind);
+        // Only objects some node can persist count towards a flush: one placed on
+        // nodes without an SSD tier is memory-only by the cluster's own layout.
+        if self.config.persist == PersistPolicy::WriteBehind
+            && self.request_persist(slot, PersistReason::WriteBehind)
+        {
+            self.await_durability(slot);
         }
         self.trim_in_progress();
         Ok(())
@@ -415,6 +427,7 @@ impl Master {
             persists_requested: self.persists_requested,
             tombstones: self.tombstones.len() as u64,
             pinned_removed: self.pinned_removed.len() as u64,
+            persist_retries: self.durability.retrying(),
         }
     }
 
@@ -424,6 +437,7 @@ impl Master {
     pub fn heap_bytes(&self) -> usize {
         self.objects.heap_bytes()
             + self.segments.heap_bytes()
+            + self.durability.heap_bytes()
             + self.in_progress.capacity() * core::mem::size_of::<(Instant, u32, ObjectVersion)>()
     }
 
@@ -443,7 +457,9 @@ impl Master {
     /// decides what happens to its memory.
     pub(super) fn take_object(&mut self, slot: u32) -> Object {
         self.clear_persist(slot);
-        self.objects.remove(slot).expect("live")
+        let o = self.objects.remove(slot).expect("live");
+        self.durable_or_gone(slot, o.version);
+        o
     }
 
     /// Takes an object out of the table and frees its memory (no drop event).

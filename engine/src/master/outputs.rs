@@ -8,8 +8,6 @@ use crate::key::Key;
 pub enum DropReason {
     /// Evicted from memory with no disk replica and no way to persist it.
     Evicted,
-    /// Its offload to disk failed while it was being evicted.
-    PersistFailed,
     /// The node holding its last replica expired or restarted.
     NodeLost,
     /// The segment holding its last replica was unmounted.
@@ -59,4 +57,6 @@ pub struct MasterStats {
     pub tombstones: u64,
     /// Removed objects whose memory stays pinned until a persist finishes.
     pub pinned_removed: u64,
+    /// Objects whose persist failed and is retried.
+    pub persist_retries: u64,
 }

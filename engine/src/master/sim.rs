@@ -15,7 +15,10 @@
 //!   the holding node really has;
 //! - exists agrees with the model of complete objects;
 //! - a stale disk-replica registration (forged version, removed version) never
-//!   succeeds.
+//!   succeeds;
+//! - a flush the master calls durable covers every live object it asked a node to
+//!   persist before the flush: some node's disk holds its record; one it calls not
+//!   durable names at least one that no disk holds.
 //!
 //! Property tests, the multi-node simulation test and the `master_ops` fuzz target all
 //! run the same harness.
@@ -25,7 +28,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use super::{DropReason, Master, MasterConfig, MasterError, MasterEvent};
+use super::{DropReason, FlushStatus, FlushTicket, Master, MasterConfig, MasterError, MasterEvent};
 use crate::descriptor::{DiskReplica, ReplicaDescriptor};
 use crate::ids::{BucketId, Incarnation, NodeId, ObjectVersion, SegmentId};
 use crate::key::{Key, KeyRef};
@@ -130,6 +133,10 @@ pub enum Op {
         /// Claim it was recovered rather than persisted.
         recovered: bool,
     },
+    /// A client flushes: from now on, whenever the master says the flush is durable,
+    /// every object it asked a node to persist before the flush, still live, has a
+    /// record on some node's disk.
+    Flush,
 }
 
 /// What went wrong: a property of the master that did not hold.
@@ -179,6 +186,10 @@ pub struct SimStats {
     pub recoveries_refused: u64,
     /// Forged registrations (all refused, or the run fails).
     pub forgeries: u64,
+    /// Flushes the master answered durable.
+    pub flushes_durable: u64,
+    /// Flushes the master answered not durable.
+    pub flushes_not_durable: u64,
 }
 
 #[derive(Debug)]
@@ -207,6 +218,8 @@ struct Model {
     removed: BTreeSet<ObjectVersion>,
     /// Versions the master dropped: seen again only if recovered from a disk.
     dropped: BTreeSet<ObjectVersion>,
+    /// Versions the master asked some node to persist.
+    persist_requested: BTreeSet<ObjectVersion>,
 }
 
 /// A master, simulated nodes, virtual time and the property checker.
@@ -219,6 +232,8 @@ pub struct Cluster {
     segment_kib: u16,
     next_segment: u64,
     model: Model,
+    /// Flushes not answered yet, with the objects each must cover.
+    flushes: Vec<(FlushTicket, Vec<(Key, ObjectVersion)>)>,
     stats: SimStats,
 }
 
@@ -246,6 +261,7 @@ impl Cluster {
             segment_kib: segment_kib.max(4),
             next_segment: 1,
             model: Model::default(),
+            flushes: Vec::new(),
             stats: SimStats::default(),
         };
         for i in 0..c.nodes.len() {
@@ -314,9 +330,62 @@ impl Cluster {
             Op::ForgeDiskReplica { key, version_offset, recovered } => {
                 self.forge(key, version_offset, recovered)?
             }
+            Op::Flush => self.flush(),
         }
         self.route_outputs();
+        self.check_flushes()?;
         self.master.verify().map_err(|e| Violation(format!("after {op:?}: {e}")))
+    }
+
+    fn flush(&mut self) {
+        if self.flushes.len() >= 4 {
+            return;
+        }
+        let ticket = self.master.handle_flush(self.now);
+        // Only write-behind makes a flush a durability barrier (an offload-on-evict
+        // persist is the eviction's business).
+        let write_behind = self.master.config().persist == super::PersistPolicy::WriteBehind;
+        let covered = self
+            .model
+            .live
+            .iter()
+            .filter(|(_, v)| write_behind && self.model.persist_requested.contains(v))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        self.flushes.push((ticket, covered));
+    }
+
+    /// Answers the flushes the master has settled, checking each answer.
+    fn check_flushes(&mut self) -> Result<(), Violation> {
+        let mut still = Vec::new();
+        for (ticket, covered) in core::mem::take(&mut self.flushes) {
+            let on_disk = |v: &ObjectVersion| self.nodes.iter().any(|n| n.records.contains_key(v));
+            let live = |k: &Key, v: &ObjectVersion| self.model.live.get(k) == Some(v);
+            match self.master.flush_status(&ticket) {
+                FlushStatus::Pending => still.push((ticket, covered)),
+                FlushStatus::Durable => {
+                    for (k, v) in &covered {
+                        ensure!(
+                            !live(k, v) || on_disk(v),
+                            "flush said durable but {k:?}@{v:?} is on no disk"
+                        );
+                    }
+                    self.stats.flushes_durable += 1;
+                }
+                FlushStatus::NotDurable { objects } => {
+                    ensure!(objects > 0, "not durable, with nothing missing");
+                    let missing = self
+                        .model
+                        .live
+                        .values()
+                        .any(|v| self.model.persist_requested.contains(v) && !on_disk(v));
+                    ensure!(missing, "flush said not durable but every live object is on a disk");
+                    self.stats.flushes_not_durable += 1;
+                }
+            }
+        }
+        self.flushes = still;
+        Ok(())
     }
 
     fn node_index(&self, node: u8) -> usize {
@@ -331,6 +400,9 @@ impl Cluster {
     /// model.
     fn route_outputs(&mut self) {
         while let Some(command) = self.master.poll_command() {
+            if let NodeCommand::Persist { version, .. } = &command {
+                self.model.persist_requested.insert(*version);
+            }
             if let Some(n) = self.nodes.iter_mut().find(|n| n.id == command.node() && n.running) {
                 n.inbox.push_back(command);
             }

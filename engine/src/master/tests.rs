@@ -749,50 +749,115 @@ fn offload_on_evict_persists_first_and_frees_memory_when_the_disk_replica_arrive
     m.verify().unwrap();
 }
 
+/// A failed offload keeps the object in memory (the eviction is called off) and asks
+/// for the persist again after the backoff; once it succeeds the memory goes.
 #[test]
-fn a_failed_offload_drops_the_object() {
+fn a_failed_offload_keeps_the_object_and_retries_after_a_backoff() {
     let mut m =
         master(MasterConfig { persist: PersistPolicy::OnEvict, ..MasterConfig::default() }, true, MIB);
     fill(&mut m, 15);
     let offloads = commands(&mut m);
-    let NodeCommand::Persist { key, version, .. } = &offloads[0] else { panic!() };
-    events(&mut m);
-    m.handle_persist_failed(at(1), A, key.as_ref(), *version).unwrap();
-    assert!(!m.handle_exists(at(1), key.as_ref()));
-    assert_eq!(
-        events(&mut m),
-        [MasterEvent::ObjectDropped {
-            key: key.clone(),
-            version: *version,
-            reason: DropReason::PersistFailed
-        }]
-    );
-    m.verify().unwrap();
-}
-
-#[test]
-fn without_persistence_eviction_drops_objects_with_an_event() {
-    let mut m = master(MasterConfig { persist: PersistPolicy::Off, ..MasterConfig::default() }, true, MIB);
-    fill(&mut m, 15);
-    assert!(commands(&mut m).is_empty());
-    let dropped = events(&mut m);
-    assert_eq!(dropped.len(), 3);
+    let NodeCommand::Persist { key, version, .. } = offloads[0].clone() else { panic!() };
+    let used = m.stats().used_bytes;
+    m.handle_persist_failed(at(1), A, key.as_ref(), version).unwrap();
+    assert!(m.handle_exists(at(1), key.as_ref()), "a failed offload lost an acknowledged object");
+    assert_eq!(m.stats().used_bytes, used, "its memory stays");
+    assert!(events(&mut m).is_empty(), "nothing was dropped");
+    assert_eq!(m.stats().persist_retries, 1);
+    assert_eq!(m.poll_timeout(), Some(at(101)), "asked for again 100 ms later");
+    m.handle_timeout(at(100));
+    assert!(commands(&mut m).is_empty(), "not before the backoff is over");
+    m.handle_timeout(at(101));
+    let again = commands(&mut m);
     assert!(
-        dropped.iter().all(|e| matches!(e, MasterEvent::ObjectDropped { reason: DropReason::Evicted, .. }))
+        matches!(&again[..], [NodeCommand::Persist { key: k2, version: v2, .. }] if *k2 == key && *v2 == version)
     );
+    m.handle_add_disk_replica(
+        at(102),
+        key.as_ref(),
+        version,
+        disk(A, 64 * KIB),
+        DiskReplicaOrigin::Persisted,
+    )
+    .unwrap();
+    assert_eq!(m.stats().persist_retries, 0);
+    m.verify().unwrap();
 }
 
+/// A write-behind persist that keeps failing is asked for again with a doubling
+/// delay, as long as the object lives; removing the object ends the retries.
 #[test]
-fn an_allocation_failure_triggers_eviction_before_no_space() {
-    // Watermarks at 100% never trigger; only the allocation failure does.
-    let config = MasterConfig { high_watermark: 1.0, low_watermark: 1.0, ..MasterConfig::default() };
-    let mut m = master(config, false, MIB);
-    fill(&mut m, 16);
-    assert_eq!(m.stats().objects, 16);
-    put(&mut m, at(1), "one-more", 64 * KIB);
-    assert_eq!(m.stats().objects, 16);
-    assert_eq!(m.stats().evicted_dropped, 1);
+fn a_failed_write_behind_persist_is_retried_with_backoff_until_the_object_is_removed() {
+    let mut m = with_storage();
+    let v = put(&mut m, at(0), "a", 100);
+    assert_eq!(commands(&mut m).len(), 1);
+    let mut now = 0;
+    for delay in [100, 200, 400, 800] {
+        m.handle_persist_failed(at(now), A, k("a"), v).unwrap();
+        assert_eq!(m.poll_timeout(), Some(at(now + delay)));
+        m.handle_timeout(at(now + delay - 1));
+        assert!(commands(&mut m).is_empty());
+        now += delay;
+        m.handle_timeout(at(now));
+        assert_eq!(commands(&mut m).len(), 1, "retried after {delay} ms");
+        m.verify().unwrap();
+    }
+    m.handle_persist_failed(at(now), A, k("a"), v).unwrap();
+    m.handle_remove(at(now), k("a"), true).unwrap();
+    assert_eq!(m.stats().persist_retries, 0);
+    assert_eq!(m.poll_timeout(), Some(at(10_000)), "no retry of a removed object: only the node's TTL");
+    m.handle_timeout(at(now + 10_000));
+    assert!(commands(&mut m).is_empty());
     m.verify().unwrap();
+}
+
+/// The flush barrier: objects acknowledged before the flush must have a disk record;
+/// later ones do not count; a failure is reported, a retried flush asks again at once
+/// and tells the truth, and two flushes at once both do.
+#[test]
+fn flush_is_durable_only_when_everything_acknowledged_before_it_has_a_record() {
+    let mut m = with_storage();
+    let va = put(&mut m, at(0), "a", 100);
+    let vb = put(&mut m, at(0), "b", 100);
+    commands(&mut m);
+    let first = m.handle_flush(at(0));
+    assert!(commands(&mut m).is_empty(), "nothing to ask again");
+    let vc = put(&mut m, at(0), "c", 100); // after the barrier
+    commands(&mut m);
+    assert_eq!(m.flush_status(&first), FlushStatus::Pending);
+    m.handle_add_disk_replica(at(1), k("a"), va, disk(A, 100), DiskReplicaOrigin::Persisted).unwrap();
+    m.handle_persist_failed(at(1), A, k("b"), vb).unwrap();
+    assert_eq!(m.flush_status(&first), FlushStatus::NotDurable { objects: 1 });
+    // A second flush asks for b again at once, and covers c too.
+    let second = m.handle_flush(at(2));
+    assert!(matches!(&commands(&mut m)[..], [NodeCommand::Persist { version, .. }] if *version == vb));
+    assert_eq!(m.flush_status(&second), FlushStatus::Pending);
+    assert_eq!(m.flush_status(&first), FlushStatus::Pending, "b is being persisted again");
+    m.handle_add_disk_replica(at(3), k("b"), vb, disk(A, 100), DiskReplicaOrigin::Persisted).unwrap();
+    assert_eq!(m.flush_status(&first), FlushStatus::Durable, "c came after the first flush");
+    assert_eq!(m.flush_status(&second), FlushStatus::Pending, "c came before the second");
+    m.handle_add_disk_replica(at(3), k("c"), vc, disk(A, 100), DiskReplicaOrigin::Persisted).unwrap();
+    assert_eq!(m.flush_status(&second), FlushStatus::Durable);
+    assert_eq!(m.undurable_objects(), 0);
+    m.verify().unwrap();
+}
+
+/// A removed object no longer needs to be durable; nor does one the flush cannot wait
+/// for because no node can persist it (that one is reported, not waited for).
+#[test]
+fn flush_counts_neither_removed_objects_nor_waits_for_ones_no_node_can_persist() {
+    let mut m = with_storage();
+    let va = put(&mut m, at(0), "a", 100);
+    commands(&mut m);
+    m.handle_persist_failed(at(0), A, k("a"), va).unwrap();
+    m.handle_remove(at(0), k("a"), true).unwrap();
+    let ticket = m.handle_flush(at(0));
+    assert!(commands(&mut m).is_empty());
+    assert_eq!(m.flush_status(&ticket), FlushStatus::Durable);
+    let mut plain = plain();
+    put(&mut plain, at(0), "x", 100);
+    let ticket = plain.handle_flush(at(0));
+    assert_eq!(plain.flush_status(&ticket), FlushStatus::Durable, "no node can persist it: memory-only");
 }
 
 #[test]
