@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use larder_engine::disk::TierError;
-use larder_engine::driver::{Runtime, Store, StoreConfig, StoreError};
+use larder_engine::driver::{Clock, ManualClock, Runtime, Store, StoreConfig, StoreError};
 use larder_engine::key::MAX_KEY_LEN;
 
 #[path = "tmpfs.rs"]
@@ -167,12 +167,10 @@ pub async fn puts_are_persisted_behind_the_caller<H: Harness>(h: H) {
     for i in 0..8 {
         store.put(&key(i), &value(i, 70_000)).await.unwrap();
     }
+    // Nothing asks for the persists: wait for them to happen (the harness bounds it).
     let rt = store.runtime().clone();
-    for _ in 0..500 {
-        if store.stats().persisted == 8 {
-            break;
-        }
-        rt.sleep(Duration::from_millis(10)).await;
+    while store.stats().persisted < 8 {
+        rt.sleep(Duration::from_millis(1)).await;
     }
     let stats = store.stats();
     assert_eq!(stats.persisted, 8, "{stats:?}");
@@ -381,7 +379,8 @@ pub async fn sustained_puts_wait_for_the_ssd_and_never_fail<H: Harness>(h: H) {
 /// Gets racing puts, evictions and forced removes in a small memory-only store: every
 /// read returns the object's own bytes or `NotFound`, never another object's.
 pub async fn gets_racing_evictions_and_removes_never_return_wrong_bytes<H: Harness>(h: H) {
-    let config = StoreConfig { lease_ttl: Duration::from_millis(1), ..memory_only(2 << 20) };
+    // No leases: a read leaves its object evictable at once, whatever the scheduler does.
+    let config = StoreConfig { lease_ttl: Duration::ZERO, ..memory_only(2 << 20) };
     let store = Arc::new(h.open(config).await.unwrap());
     let (writers, readers, rounds) = (3usize, 3usize, 120usize);
     let mut done = Vec::new();
@@ -645,30 +644,36 @@ pub async fn removals_racing_persistence_stay_removed_across_reopen<H: Harness>(
 
 /// Opens `root` again, waiting while a dropped store's background work still holds it.
 async fn reopen_when_released<H: Harness>(h: &H, root: &Path) -> Store<H::R> {
-    for _ in 0..500 {
+    // Dropping gives no signal to wait on, so look again until the lock is gone. The
+    // bound only turns a store that never lets go into a failure instead of a hang.
+    let started = std::time::Instant::now();
+    loop {
         match h.open(persistent(root, 32 << 20)).await {
             Ok(s) => return s,
             Err(StoreError::Storage(TierError::Locked { .. })) => {
-                std::thread::sleep(Duration::from_millis(10))
+                assert!(started.elapsed() < Duration::from_secs(120), "the root was never released");
+                std::thread::sleep(Duration::from_millis(5))
             }
             Err(e) => panic!("reopening: {e}"),
         }
     }
-    panic!("the root was not released within 5 s");
 }
 
 /// Memory-only, with every object leased: a put that finds no room is refused, and
-/// once the leases expire the master's timers let eviction make room again.
+/// once the leases expire (virtual time: the clock is moved by hand) the master's
+/// timers let eviction make room again.
 pub async fn eviction_resumes_when_leases_expire<H: Harness>(h: H) {
-    let config = StoreConfig { lease_ttl: Duration::from_millis(200), ..memory_only(4 << 20) };
+    let clock = ManualClock::new();
+    let config = StoreConfig { clock: Clock::Manual(clock.clone()), ..memory_only(4 << 20) };
     let store = h.open(config).await.unwrap();
     for i in 0..8 {
         store.put(&key(i), &value(i, 512 << 10)).await.unwrap(); // 8 × 512 KiB fill 4 MiB
-        store.get(&key(i)).await.unwrap(); // leased
+        store.get(&key(i)).await.unwrap(); // leased for 10 s
     }
     assert!(matches!(store.put(&key(8), &value(8, 512 << 10)).await, Err(StoreError::NoSpace)));
+    clock.advance(Duration::from_millis(9_999));
     assert!(matches!(store.put(&key(8), &value(8, 512 << 10)).await, Err(StoreError::NoSpace)));
-    store.runtime().sleep(Duration::from_millis(400)).await;
+    clock.advance(Duration::from_millis(1));
     store.put(&key(9), &value(9, 512 << 10)).await.unwrap();
     assert_eq!(store.get(&key(9)).await.unwrap(), value(9, 512 << 10));
     store.close().await.unwrap();
@@ -701,7 +706,6 @@ pub async fn reopening_after_sigkill_keeps_everything_flushed<H: Harness>(h: H, 
         }
         child.kill().unwrap();
         child.wait().unwrap();
-        std::thread::sleep(Duration::from_millis(20));
         let store = h.open(persistent(dir.path(), 8 << 20)).await.unwrap();
         for i in 0..flushed {
             let got = store.get(&key(i)).await.unwrap_or_else(|e| panic!("round {round}: object {i}: {e}"));

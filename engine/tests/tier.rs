@@ -78,7 +78,6 @@ fn reopening_recovers_everything_published() {
 fn flush_is_a_durability_barrier() {
     let root = scratch("flush");
     let mut c = config(&root);
-    c.bucket_deadline = Duration::from_secs(3600); // only a flush (or size) seals
     c.bucket_bytes = 1 << 30;
     let (tier, _) = Tier::open(c).unwrap();
     put_range(&tier, 0..10, 1);
@@ -128,7 +127,6 @@ fn remove_makes_dead_bytes_and_deletes_a_bucket_with_nothing_left() {
 fn a_remove_cancels_a_put_not_yet_published() {
     let root = scratch("remove-pending");
     let mut c = config(&root);
-    c.bucket_deadline = Duration::from_secs(3600);
     c.bucket_bytes = 1 << 30;
     let (tier, _) = Tier::open(c).unwrap();
     put_range(&tier, 0..3, 1);
@@ -177,7 +175,6 @@ fn capacity_evicts_whole_buckets_least_recently_used_first() {
     // seventh passes it, and evicting one brings the tier below the low (6.375 MiB).
     c.max_bytes = Some(15 << 19);
     c.low_watermark = 0.85;
-    c.bucket_deadline = Duration::from_secs(3600);
     c.events = true;
     let (tier, _) = Tier::open(c).unwrap();
     let v = |i: u64| support::value_of_size(i, 1, 256 << 10);
@@ -296,7 +293,6 @@ fn a_replaced_version_stays_dead_after_its_successor_is_removed_and_the_tier_reo
 fn removing_an_old_version_never_cancels_a_newer_one_queued_behind_it() {
     let root = scratch("remove-version");
     let mut c = config(&root);
-    c.bucket_deadline = Duration::from_secs(3600);
     c.bucket_bytes = 1 << 30;
     let (tier, _) = Tier::open(c).unwrap();
     tier.put(k(&key(1)), ObjectVersion(1), value(1, 1)).unwrap();

@@ -62,7 +62,7 @@ fn crash_child() {
 fn sigkill_at_random_moments_loses_nothing_flushed_and_never_returns_wrong_bytes() {
     let root = scratch("crash");
     let mut rng = StdRng::seed_from_u64(20261125);
-    let mut flushed_upto: Vec<Option<u64>> = Vec::new();
+    let mut flushed_upto: Vec<u64> = Vec::new();
     for round in 0..24u64 {
         let mut child = spawn_child(
             "crash_child",
@@ -78,11 +78,18 @@ fn sigkill_at_random_moments_loses_nothing_flushed_and_never_returns_wrong_bytes
                 }
             }
         });
-        std::thread::sleep(Duration::from_millis(rng.random_range(80..600)));
+        // Kill after a random number of flushes (an event, whatever the machine's
+        // load), then after a random further moment, so that the kill lands anywhere
+        // in the put / seal / rename / publish cycle. No assertion depends on when.
+        let mut last = 0;
+        for _ in 0..rng.random_range(1..6) {
+            last = rx.recv().expect("the child exited before flushing");
+        }
+        std::thread::sleep(Duration::from_micros(rng.random_range(0..20_000)));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         reader.join().unwrap();
-        flushed_upto.push(rx.try_iter().last());
+        flushed_upto.push(rx.try_iter().last().unwrap_or(last));
 
         let (tier, recovered) = Tier::open(config(&root)).unwrap();
         let names = files(tier.dir());
@@ -94,7 +101,7 @@ fn sigkill_at_random_moments_loses_nothing_flushed_and_never_returns_wrong_bytes
             let r = r as u64;
             // Everything flushed reads back exactly; anything later either reads back
             // exactly or is absent (it was never acknowledged as durable).
-            let last = upto.map_or(0, |u| u + 1);
+            let last = upto + 1;
             let keys: Vec<Vec<u8>> = (0..last + 20).map(|j| key(round_key(r, j))).collect();
             let refs: Vec<_> = keys.iter().map(|k| k.as_slice()).map(k).collect();
             for (j, got) in (0..).zip(read_all(&tier, &refs)) {
@@ -105,16 +112,14 @@ fn sigkill_at_random_moments_loses_nothing_flushed_and_never_returns_wrong_bytes
                         assert!(bytes == small_value(i, 1), "round {r} key {j}: wrong bytes");
                     }
                     Err(TierError::NotFound) => {
-                        assert!(j >= last, "round {r}: flushed key {j} lost (flushed up to {upto:?})");
+                        assert!(j >= last, "round {r}: flushed key {j} lost (flushed up to {upto})");
                     }
                     Err(e) => panic!("round {r} key {j}: {e}"),
                 }
             }
         }
-        assert!(recovered.len() as u64 >= flushed_upto.iter().flatten().map(|u| u + 1).sum::<u64>());
+        assert!(recovered.len() as u64 >= flushed_upto.iter().map(|u| u + 1).sum::<u64>());
     }
-    let flushed: Vec<u64> = flushed_upto.iter().flatten().copied().collect();
-    assert!(flushed.len() >= 20, "most rounds should flush something before the kill: {flushed_upto:?}");
 }
 
 /// Writes `n` objects in buckets of about 1 MiB and closes the tier.

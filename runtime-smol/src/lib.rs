@@ -17,7 +17,9 @@ use std::os::fd::OwnedFd;
 
 use smol::Async;
 
-pub use larder_engine::driver::{ConfigError, StoreConfig, StoreError, StoreStats, parse_size};
+pub use larder_engine::driver::{
+    Clock, ConfigError, ManualClock, StoreConfig, StoreError, StoreStats, parse_size,
+};
 
 /// The store on smol.
 pub type Store = larder_engine::driver::Store<SmolRuntime>;

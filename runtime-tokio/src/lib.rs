@@ -17,7 +17,9 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::runtime::Handle;
 
-pub use larder_engine::driver::{ConfigError, StoreConfig, StoreError, StoreStats, parse_size};
+pub use larder_engine::driver::{
+    Clock, ConfigError, ManualClock, StoreConfig, StoreError, StoreStats, parse_size,
+};
 
 /// The store on tokio.
 pub type Store = larder_engine::driver::Store<TokioRuntime>;

@@ -5,44 +5,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::vec::Vec;
 
-use crossbeam_queue::SegQueue;
-
 use super::dir::BucketPaths;
 use super::protocol::{Bucket, ReadGuard, Retired, Unlink};
 use crate::ids::{BucketId, ObjectVersion};
 use crate::key::Key;
 use crate::sync::Arc;
-use crate::uring::Notifier;
-
-/// Bucket files unlinked and not yet closed by the reader. An unlinked file's blocks
-/// are freed only when its last descriptor closes, so every unlink is reported here and
-/// the reader, woken, closes its descriptor of that bucket at once.
-#[derive(Debug)]
-pub(super) struct Unlinked {
-    ids: SegQueue<BucketId>,
-    wake: Arc<Notifier>,
-}
-
-impl Unlinked {
-    /// Unlinks are reported to whoever waits on `wake`.
-    pub(super) fn new(wake: Arc<Notifier>) -> Self {
-        Self { ids: SegQueue::new(), wake }
-    }
-
-    fn report(&self, id: BucketId) {
-        self.ids.push(id);
-        self.wake.notify();
-    }
-
-    /// The next bucket unlinked since the last call.
-    pub(super) fn pop(&self) -> Option<BucketId> {
-        self.ids.pop()
-    }
-
-    pub(super) fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-}
 
 /// Which name a bucket's file has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,21 +30,19 @@ enum FileName {
 /// bring it back: recovery deletes retired files).
 #[derive(Debug)]
 pub(crate) struct BucketFile {
-    id: BucketId,
     paths: BucketPaths,
     name: std::sync::Mutex<FileName>,
-    unlinked: Arc<Unlinked>,
 }
 
 impl BucketFile {
     /// A bucket about to be written under its temporary name.
-    pub(super) fn new(id: BucketId, paths: BucketPaths, unlinked: Arc<Unlinked>) -> Self {
-        Self { id, paths, name: std::sync::Mutex::new(FileName::Tmp), unlinked }
+    pub(super) fn new(paths: BucketPaths) -> Self {
+        Self { paths, name: std::sync::Mutex::new(FileName::Tmp) }
     }
 
     /// A file found already published (at recovery).
-    pub(super) fn published(id: BucketId, paths: BucketPaths, unlinked: Arc<Unlinked>) -> Self {
-        Self { id, paths, name: std::sync::Mutex::new(FileName::Published), unlinked }
+    pub(super) fn published(paths: BucketPaths) -> Self {
+        Self { paths, name: std::sync::Mutex::new(FileName::Published) }
     }
 
     fn name(&self) -> std::sync::MutexGuard<'_, FileName> {
@@ -123,8 +88,6 @@ impl Unlink for BucketFile {
             Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not delete bucket file"),
         }
         *name = FileName::Gone;
-        drop(name);
-        self.unlinked.report(self.id);
     }
 }
 
@@ -326,54 +289,37 @@ impl Index {
 mod tests {
     use super::*;
 
+    fn bucket(dir: &std::path::Path, id: u64) -> (BucketPaths, Index) {
+        let at = |suffix: &str| dir.join(std::format!("{id}.bucket{suffix}"));
+        let paths = BucketPaths { tmp: at(".tmp"), published: at(""), retired: at(".retired") };
+        std::fs::write(&paths.published, b"bucket").unwrap();
+        let cell = Bucket::create(BucketFile::published(paths.clone())).publish();
+        let mut index = Index::default();
+        index.add_bucket(BucketId(id), cell, Arc::new(File::open(&paths.published).unwrap()), 4096);
+        let record =
+            Record { bucket: BucketId(id), value_offset: 4096, len: 1, crc: 0, version: ObjectVersion(1) };
+        assert_eq!(index.insert(Key::new(b"k").unwrap(), record), Inserted::Added);
+        (paths, index)
+    }
+
     /// A bucket retired while a read holds it takes the retired name at once (recovery
     /// deletes that name), and is unlinked when the read ends.
     #[test]
     fn a_bucket_retired_under_a_reader_is_renamed_then_unlinked_by_the_last_reader() {
         let dir = tempfile::tempdir().unwrap();
-        let at = |name: &str| dir.path().join(name);
-        let paths = BucketPaths {
-            tmp: at("1.bucket.tmp"),
-            published: at("1.bucket"),
-            retired: at("1.bucket.retired"),
-        };
-        std::fs::write(&paths.published, b"bucket").unwrap();
-        let wake = Arc::new(Notifier::new().unwrap());
-        let unlinked = Arc::new(Unlinked::new(Arc::clone(&wake)));
-        let id = BucketId(1);
-        let cell = Bucket::create(BucketFile::published(id, paths.clone(), Arc::clone(&unlinked))).publish();
-        let mut index = Index::default();
-        index.add_bucket(id, cell, Arc::new(File::open(&paths.published).unwrap()), 4096);
-        let record = Record { bucket: id, value_offset: 4096, len: 1, crc: 0, version: ObjectVersion(1) };
-        assert_eq!(index.insert(Key::new(b"k").unwrap(), record), Inserted::Added);
+        let (paths, mut index) = bucket(dir.path(), 1);
         let pinned = index.pin(b"k").unwrap();
         assert!(index.remove(b"k").is_some()); // nothing left alive: retired
         assert!(!paths.published.exists() && paths.retired.exists(), "retired under a reader: renamed");
-        assert!(unlinked.is_empty());
         drop(pinned);
         assert!(!paths.retired.exists(), "the last reader out unlinks the retired name");
-        assert_eq!(unlinked.pop(), Some(id), "and reports it, for the reader to close its descriptor");
     }
 
     #[test]
     fn a_bucket_retired_with_no_reader_is_unlinked_at_once() {
         let dir = tempfile::tempdir().unwrap();
-        let at = |name: &str| dir.path().join(name);
-        let paths = BucketPaths {
-            tmp: at("2.bucket.tmp"),
-            published: at("2.bucket"),
-            retired: at("2.bucket.retired"),
-        };
-        std::fs::write(&paths.published, b"bucket").unwrap();
-        let unlinked = Arc::new(Unlinked::new(Arc::new(Notifier::new().unwrap())));
-        let id = BucketId(2);
-        let cell = Bucket::create(BucketFile::published(id, paths.clone(), Arc::clone(&unlinked))).publish();
-        let mut index = Index::default();
-        index.add_bucket(id, cell, Arc::new(File::open(&paths.published).unwrap()), 4096);
-        let record = Record { bucket: id, value_offset: 4096, len: 1, crc: 0, version: ObjectVersion(1) };
-        index.insert(Key::new(b"k").unwrap(), record);
+        let (paths, mut index) = bucket(dir.path(), 2);
         index.remove(b"k");
         assert!(!paths.published.exists() && !paths.retired.exists());
-        assert_eq!(unlinked.pop(), Some(id));
     }
 }

@@ -7,10 +7,12 @@
 //! so that one caller waiting for one large value keeps the device busy, and so that
 //! no single transfer is ever larger than a chunk whatever the value's size.
 //!
-//! The reader keeps a descriptor per bucket it reads. An unlinked bucket's blocks are
-//! freed only when its last descriptor closes, so the reader closes its descriptor as
-//! soon as it hears of the unlink ([`Unlinked`]), which happens when the bucket's last
-//! read ends.
+//! The reader holds a descriptor of a bucket only while reads of it are in flight, and
+//! closes it before the last of them is answered: an unlinked bucket's blocks are freed
+//! only when its last descriptor closes, so a retired bucket's space is back by the
+//! time its last reader has the value (a descriptor kept for later would hold it).
+//! Reads that overlap share one descriptor; one opened and closed per read costs two
+//! syscalls beside a read of at least 64 KiB.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +25,7 @@ use crossbeam_queue::SegQueue;
 
 use super::error::TierError;
 use super::format::align_up;
-use super::index::{Pinned, Unlinked};
+use super::index::Pinned;
 use super::tier::Shared;
 use crate::checksum::crc32c;
 use crate::ids::{BucketId, ObjectVersion};
@@ -43,9 +45,6 @@ pub(super) struct ReadJob {
     pub(super) reply: oneshot::Sender<ReadResult>,
 }
 
-/// Most bucket files the reader keeps open at once.
-const OPEN_FILES: usize = 512;
-
 /// The reader thread's handle: submit jobs, stop it.
 #[derive(Debug)]
 pub(super) struct Reader {
@@ -56,14 +55,10 @@ pub(super) struct Reader {
 }
 
 impl Reader {
-    /// Starts the thread. `wake` is also the signal of `unlinked`.
-    pub(super) fn start(
-        shared: Arc<Shared>,
-        driver: Driver,
-        wake: Arc<Notifier>,
-        unlinked: Arc<Unlinked>,
-    ) -> std::io::Result<Self> {
+    /// Starts the thread.
+    pub(super) fn start(shared: Arc<Shared>, driver: Driver) -> std::io::Result<Self> {
         let jobs = Arc::new(SegQueue::new());
+        let wake = Arc::new(Notifier::new()?);
         let stop = Arc::new(AtomicBool::new(false));
         let chunk = (shared.config.read_chunk_bytes as u64).max(super::format::BLOCK);
         let thread = {
@@ -75,8 +70,6 @@ impl Reader {
                     pool: Arc::new(BufferPool::default()),
                     chunk: align_up(chunk),
                     files: HashMap::new(),
-                    unlinked,
-                    closing: Vec::new(),
                     reads: HashMap::new(),
                     next_read: 0,
                     ops: HashMap::new(),
@@ -130,10 +123,8 @@ struct Serve {
     pool: Arc<BufferPool>,
     /// Bytes per chunk read (a whole number of blocks).
     chunk: u64,
-    files: HashMap<BucketId, FileId>,
-    unlinked: Arc<Unlinked>,
-    /// Unlinked buckets whose descriptor could not be closed yet.
-    closing: Vec<BucketId>,
+    /// Descriptors of buckets with reads in flight, and how many reads.
+    files: HashMap<BucketId, (FileId, u32)>,
     reads: HashMap<u64, ActiveRead>,
     next_read: u64,
     ops: HashMap<OpId, u64>,
@@ -201,7 +192,6 @@ impl Serve {
     fn run(mut self, jobs: &SegQueue<ReadJob>, wake: &Notifier, stop: &AtomicBool) {
         loop {
             wake.reset();
-            self.close_unlinked();
             while let Some(job) = jobs.pop() {
                 self.start(job);
             }
@@ -214,36 +204,21 @@ impl Serve {
             if stop.load(Ordering::Acquire) && self.reads.is_empty() && jobs.is_empty() {
                 return;
             }
-            if jobs.is_empty() && self.unlinked.is_empty() {
+            if jobs.is_empty() {
                 let _ = wait_any(&[wake.fd(), self.driver.event_fd()], None);
-            }
-        }
-    }
-
-    /// Closes the descriptors of buckets unlinked since the last look, so that their
-    /// blocks are freed.
-    fn close_unlinked(&mut self) {
-        let mut retry = core::mem::take(&mut self.closing);
-        retry.extend(core::iter::from_fn(|| self.unlinked.pop()));
-        for id in retry {
-            let Some(file) = self.files.remove(&id) else { continue };
-            if self.driver.remove_file(file).is_err() {
-                // A read of it is still being taken in: close it next time round.
-                self.files.insert(id, file);
-                self.closing.push(id);
             }
         }
     }
 
     fn start(&mut self, job: ReadJob) {
         let record = job.pinned.record;
-        let file = match self.file(record.bucket, &job.pinned) {
-            Ok(f) => f,
-            Err(e) => return drop(job.reply.send(Err(e))),
-        };
         let Ok(len) = usize::try_from(align_up(record.len)) else {
             let max = usize::MAX as u64;
             return drop(job.reply.send(Err(TierError::ValueTooLarge { len: record.len, max })));
+        };
+        let file = match self.file(record.bucket, &job.pinned) {
+            Ok(f) => f,
+            Err(e) => return drop(job.reply.send(Err(e))),
         };
         let buf = self.driver.add_buffer(self.pool.take(len));
         let id = self.next_read;
@@ -279,26 +254,29 @@ impl Serve {
         }
     }
 
-    /// The reader's handle on a bucket file, opened (as a duplicate of the index's
-    /// handle) on first use.
+    /// The reader's handle on a bucket file for one more read: a duplicate of the
+    /// index's handle, shared by the reads in flight.
     fn file(&mut self, bucket: BucketId, pinned: &Pinned) -> Result<FileId, TierError> {
-        if let Some(f) = self.files.get(&bucket) {
+        if let Some((f, reads)) = self.files.get_mut(&bucket) {
+            *reads += 1;
             return Ok(*f);
-        }
-        if self.files.len() >= OPEN_FILES {
-            self.close_idle_files();
         }
         let path = self.shared.dir.bucket_path(bucket);
         let dup = pinned.file.try_clone().map_err(|e| TierError::io("open bucket for reading", &path, e))?;
         let id = self.driver.add_file(dup);
-        self.files.insert(bucket, id);
+        self.files.insert(bucket, (id, 1));
         Ok(id)
     }
 
-    /// Closes files no read is using.
-    fn close_idle_files(&mut self) {
-        let driver = &mut self.driver;
-        self.files.retain(|_, id| driver.remove_file(*id).is_err());
+    /// A read of `bucket` is over: the last one closes the descriptor.
+    fn release_file(&mut self, bucket: BucketId) {
+        let Some((file, reads)) = self.files.get_mut(&bucket) else { return };
+        *reads -= 1;
+        if *reads == 0 {
+            let file = *file;
+            self.files.remove(&bucket);
+            self.driver.remove_file(file).expect("no operation of a finished read is in flight");
+        }
     }
 
     fn chunk_done(&mut self, op: OpId, outcome: Outcome) {
@@ -321,22 +299,22 @@ impl Serve {
     }
 
     fn finish(&mut self, read: ActiveRead) {
-        let ActiveRead { job, buf, failure, .. } = read;
+        let ActiveRead { job: ReadJob { key, pinned, reply }, buf, failure, .. } = read;
         let data = self.driver.remove_buffer(buf).expect("no chunk of a finished read is in flight");
-        let record = job.pinned.record;
+        let record = pinned.record;
         let result = match failure {
             None => {
                 let value = Value { buf: Some(data), len: record.len as usize, pool: Arc::clone(&self.pool) };
                 if crc32c(value.as_ref()) == record.crc {
                     Ok((record.version, Bytes::from_owner(value)))
                 } else {
-                    Err(self.corrupted(&job))
+                    Err(self.corrupted(key, record))
                 }
             }
             Some(failure) => {
                 self.pool.give_back(data);
                 Err(match failure {
-                    ChunkFailure::Short => self.corrupted(&job),
+                    ChunkFailure::Short => self.corrupted(key, record),
                     ChunkFailure::Errno(errno) => TierError::io(
                         "read bucket",
                         &self.shared.dir.bucket_path(record.bucket),
@@ -346,13 +324,16 @@ impl Serve {
                 })
             }
         };
-        // The pin is released only now, after the data is in memory.
-        let _ = job.reply.send(result);
+        // The data is in memory: close the descriptor if this was the bucket's last read
+        // and release the pin, so that a retired bucket's blocks are free by the time
+        // the caller has the value.
+        self.release_file(record.bucket);
+        drop(pinned);
+        let _ = reply.send(result);
     }
 
-    fn corrupted(&self, job: &ReadJob) -> TierError {
-        let record = job.pinned.record;
-        self.shared.drop_corrupted(&job.key, record.version, record.bucket);
-        TierError::Corrupted { key: job.key.clone(), bucket: record.bucket }
+    fn corrupted(&self, key: Key, record: super::index::Record) -> TierError {
+        self.shared.drop_corrupted(&key, record.version, record.bucket);
+        TierError::Corrupted { key, bucket: record.bucket }
     }
 }

@@ -23,7 +23,7 @@ use std::vec::Vec;
 use super::dir::NodeDir;
 use super::error::TierError;
 use super::format::{BLOCK, FORMAT_VERSION, Footer, FormatError, TRAILER_LEN, Trailer};
-use super::index::{BucketFile, Index, Inserted, Record, Unlinked};
+use super::index::{BucketFile, Index, Inserted, Record};
 use super::protocol::Bucket;
 use super::removals::{Removal, Removed};
 use crate::descriptor::DiskReplica;
@@ -61,12 +61,7 @@ pub(super) struct Recovery {
 
 /// Scans `dir`, skipping what the removal log says was removed; see the module
 /// documentation.
-pub(super) fn recover(
-    dir: &NodeDir,
-    direct_io: bool,
-    removed: Removed,
-    unlinked: &Arc<Unlinked>,
-) -> Result<Recovery, TierError> {
+pub(super) fn recover(dir: &NodeDir, direct_io: bool, removed: Removed) -> Result<Recovery, TierError> {
     let mut r = Recovery {
         tmp_removed: dir.remove_leftovers()?,
         max_version: removed.max_version,
@@ -114,8 +109,7 @@ pub(super) fn recover(
                 continue;
             }
         };
-        let cell =
-            Bucket::create(BucketFile::published(id, dir.bucket_paths(id), Arc::clone(unlinked))).publish();
+        let cell = Bucket::create(BucketFile::published(dir.bucket_paths(id))).publish();
         r.index.add_bucket(id, cell, Arc::new(reader), footer.file_len);
         for (key, record) in footer.entries {
             r.max_version = r.max_version.max(record.version);

@@ -23,7 +23,7 @@ use crossbeam_queue::SegQueue;
 use super::dir::NodeDir;
 use super::error::TierError;
 use super::format::MAX_VALUE_LEN;
-use super::index::{Index, Unlinked};
+use super::index::Index;
 use super::queue::WriteBehind;
 use super::reader::{ReadJob, ReadResult, Reader};
 use super::recovery::{RecoveredRecord, recover, recovered_records};
@@ -300,8 +300,6 @@ pub(super) struct Shared {
     unpersisted: Mutex<Unpersisted>,
     pub(super) removal_log: RemovalLog,
     pub(super) stats: Counters,
-    /// Where bucket unlinks are reported, for the reader to close its descriptors.
-    pub(super) unlinked: Arc<Unlinked>,
     index: Mutex<Index>,
     events: SegQueue<TierEvent>,
     events_ready: Arc<Notifier>,
@@ -394,11 +392,8 @@ impl Tier {
         if config.direct_io == DirectIo::Auto && !direct_io {
             tracing::info!(dir = %dir.path().display(), "O_DIRECT refused here; using buffered I/O");
         }
-        let reader_wake =
-            Arc::new(Notifier::new().map_err(|e| TierError::io("create reader notifier", dir.path(), e))?);
-        let unlinked = Arc::new(Unlinked::new(Arc::clone(&reader_wake)));
         let removed = RemovalLog::read(&dir)?;
-        let recovery = recover(&dir, direct_io, removed, &unlinked)?;
+        let recovery = recover(&dir, direct_io, removed)?;
         let removal_log = RemovalLog::rewrite(&dir, &recovery.removals)?;
         let records = recovered_records(&recovery.index, config.node);
         // Files are not registered with io_uring: the kernel drops a registered file
@@ -436,7 +431,6 @@ impl Tier {
             skipped: recovery.skipped as u64,
             version_floor: recovery.max_version.next(),
             driver_kind: write_driver.info().kind,
-            unlinked: Arc::clone(&unlinked),
             direct_io,
             dir,
             config,
@@ -457,7 +451,7 @@ impl Tier {
                 })
                 .map_err(|e| TierError::io("start bucket writer", shared.dir.path(), e))?
         };
-        let reader = Reader::start(Arc::clone(&shared), read_driver, reader_wake, unlinked)
+        let reader = Reader::start(Arc::clone(&shared), read_driver)
             .map_err(|e| TierError::io("start reader", shared.dir.path(), e))?;
         shared.enforce_capacity();
         Ok((Tier { shared, reader: Some(reader), writer: Some(writer) }, records))

@@ -155,8 +155,7 @@ impl Writer {
         self.next_id += 1;
         let dir = &self.shared.dir;
         let tmp = dir.tmp_path(id);
-        let guard =
-            Bucket::create(BucketFile::new(id, dir.bucket_paths(id), Arc::clone(&self.shared.unlinked)));
+        let guard = Bucket::create(BucketFile::new(dir.bucket_paths(id)));
         let mut options = OpenOptions::new();
         options.read(true).write(true).create_new(true);
         if self.shared.direct_io {

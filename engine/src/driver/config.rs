@@ -10,6 +10,39 @@ use crate::ids::NodeId;
 /// as values arrive).
 pub const DEFAULT_MEMORY_BYTES: u64 = 512 << 20;
 
+/// Where a store's time (leases, timeouts, retry backoff) comes from.
+#[derive(Debug, Clone, Default)]
+pub enum Clock {
+    /// The monotonic clock.
+    #[default]
+    System,
+    /// A clock that moves only when told to: tests drive leases and timers with it
+    /// instead of waiting for real time to pass.
+    Manual(ManualClock),
+}
+
+/// A clock moved by hand ([`ManualClock::advance`]); clones share one time.
+#[derive(Debug, Clone, Default)]
+pub struct ManualClock(std::sync::Arc<core::sync::atomic::AtomicU64>);
+
+impl ManualClock {
+    /// A clock at zero.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, by: core::time::Duration) {
+        let nanos = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        self.0.fetch_add(nanos, core::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Nanoseconds since the clock started.
+    pub fn nanos(&self) -> u64 {
+        self.0.load(core::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// Embedded store configuration. [`StoreConfig::default`] needs nothing: memory only,
 /// 512 MiB. [`StoreConfig::from_env`] applies `LARDER_*` variables on top.
 #[derive(Debug, Clone)]
@@ -36,6 +69,8 @@ pub struct StoreConfig {
     /// Bytes of values waiting to be written to SSD before puts wait for the disk
     /// (`LARDER_WRITE_BEHIND_BYTES`, 256 MiB).
     pub write_behind_bytes: u64,
+    /// Where time comes from (the monotonic clock; tests pass a [`ManualClock`]).
+    pub clock: Clock,
 }
 
 impl Default for StoreConfig {
@@ -51,6 +86,7 @@ impl Default for StoreConfig {
             low_watermark: 0.8,
             direct_io: DirectIo::Auto,
             write_behind_bytes: 256 << 20,
+            clock: Clock::System,
         }
     }
 }

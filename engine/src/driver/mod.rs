@@ -13,7 +13,7 @@ mod node;
 mod runtime;
 mod store;
 
-pub use config::{ConfigError, DEFAULT_MEMORY_BYTES, StoreConfig, parse_size};
+pub use config::{Clock, ConfigError, DEFAULT_MEMORY_BYTES, ManualClock, StoreConfig, parse_size};
 pub use error::StoreError;
 pub use runtime::{FdWatch, Runtime};
 pub use store::{Store, StoreStats};

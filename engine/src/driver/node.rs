@@ -12,7 +12,7 @@ use std::vec::Vec;
 
 use bytes::Bytes;
 
-use super::config::{ConfigError, StoreConfig};
+use super::config::{Clock, ConfigError, StoreConfig};
 use super::error::StoreError;
 use crate::descriptor::MemoryReplica;
 use crate::disk::{RecoveredRecord, Tier, TierEvent};
@@ -86,6 +86,7 @@ pub(super) struct Node {
     pub(super) pending: VecDeque<Deferred>,
     segment_len: u64,
     epoch: std::time::Instant,
+    clock: Clock,
     id: NodeId,
 }
 
@@ -132,6 +133,7 @@ impl Node {
             pending: VecDeque::new(),
             segment_len: config.memory_bytes,
             epoch: std::time::Instant::now(),
+            clock: config.clock.clone(),
             id: config.node,
         })
     }
@@ -141,9 +143,12 @@ impl Node {
         self.id
     }
 
-    /// The engine's time: nanoseconds since the store opened.
+    /// The engine's time: nanoseconds since the store opened (or the manual clock's).
     pub(super) fn now(&self) -> Instant {
-        Instant::from_nanos(self.epoch.elapsed().as_nanos() as u64)
+        match &self.clock {
+            Clock::System => Instant::from_nanos(self.epoch.elapsed().as_nanos() as u64),
+            Clock::Manual(clock) => Instant::from_nanos(clock.nanos()),
+        }
     }
 
     pub(super) fn segment_bytes(&self) -> u64 {
