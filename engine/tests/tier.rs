@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use larder_engine::disk::{DirectIo, DropCause, LOCK_FILE, Tier, TierError, TierEvent};
 use larder_engine::uring::{DriverChoice, DriverKind};
 use larder_engine::{NodeId, ObjectVersion};
