@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use larder_engine::disk::TierError;
-use larder_engine::driver::{Clock, ManualClock, Runtime, Store, StoreConfig, StoreError};
+use larder_engine::embedded::{Clock, ManualClock, Runtime, Store, StoreConfig, StoreError};
 use larder_engine::key::MAX_KEY_LEN;
 
 #[path = "tmpfs.rs"]
@@ -339,6 +339,42 @@ pub async fn batch_forms_answer_per_item<H: Harness>(h: H) {
     let rm = store.batch_remove(&[b"a", b"zz", b"b"], true).await;
     assert!(rm[0].is_ok() && matches!(rm[1], Err(StoreError::NotFound)) && rm[2].is_ok());
     assert_eq!(store.stats().objects, 0);
+    store.close().await.unwrap();
+}
+
+/// `batch_get_into` copies every object into its own buffer, reading those on disk
+/// all at once; each key gets its own answer (a buffer too small, a missing key), and
+/// keys and buffers must pair up.
+pub async fn batch_get_into_reads_every_object_into_its_own_buffer<H: Harness>(h: H) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = h.open(persistent(dir.path(), 16 << 20)).await.unwrap();
+    let len = |i: usize| (300 << 10) + i * 4099;
+    for i in 0..12 {
+        store.put(&key(i), &stamped(i, len(i))).await.unwrap();
+    }
+    store.close().await.unwrap();
+    // After a reopen every object is on disk only.
+    let store = h.open(persistent(dir.path(), 16 << 20)).await.unwrap();
+    let keys: Vec<Vec<u8>> = (0..14).map(key).collect(); // 12 and 13 do not exist
+    let key_refs: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
+    let mut bufs: Vec<Vec<u8>> = (0..14).map(|i| vec![0u8; if i == 5 { 1000 } else { 1 << 20 }]).collect();
+    let mut buf_refs: Vec<&mut [u8]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+    let got = store.batch_get_into(&key_refs, &mut buf_refs).await;
+    for (i, g) in got.iter().enumerate() {
+        match (i, g) {
+            (5, Err(StoreError::BufferTooSmall { needed, len: 1000 })) => assert_eq!(*needed, len(5) as u64),
+            (12 | 13, Err(StoreError::NotFound)) => {}
+            (i, Ok(n)) if i < 12 => {
+                assert_eq!(*n, len(i));
+                assert!(bufs[i][..*n] == stamped(i, len(i)), "object {i}: wrong bytes");
+            }
+            (i, other) => panic!("object {i}: {other:?}"),
+        }
+    }
+    assert!(store.stats().disk_hits >= 11, "{:?}", store.stats());
+    let mut one = [0u8; 10];
+    let got = store.batch_get_into(&key_refs[..2], &mut [&mut one[..]]).await;
+    assert!(got.iter().all(|g| matches!(g, Err(StoreError::BatchLength { keys: 2, buffers: 1 }))));
     store.close().await.unwrap();
 }
 
@@ -745,6 +781,7 @@ macro_rules! store_behaviour_tests {
             removals_racing_persistence_stay_removed_across_reopen,
             eviction_resumes_when_leases_expire,
             batch_forms_answer_per_item,
+            batch_get_into_reads_every_object_into_its_own_buffer,
             concurrent_puts_and_gets,
             gets_racing_evictions_and_removes_never_return_wrong_bytes,
             sustained_puts_wait_for_the_ssd_and_never_fail,

@@ -21,7 +21,7 @@
 //! | [`sync`] | std / loom switch for the primitives the bucket protocols use |
 //! | [`master`] | the master state machine: objects, replicas, segments, leases, eviction |
 //! | [`uring`] | batch file I/O: the submission/completion machine and its drivers |
-//! | `driver` (std) | the embedded async `Store`, generic over a small `Runtime` trait |
+//! | `embedded` (std) | the embedded async `Store` (master + node in one process, the SSD tier, the glue to an async runtime through a small `Runtime` trait) |
 #![no_std]
 #![deny(missing_docs)]
 
@@ -34,7 +34,7 @@ pub mod codec;
 pub mod descriptor;
 pub mod disk;
 #[cfg(feature = "std")]
-pub mod driver;
+pub mod embedded;
 pub mod ids;
 pub mod key;
 pub mod master;

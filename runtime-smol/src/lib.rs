@@ -17,19 +17,19 @@ use std::os::fd::OwnedFd;
 
 use smol::Async;
 
-pub use larder_engine::driver::{
+pub use larder_engine::embedded::{
     Clock, ConfigError, ManualClock, StoreConfig, StoreError, StoreStats, parse_size,
 };
 
 /// The store on smol.
-pub type Store = larder_engine::driver::Store<SmolRuntime>;
+pub type Store = larder_engine::embedded::Store<SmolRuntime>;
 
 /// Opens an embedded store on smol's global executor.
 pub async fn open(config: StoreConfig) -> Result<Store, StoreError> {
     Store::open(SmolRuntime, config).await
 }
 
-/// [`larder_engine::driver::Runtime`] for smol (its global executor and reactor).
+/// [`larder_engine::embedded::Runtime`] for smol (its global executor and reactor).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SmolRuntime;
 
@@ -37,13 +37,13 @@ pub struct SmolRuntime;
 #[derive(Debug)]
 pub struct SmolFdWatch(Async<OwnedFd>);
 
-impl larder_engine::driver::FdWatch for SmolFdWatch {
+impl larder_engine::embedded::FdWatch for SmolFdWatch {
     fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
         self.0.readable()
     }
 }
 
-impl larder_engine::driver::Runtime for SmolRuntime {
+impl larder_engine::embedded::Runtime for SmolRuntime {
     type FdWatch = SmolFdWatch;
 
     fn spawn<F>(&self, task: F)

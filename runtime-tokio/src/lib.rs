@@ -17,12 +17,12 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::runtime::Handle;
 
-pub use larder_engine::driver::{
+pub use larder_engine::embedded::{
     Clock, ConfigError, ManualClock, StoreConfig, StoreError, StoreStats, parse_size,
 };
 
 /// The store on tokio.
-pub type Store = larder_engine::driver::Store<TokioRuntime>;
+pub type Store = larder_engine::embedded::Store<TokioRuntime>;
 
 /// Opens an embedded store on the current tokio runtime (which needs its time and I/O
 /// drivers: `enable_all`).
@@ -30,7 +30,7 @@ pub async fn open(config: StoreConfig) -> Result<Store, StoreError> {
     Store::open(TokioRuntime::current(), config).await
 }
 
-/// [`larder_engine::driver::Runtime`] for tokio.
+/// [`larder_engine::embedded::Runtime`] for tokio.
 #[derive(Debug, Clone)]
 pub struct TokioRuntime {
     handle: Handle,
@@ -47,7 +47,7 @@ impl TokioRuntime {
 #[derive(Debug)]
 pub struct TokioFdWatch(AsyncFd<OwnedFd>);
 
-impl larder_engine::driver::FdWatch for TokioFdWatch {
+impl larder_engine::embedded::FdWatch for TokioFdWatch {
     async fn readable(&self) -> io::Result<()> {
         let mut guard = self.0.readable().await?;
         // The owner drains the eventfd; forget the cached readiness so that the next
@@ -57,7 +57,7 @@ impl larder_engine::driver::FdWatch for TokioFdWatch {
     }
 }
 
-impl larder_engine::driver::Runtime for TokioRuntime {
+impl larder_engine::embedded::Runtime for TokioRuntime {
     type FdWatch = TokioFdWatch;
 
     fn spawn<F>(&self, task: F)

@@ -4,7 +4,7 @@
 #[path = "../../behaviour/store.rs"]
 mod suite;
 
-use larder_engine::driver::{StoreConfig, StoreError};
+use larder_engine::embedded::{StoreConfig, StoreError};
 
 #[derive(Clone)]
 struct Tokio;

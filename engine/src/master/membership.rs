@@ -142,7 +142,7 @@ impl Master {
                     // longer among those the offload will free.
                     self.pending_evict_bytes -= self.segments.placement_bytes(p);
                 }
-                self.segments.free(p);
+                self.free_placement(p);
             }
             if empty {
                 self.drop_object(slot, reason);

@@ -12,8 +12,8 @@
 //!    a decoded wire request), always with the current time. Each returns the answer
 //!    for the caller at once.
 //! 3. After each `handle_*` call, drain [`Master::poll_command`] (work for nodes: persist,
-//!    drop a disk record, wipe) and [`Master::poll_event`] (objects dropped, for logs and
-//!    stats) until they return `None`.
+//!    drop a disk record, wipe) and [`Master::poll_event`] (objects dropped, memory
+//!    ranges freed) until they return `None`.
 //! 4. Call [`Master::handle_timeout`] whenever the instant from [`Master::poll_timeout`]
 //!    has passed (node TTLs, abandoned puts, eviction retries). Extra calls are harmless.
 //!
@@ -41,7 +41,6 @@ mod config;
 mod disk;
 mod dispatch;
 mod durability;
-mod error;
 mod eviction;
 mod membership;
 mod objects;
@@ -51,10 +50,10 @@ mod segments;
 pub mod sim;
 mod verify;
 
+pub use crate::wire::MasterError;
 pub use allocator::{AllocError, AllocId, AllocatorInconsistency, SegmentAllocator};
 pub use config::{ConfigError, MasterConfig, PersistPolicy};
 pub use durability::{FlushStatus, FlushTicket};
-pub use error::MasterError;
 pub use outputs::{DropReason, MasterEvent, MasterStats};
 pub use verify::Inconsistency;
 
@@ -449,8 +448,15 @@ impl Master {
 
     pub(super) fn free_placements(&mut self, placements: &[Placement]) {
         for p in placements {
-            self.segments.free(*p);
+            self.free_placement(*p);
         }
+    }
+
+    /// Frees one memory replica's range, telling its holder.
+    pub(super) fn free_placement(&mut self, p: Placement) {
+        let replica = self.segments.replica(p, 0);
+        self.segments.free(p);
+        self.events.push_back(MasterEvent::MemoryFreed { segment: replica.segment, offset: replica.offset });
     }
 
     /// Takes an object out of the table, settling its eviction bookkeeping. The caller

@@ -1,6 +1,6 @@
 //! What the master reports besides its answers: events and statistics.
 
-use crate::ids::ObjectVersion;
+use crate::ids::{ObjectVersion, SegmentId};
 use crate::key::Key;
 
 /// Why the master dropped an object (all of its replicas).
@@ -20,7 +20,8 @@ pub enum DropReason {
     Discarded,
 }
 
-/// Something that happened to the object table, for logs and statistics.
+/// Something that happened to the object table or the segments, for the nodes that
+/// hold the memory, for logs and for statistics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MasterEvent {
     /// An object version left the table without being removed by a client.
@@ -31,6 +32,15 @@ pub enum MasterEvent {
         version: ObjectVersion,
         /// Why.
         reason: DropReason,
+    },
+    /// A memory replica's range was freed (evicted, removed, revoked, dropped): its
+    /// bytes are no longer readable through the master, and the range may be given to
+    /// another put. Reported for every range freed while its segment stays mounted.
+    MemoryFreed {
+        /// The segment.
+        segment: SegmentId,
+        /// The range's offset in it.
+        offset: u64,
     },
 }
 

@@ -3,8 +3,8 @@
 use alloc::vec::Vec;
 use smallvec::SmallVec;
 
+use super::MasterError;
 use super::allocator::SegmentAllocator;
-use super::error::MasterError;
 use super::objects::{Placement, SegmentSlot};
 use crate::descriptor::MemoryReplica;
 use crate::ids::{NodeId, SegmentId};

@@ -220,6 +220,8 @@ struct Model {
     dropped: BTreeSet<ObjectVersion>,
     /// Versions the master asked some node to persist.
     persist_requested: BTreeSet<ObjectVersion>,
+    /// Memory ranges granted and not reported freed: (segment, offset).
+    ranges: BTreeSet<(SegmentId, u64)>,
 }
 
 /// A master, simulated nodes, virtual time and the property checker.
@@ -234,6 +236,8 @@ pub struct Cluster {
     model: Model,
     /// Flushes not answered yet, with the objects each must cover.
     flushes: Vec<(FlushTicket, Vec<(Key, ObjectVersion)>)>,
+    /// A range reported freed that was not granted (or freed twice).
+    bad_free: Option<(SegmentId, u64)>,
     stats: SimStats,
 }
 
@@ -262,6 +266,7 @@ impl Cluster {
             next_segment: 1,
             model: Model::default(),
             flushes: Vec::new(),
+            bad_free: None,
             stats: SimStats::default(),
         };
         for i in 0..c.nodes.len() {
@@ -333,6 +338,11 @@ impl Cluster {
             Op::Flush => self.flush(),
         }
         self.route_outputs();
+        if let Some(range) = self.bad_free.take() {
+            return Err(Violation(format!(
+                "after {op:?}: range {range:?} reported freed, but never granted or already freed"
+            )));
+        }
         self.check_flushes()?;
         self.master.verify().map_err(|e| Violation(format!("after {op:?}: {e}")))
     }
@@ -407,7 +417,16 @@ impl Cluster {
                 n.inbox.push_back(command);
             }
         }
-        while let Some(MasterEvent::ObjectDropped { key, version, reason }) = self.master.poll_event() {
+        while let Some(event) = self.master.poll_event() {
+            let (key, version, reason) = match event {
+                MasterEvent::ObjectDropped { key, version, reason } => (key, version, reason),
+                MasterEvent::MemoryFreed { segment, offset } => {
+                    if !self.model.ranges.remove(&(segment, offset)) {
+                        self.bad_free.get_or_insert((segment, offset));
+                    }
+                    continue;
+                }
+            };
             if reason == DropReason::Evicted {
                 self.stats.evicted += 1;
             }
@@ -525,6 +544,14 @@ impl Cluster {
                 segs.dedup();
                 ensure!(segs.len() == grant.replicas.len(), "replicas share a segment");
                 ensure!(grant.replicas.iter().all(|r| r.len == size), "replica length differs");
+                // Ranges the put's eviction freed are reported before the grant is read.
+                self.route_outputs();
+                for r in &grant.replicas {
+                    ensure!(
+                        self.model.ranges.insert((r.segment, r.offset)),
+                        "range {r:?} granted again without being reported freed"
+                    );
+                }
                 self.model.last_grant = grant.version;
                 self.model.grants.insert(key, (grant.version, writer));
             }
@@ -587,6 +614,10 @@ impl Cluster {
                     if let ReplicaDescriptor::Memory(m) = r {
                         from_disk = false;
                         ensure!(m.len == list.size, "memory replica length");
+                        ensure!(
+                            self.model.ranges.contains(&(m.segment, m.offset)),
+                            "get returned memory {m:?} that was reported freed"
+                        );
                     }
                 }
                 for r in memory_first {

@@ -76,8 +76,22 @@ fn commands(m: &mut Master) -> Vec<NodeCommand> {
     core::iter::from_fn(|| m.poll_command()).collect()
 }
 
+/// The objects dropped since the last call (memory frees are left out: see
+/// `freed`).
 fn events(m: &mut Master) -> Vec<MasterEvent> {
-    core::iter::from_fn(|| m.poll_event()).collect()
+    core::iter::from_fn(|| m.poll_event())
+        .filter(|e| matches!(e, MasterEvent::ObjectDropped { .. }))
+        .collect()
+}
+
+/// The memory ranges freed since the last call, as (segment, offset).
+fn freed(m: &mut Master) -> Vec<(SegmentId, u64)> {
+    core::iter::from_fn(|| m.poll_event())
+        .filter_map(|e| match e {
+            MasterEvent::MemoryFreed { segment, offset } => Some((segment, offset)),
+            MasterEvent::ObjectDropped { .. } => None,
+        })
+        .collect()
 }
 
 fn disk(node: NodeId, len: u64) -> DiskReplica {
@@ -257,6 +271,31 @@ fn put_revoke_frees_the_replicas_and_the_key() {
     assert_eq!(m.stats().objects, 0);
     assert!(events(&mut m).is_empty(), "a revoke is the writer's choice, not a drop");
     put(&mut m, at(3), "a", 100);
+    m.verify().unwrap();
+}
+
+/// Every range freed is reported, whatever frees it: a revoke, a remove, an eviction;
+/// a range still in use never is.
+#[test]
+fn every_freed_memory_range_is_reported_to_its_holder() {
+    let mut m = plain();
+    let revoked = m.handle_put_start(at(1), A, k("revoked"), 100, 1).unwrap();
+    m.handle_put_revoke(at(1), A, k("revoked"), revoked.version).unwrap();
+    assert_eq!(freed(&mut m), [(SEG_A, revoked.replicas[0].offset)]);
+    let kept = m.handle_put_start(at(1), A, k("kept"), 100, 1).unwrap();
+    m.handle_put_end(at(1), A, k("kept"), kept.version).unwrap();
+    let removed = m.handle_put_start(at(1), A, k("removed"), 100, 1).unwrap();
+    m.handle_put_end(at(1), A, k("removed"), removed.version).unwrap();
+    assert!(freed(&mut m).is_empty());
+    m.handle_remove(at(2), k("removed"), false).unwrap();
+    assert_eq!(freed(&mut m), [(SEG_A, removed.replicas[0].offset)]);
+    // Eviction (memory only): every object it drops frees its range, and says so.
+    fill(&mut m, 15);
+    let all: Vec<MasterEvent> = core::iter::from_fn(|| m.poll_event()).collect();
+    let drops = all.iter().filter(|e| matches!(e, MasterEvent::ObjectDropped { .. })).count();
+    let frees = all.iter().filter(|e| matches!(e, MasterEvent::MemoryFreed { .. })).count();
+    assert!(drops > 0);
+    assert_eq!(frees, drops, "each evicted object's range is reported freed: {all:?}");
     m.verify().unwrap();
 }
 

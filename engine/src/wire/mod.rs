@@ -16,10 +16,12 @@
 //! Framing (length prefixes, request ids) belongs to the transport, not to this module.
 
 mod command;
+mod error;
 mod request;
 mod response;
 
 pub use command::{NodeCommand, PersistReason};
+pub use error::MasterError;
 pub use request::Request;
 pub use response::Response;
 

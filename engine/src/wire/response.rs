@@ -4,6 +4,7 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 use smallvec::SmallVec;
 
+use super::MasterError;
 use super::request::*;
 use super::{
     KIND_RESPONSE, MAX_BATCH, MAX_REPLICAS, PingOutcome, PingReply, PutGrant, RemoveAllSummary, ReplicaList,
@@ -12,7 +13,6 @@ use super::{
 use crate::codec::{DecodeError, EncodeError, Reader, Writer};
 use crate::descriptor::{MemoryReplica, ReplicaDescriptor};
 use crate::ids::ObjectVersion;
-use crate::master::MasterError;
 
 /// The master's answer to a [`Request`](super::Request) with the same name.
 ///

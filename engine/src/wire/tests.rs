@@ -6,11 +6,11 @@ use alloc::vec::Vec;
 
 use smallvec::smallvec;
 
+use super::MasterError;
 use super::*;
 use crate::descriptor::{DiskReplica, MemoryReplica};
 use crate::ids::{BucketId, Incarnation, NodeId, SegmentId};
 use crate::key::{Key, KeyRef, MAX_KEY_LEN};
-use crate::master::MasterError;
 
 fn k(s: &str) -> KeyRef<'_> {
     KeyRef::new(s.as_bytes()).unwrap()

@@ -49,6 +49,14 @@ pub enum StoreError {
         /// The buffer's length.
         len: usize,
     },
+    /// A batch call was given as many keys as buffers it was not.
+    #[error("a batch of {keys} keys came with {buffers} buffers")]
+    BatchLength {
+        /// Keys given.
+        keys: usize,
+        /// Buffers given.
+        buffers: usize,
+    },
     /// The persisted copy failed its checksum: it was dropped, and the object with it
     /// if it had no other copy.
     #[error("the stored copy of {0:?} failed its checksum and was dropped")]

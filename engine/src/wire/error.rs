@@ -1,4 +1,6 @@
-//! What the master answers when it refuses a request.
+//! What the master answers when it refuses a request, and the stable codes those
+//! answers carry on the wire. A leaf: the master and the codec both use it, it uses
+//! neither.
 
 /// Why the master refused a request. Every variant has a stable non-zero wire code
 /// ([`MasterError::code`]); a refused request never changes the master's state.

@@ -1,68 +1,60 @@
-//! The embedded node: the master, the memory segment it allocates in, and the glue that
-//! carries the master's commands to the SSD tier and the tier's events back.
+//! The embedded node: the master, the bytes of the memory replicas it allocates, and the
+//! queue of work its commands give the SSD tier.
 //!
-//! Everything here runs under the store's node lock and never waits: a persist the
-//! write-behind queue cannot take now waits in [`Node::pending`], in order, for a
-//! caller (or the background task) to hand it over outside the lock.
+//! Everything here runs under the store's node lock and never waits or does I/O. The
+//! master's commands become [`TierWork`] in [`Node::work`], in the master's order; the
+//! store carries that work out after letting go of the lock (`store`).
+//!
+//! # Memory replicas
+//!
+//! The master allocates each replica a range of the node's segment (the ranges are its
+//! accounting of memory); the replica's bytes live in a buffer of their own, kept here
+//! under the range's offset. Readers, the SSD tier and promotion share that buffer
+//! (`Bytes`): a get hands it out or copies from it with no lock held, a persist hands it
+//! to the tier with no copy, and a value read back from disk becomes the replica as it
+//! is. When the master frees a range ([`MasterEvent::MemoryFreed`]) the buffer is
+//! dropped here; readers that still hold it keep it alive until they let go.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
-use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::vec::Vec;
 
 use bytes::Bytes;
 
 use super::config::{Clock, ConfigError, StoreConfig};
 use super::error::StoreError;
-use crate::descriptor::MemoryReplica;
-use crate::disk::{RecoveredRecord, Tier, TierEvent};
+use crate::disk::{RecoveredRecord, TierEvent};
 use crate::ids::{Incarnation, NodeId, ObjectVersion, SegmentId};
 use crate::key::{Key, KeyRef};
-use crate::master::{Master, MasterConfig, PersistPolicy};
+use crate::master::{Master, MasterConfig, MasterEvent, PersistPolicy};
 use crate::time::{Duration, Instant};
 use crate::wire::{DiskReplicaOrigin, NodeCommand};
 
 /// The one memory segment of the embedded node.
 const SEGMENT: SegmentId = SegmentId(1);
 
-/// The memory segment's bytes, under a lock of their own so that copies into and out
-/// of it do not hold the node lock: gets copy out in parallel, and the master keeps
-/// answering while a value is copied. Lock order: the node, then the segment; nothing
-/// takes the node lock while holding the segment's.
+/// Work for the SSD tier, carried out in the order the master asked for it.
 #[derive(Debug)]
-pub(super) struct Segment(RwLock<Vec<u8>>);
-
-impl Segment {
-    /// A segment of `len` zero bytes (pages the kernel maps only as values arrive).
-    pub(super) fn new(len: u64) -> Self {
-        Self(RwLock::new(std::vec![0u8; len as usize]))
-    }
-
-    pub(super) fn read(&self) -> RwLockReadGuard<'_, Vec<u8>> {
-        self.0.read().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    pub(super) fn write(&self) -> RwLockWriteGuard<'_, Vec<u8>> {
-        self.0.write().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// A replica's bytes in the segment.
-pub(super) fn replica<'a>(segment: &'a [u8], r: &MemoryReplica) -> &'a [u8] {
-    &segment[r.offset as usize..(r.offset + r.len) as usize]
-}
-
-/// A replica's bytes in the segment, to fill.
-pub(super) fn replica_mut<'a>(segment: &'a mut [u8], r: &MemoryReplica) -> &'a mut [u8] {
-    &mut segment[r.offset as usize..(r.offset + r.len) as usize]
-}
-
-/// A persist waiting for room in the write-behind queue.
-#[derive(Debug)]
-pub(super) struct Deferred {
-    pub(super) key: Key,
-    pub(super) version: ObjectVersion,
-    pub(super) value: Bytes,
+pub(super) enum TierWork {
+    /// Persist this version (the buffer is the memory replica's own).
+    Persist {
+        /// The key.
+        key: Key,
+        /// The version.
+        version: ObjectVersion,
+        /// Its bytes.
+        value: Bytes,
+    },
+    /// Delete this version's record, then tell the master it is gone (which clears
+    /// the master's tombstone, if it left one).
+    DropRecord {
+        /// The key.
+        key: Key,
+        /// The version.
+        version: ObjectVersion,
+    },
+    /// Delete every record (the master removed everything).
+    Wipe,
 }
 
 /// Counters the master does not keep.
@@ -81,9 +73,17 @@ pub(super) struct Counters {
 pub(super) struct Node {
     pub(super) master: Master,
     pub(super) counters: Counters,
-    /// Persists waiting for room in the write-behind queue, oldest first. They stay
-    /// here, never in a caller's future, so that a cancelled caller loses none.
-    pub(super) pending: VecDeque<Deferred>,
+    /// The memory replicas' bytes, by offset in the segment.
+    values: HashMap<u64, Bytes>,
+    /// Tier work not yet carried out, in the master's order. It stays here, never in a
+    /// caller's future, so that a cancelled caller loses none.
+    pub(super) work: VecDeque<TierWork>,
+    /// Work items queued so far, and carried out so far: a flush waits for the count
+    /// at its start.
+    pub(super) work_queued: u64,
+    pub(super) work_done: u64,
+    /// Somebody is carrying the work out. One at a time, so that the order holds.
+    pub(super) working: bool,
     segment_len: u64,
     epoch: std::time::Instant,
     clock: Clock,
@@ -91,11 +91,10 @@ pub(super) struct Node {
 }
 
 impl Node {
-    /// A master with this node registered and its segment mounted. The segment is
-    /// zero pages the kernel maps only as values arrive. Versions start at the wall
-    /// clock in nanoseconds, or at `version_floor` (above every version the SSD tier
-    /// holds) if that is higher: a clock stepped back must not hand out versions that
-    /// records or removals on disk already name.
+    /// A master with this node registered and its segment mounted. Versions start at
+    /// the wall clock in nanoseconds, or at `version_floor` (above every version the
+    /// SSD tier holds) if that is higher: a clock stepped back must not hand out
+    /// versions that records or removals on disk already name.
     pub(super) fn new(
         config: &StoreConfig,
         persist: bool,
@@ -130,7 +129,11 @@ impl Node {
         Ok(Self {
             master,
             counters: Counters::default(),
-            pending: VecDeque::new(),
+            values: HashMap::new(),
+            work: VecDeque::new(),
+            work_queued: 0,
+            work_done: 0,
+            working: false,
             segment_len: config.memory_bytes,
             epoch: std::time::Instant::now(),
             clock: config.clock.clone(),
@@ -155,24 +158,30 @@ impl Node {
         self.segment_len
     }
 
-    /// Registers what the tier recovered; returns how many the master took.
-    pub(super) fn register_recovered(&mut self, records: Vec<RecoveredRecord>, tier: &Tier) -> u64 {
+    /// The bytes of the memory replica at `offset`.
+    pub(super) fn value(&self, offset: u64) -> Option<Bytes> {
+        self.values.get(&offset).cloned()
+    }
+
+    /// Sets the bytes of the memory replica at `offset` (a put that ended, a promotion).
+    pub(super) fn set_value(&mut self, offset: u64, value: Bytes) {
+        self.values.insert(offset, value);
+    }
+
+    /// Registers what the tier recovered; returns how many the master took. A record
+    /// it refuses (an older copy of a key, a removed version) is dropped from disk.
+    pub(super) fn register_recovered(&mut self, records: Vec<RecoveredRecord>) -> u64 {
         let now = self.now();
         let mut taken = 0;
         for r in records {
-            match self.master.handle_add_disk_replica(
-                now,
-                r.key.as_ref(),
-                r.version,
-                r.replica,
-                DiskReplicaOrigin::Recovered,
-            ) {
+            let origin = DiskReplicaOrigin::Recovered;
+            match self.master.handle_add_disk_replica(now, r.key.as_ref(), r.version, r.replica, origin) {
                 Ok(()) => taken += 1,
                 Err(e) => {
                     // Two records of one key (a crash between a re-put and the drop of
                     // the old record): the newer version won; drop the other.
                     tracing::debug!(key = ?r.key, error = %e, "recovered record refused; dropping it");
-                    tier.remove_version(r.key.as_ref(), r.version);
+                    self.queue(TierWork::DropRecord { key: r.key, version: r.version });
                 }
             }
         }
@@ -180,46 +189,37 @@ impl Node {
         taken
     }
 
-    /// Carries out the master's commands. A persist the write-behind queue cannot take
-    /// now (or that would overtake one already waiting) goes to [`Node::pending`].
-    pub(super) fn run_commands(&mut self, tier: Option<&Tier>, segment: &Segment) {
-        while let Some(command) = self.master.poll_command() {
-            match command {
-                NodeCommand::Persist { key, version, source, .. } => {
-                    // The master keeps the source allocated until the persist ends.
-                    let value = Bytes::copy_from_slice(replica(&segment.read(), &source));
-                    let Some(t) = tier else {
-                        self.persist_failed(key.as_ref(), version, &"no SSD tier");
-                        continue;
-                    };
-                    if !self.pending.is_empty() {
-                        self.pending.push_back(Deferred { key, version, value });
-                        continue;
-                    }
-                    match t.try_put(key.as_ref(), version, value.clone()) {
-                        Ok(true) => {}
-                        Ok(false) => self.pending.push_back(Deferred { key, version, value }),
-                        Err(e) => self.persist_failed(key.as_ref(), version, &e),
-                    }
-                }
-                NodeCommand::DropDiskReplica { key, version, .. } => {
-                    if let Some(t) = tier {
-                        t.remove_version(key.as_ref(), version);
-                    }
-                    let _ =
-                        self.master.handle_remove_disk_replica(self.now(), self.id, key.as_ref(), version);
-                }
-                NodeCommand::WipeDisk { .. } => {
-                    if let Some(Err(e)) = tier.map(Tier::remove_all) {
-                        tracing::warn!(error = %e, "could not wipe the node directory");
-                    }
-                }
-            }
-        }
-        while self.master.poll_event().is_some() {}
+    fn queue(&mut self, work: TierWork) {
+        self.work.push_back(work);
+        self.work_queued += 1;
     }
 
-    /// Tells the master that a persist failed.
+    /// Takes in what the master asked for since the last call: commands become tier
+    /// work, freed ranges drop their bytes. Call after every master call. Returns
+    /// whether work is waiting.
+    pub(super) fn collect(&mut self) -> bool {
+        while let Some(command) = self.master.poll_command() {
+            match command {
+                NodeCommand::Persist { key, version, source, .. } => match self.value(source.offset) {
+                    // The master keeps the source allocated until the persist ends.
+                    Some(value) => self.queue(TierWork::Persist { key, version, value }),
+                    None => self.persist_failed(key.as_ref(), version, &"its memory replica is gone"),
+                },
+                NodeCommand::DropDiskReplica { key, version, .. } => {
+                    self.queue(TierWork::DropRecord { key, version });
+                }
+                NodeCommand::WipeDisk { .. } => self.queue(TierWork::Wipe),
+            }
+        }
+        while let Some(event) = self.master.poll_event() {
+            if let MasterEvent::MemoryFreed { segment: SEGMENT, offset } = event {
+                self.values.remove(&offset);
+            }
+        }
+        !self.work.is_empty()
+    }
+
+    /// Tells the master that a persist failed (it asks again after a backoff).
     pub(super) fn persist_failed(
         &mut self,
         key: KeyRef<'_>,
@@ -231,8 +231,13 @@ impl Node {
         let _ = self.master.handle_persist_failed(self.now(), self.id, key, version);
     }
 
+    /// The tier deleted a record the master asked it to drop.
+    pub(super) fn record_dropped(&mut self, key: KeyRef<'_>, version: ObjectVersion) {
+        let _ = self.master.handle_remove_disk_replica(self.now(), self.id, key, version);
+    }
+
     /// Carries one tier event to the master.
-    pub(super) fn handle_tier_event(&mut self, event: TierEvent, tier: &Tier) {
+    pub(super) fn handle_tier_event(&mut self, event: TierEvent) {
         let now = self.now();
         match event {
             TierEvent::Persisted { key, version, replica } => {
@@ -247,8 +252,7 @@ impl Node {
                     self.counters.persisted += 1;
                 } else {
                     // Removed or replaced while it was being written: not wanted.
-                    tier.remove_version(key.as_ref(), version);
-                    let _ = self.master.handle_remove_disk_replica(now, self.id, key.as_ref(), version);
+                    self.queue(TierWork::DropRecord { key, version });
                 }
             }
             TierEvent::PersistFailed { key, version, no_space } => {

@@ -1,0 +1,329 @@
+//! What the store's callers and its background task share: the node behind its lock,
+//! the SSD tier, and the carrying out of tier work.
+//!
+//! # Locks and blocking
+//!
+//! The node lock guards the master, the replicas' bytes and the queue of tier work; it
+//! is held only for master calls and map lookups, never across a copy, a syscall or a
+//! wait. Tier work is carried out after the lock is let go, by one caller at a time (so
+//! that it happens in the master's order): on the caller's own executor thread for what
+//! never waits (handing a persist to a write-behind queue with room), through
+//! `Runtime::unblock` for the rest (a full queue, removals, which append to the log and
+//! may unlink and fsync, and wipes).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
+
+use super::error::StoreError;
+use super::node::{Node, TierWork};
+use crate::disk::{Tier, TierError};
+use crate::master::{FlushStatus, FlushTicket};
+use crate::sync::Arc;
+use crate::uring::Notifier;
+
+/// How often the background task looks at the master's timers when nothing happens.
+pub(super) const IDLE_TICK: core::time::Duration = core::time::Duration::from_millis(100);
+
+#[derive(Debug)]
+pub(super) struct Inner {
+    node: Mutex<Node>,
+    /// Signalled whenever tier work is carried out (a flush may be waiting for it).
+    work_progress: Condvar,
+    /// `None` with persistence off, and after shutdown.
+    tier: RwLock<Option<Tier>>,
+    pub(super) persistent: bool,
+    /// Wakes the background task: the tier's events, and `close`.
+    pub(super) wake: Arc<Notifier>,
+    closed: AtomicBool,
+    /// Held while the tier shuts down.
+    shutdown: Mutex<()>,
+}
+
+/// How far [`Inner::carry_out_work`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum WorkDone {
+    /// Nothing is left, or whoever carries the work out now will see to it.
+    Handed,
+    /// The next item would wait: carry on where waiting is allowed.
+    WouldBlock,
+}
+
+impl Inner {
+    pub(super) fn new(node: Node, tier: Option<Tier>, wake: Arc<Notifier>) -> Self {
+        Self {
+            node: Mutex::new(node),
+            work_progress: Condvar::new(),
+            persistent: tier.is_some(),
+            tier: RwLock::new(tier),
+            wake,
+            closed: AtomicBool::new(false),
+            shutdown: Mutex::new(()),
+        }
+    }
+
+    pub(super) fn lock_node(&self) -> MutexGuard<'_, Node> {
+        self.node.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn read_tier(&self) -> RwLockReadGuard<'_, Option<Tier>> {
+        self.tier.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn check_open(&self) -> Result<(), StoreError> {
+        if self.closed.load(Ordering::Acquire) { Err(StoreError::Closed) } else { Ok(()) }
+    }
+
+    /// Marks the store closed; false if it already was.
+    pub(super) fn close(&self) -> bool {
+        !self.closed.swap(true, Ordering::AcqRel)
+    }
+
+    pub(super) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Runs `op` on the node under its lock and takes in what it caused (also when it
+    /// failed: a refused put may have started evictions). Returns `op`'s answer and
+    /// whether tier work is waiting.
+    pub(super) fn with_node<T>(
+        &self,
+        op: impl FnOnce(&mut Node) -> Result<T, StoreError>,
+    ) -> Result<(T, bool), StoreError> {
+        self.check_open()?;
+        let mut node = self.lock_node();
+        let out = op(&mut node);
+        let work = node.collect();
+        Ok((out?, work))
+    }
+
+    /// Starts a read from the tier (pinning the record; no I/O here).
+    pub(super) fn read_many(
+        &self,
+        keys: &[crate::key::KeyRef<'_>],
+    ) -> Option<std::vec::Vec<Result<oneshot::Receiver<crate::disk::ReadResult>, TierError>>> {
+        self.read_tier().as_ref().map(|t| t.read_many(keys))
+    }
+
+    /// The tier's statistics, with persistence on.
+    pub(super) fn tier_stats(&self) -> Option<crate::disk::TierStats> {
+        self.read_tier().as_ref().map(Tier::stats)
+    }
+
+    /// Carries the queued tier work out, in order, unless somebody else is doing so
+    /// (they will see to it). With `blocking` false only what never waits is done: the
+    /// first item that would wait is left at the front.
+    pub(super) fn carry_out_work(&self, blocking: bool) -> WorkDone {
+        {
+            let mut node = self.lock_node();
+            if node.working || node.work.is_empty() {
+                return WorkDone::Handed;
+            }
+            node.working = true;
+        }
+        loop {
+            let item = {
+                let mut node = self.lock_node();
+                match node.work.pop_front() {
+                    Some(item) => item,
+                    None => {
+                        node.working = false;
+                        drop(node);
+                        self.work_progress.notify_all();
+                        return WorkDone::Handed;
+                    }
+                }
+            };
+            let tier = self.read_tier();
+            let left = self.carry_out(tier.as_ref(), item, blocking);
+            drop(tier);
+            let mut node = self.lock_node();
+            if let Some(item) = left {
+                node.work.push_front(item);
+                node.working = false;
+                drop(node);
+                self.work_progress.notify_all();
+                return WorkDone::WouldBlock;
+            }
+            node.work_done += 1;
+            drop(node);
+            self.work_progress.notify_all();
+        }
+    }
+
+    /// Carries out one item with `tier` (none: persistence is off, or the store has
+    /// shut the tier down); gives it back if it would wait and `blocking` is false.
+    fn carry_out(&self, tier: Option<&Tier>, item: TierWork, blocking: bool) -> Option<TierWork> {
+        match item {
+            TierWork::Persist { key, version, value } => {
+                let Some(t) = tier else {
+                    self.lock_node().persist_failed(key.as_ref(), version, &"the store closed");
+                    return None;
+                };
+                let handed = if blocking {
+                    t.put(key.as_ref(), version, value.clone()).map(|()| true)
+                } else {
+                    t.try_put(key.as_ref(), version, value.clone())
+                };
+                match handed {
+                    Ok(true) => None,
+                    Ok(false) => Some(TierWork::Persist { key, version, value }),
+                    Err(e) => {
+                        self.lock_node().persist_failed(key.as_ref(), version, &e);
+                        None
+                    }
+                }
+            }
+            TierWork::DropRecord { .. } | TierWork::Wipe if !blocking => Some(item),
+            TierWork::DropRecord { key, version } => {
+                if let Some(t) = tier {
+                    t.remove_version(key.as_ref(), version);
+                }
+                let mut node = self.lock_node();
+                node.record_dropped(key.as_ref(), version);
+                node.collect();
+                None
+            }
+            TierWork::Wipe => {
+                if let Some(Err(e)) = tier.map(Tier::remove_all) {
+                    tracing::warn!(error = %e, "could not wipe the node directory");
+                }
+                None
+            }
+        }
+    }
+
+    /// Carries out (or waits for whoever carries out) every work item queued before
+    /// the call. Blocks: call where blocking is allowed.
+    pub(super) fn finish_queued_work(&self) {
+        let target = self.lock_node().work_queued;
+        loop {
+            self.carry_out_work(true);
+            let mut node = self.lock_node();
+            while node.working && node.work_done < target {
+                node = self.work_progress.wait(node).unwrap_or_else(PoisonError::into_inner);
+            }
+            if node.work_done >= target {
+                return;
+            }
+        }
+    }
+
+    /// Waits until the tier has written (or failed) everything handed to it, and
+    /// settles the outcomes with the master. Reports no persist failure: those are for
+    /// `flush`. Blocks.
+    pub(super) fn wait_for_tier(&self) -> Result<(), StoreError> {
+        self.finish_queued_work();
+        if let Some(t) = self.read_tier().as_ref() {
+            t.wait_written()?;
+        }
+        self.settle();
+        Ok(())
+    }
+
+    /// The flush barrier: asks the master for a ticket (which asks again for every
+    /// failed persist), then carries out the tier work, waits for the tier to write it
+    /// and carries the outcomes to the master, until the master says every object
+    /// acknowledged before the ticket is durable or that some could not be persisted.
+    /// Then the removal log is made durable. Blocks.
+    pub(super) fn flush_blocking(&self) -> Result<(), StoreError> {
+        let (ticket, _) = self.with_node(|node| {
+            let now = node.now();
+            Ok(node.master.handle_flush(now))
+        })?;
+        let flushed = self.wait_for_barrier(&ticket);
+        let synced = match self.read_tier().as_ref() {
+            Some(t) => t.sync_removals().map_err(StoreError::from),
+            None => Ok(()),
+        };
+        flushed.and(synced)
+    }
+
+    fn wait_for_barrier(&self, ticket: &FlushTicket) -> Result<(), StoreError> {
+        loop {
+            self.finish_queued_work();
+            match self.read_tier().as_ref() {
+                Some(t) => t.wait_written()?,
+                None => return Err(StoreError::Closed),
+            }
+            self.settle();
+            match self.lock_node().master.flush_status(ticket) {
+                FlushStatus::Durable => return Ok(()),
+                FlushStatus::NotDurable { objects } => return Err(self.not_durable(objects)),
+                // Persists asked for after the tier's wait began (a retry whose
+                // backoff ended): wait for those too.
+                FlushStatus::Pending => {}
+            }
+        }
+    }
+
+    /// The error for `objects` not durable, with the tier's latest write failure.
+    fn not_durable(&self, objects: u64) -> StoreError {
+        let cause = self.read_tier().as_ref().and_then(Tier::last_failure);
+        StoreError::Storage(TierError::NotDurable { records: objects, cause })
+    }
+
+    /// Carries the tier's events to the master and runs the master's timers. Returns
+    /// whether tier work is waiting.
+    pub(super) fn settle(&self) -> bool {
+        let tier = self.read_tier();
+        let mut node = self.lock_node();
+        if let Some(t) = tier.as_ref() {
+            while let Some(event) = t.poll_event() {
+                node.handle_tier_event(event);
+            }
+        }
+        let now = node.now();
+        node.master.handle_timeout(now);
+        node.collect()
+    }
+
+    /// How long until the master's next timer (a lease, a persist retry): at least a
+    /// millisecond (a timer the master could not clear must not spin the task), at most
+    /// [`IDLE_TICK`].
+    pub(super) fn until_next_timer(&self) -> core::time::Duration {
+        let node = self.lock_node();
+        let due = node.master.poll_timeout().map(|at| at.saturating_duration_since(node.now()));
+        let due = due.map_or(IDLE_TICK, |d| core::time::Duration::from_nanos(d.as_nanos()));
+        due.clamp(core::time::Duration::from_millis(1), IDLE_TICK)
+    }
+
+    /// Shuts the tier down: the queued work carried out, the queue written out, the
+    /// threads stopped, the last events settled with the master (a removed object's
+    /// late record is dropped here), the removal log synced, the directory released.
+    /// Idempotent: whoever comes second finds no tier. Reports the objects that were
+    /// not durable when it shut down, which are lost with the store's memory.
+    pub(super) fn shutdown_blocking(&self) -> Result<(), StoreError> {
+        // `close` and the background task may both get here: the second waits for the
+        // first to finish, so that `close` returns only once the root is released.
+        let _one_at_a_time = self.shutdown.lock().unwrap_or_else(PoisonError::into_inner);
+        self.finish_queued_work();
+        let Some(mut tier) = self.tier.write().unwrap_or_else(PoisonError::into_inner).take() else {
+            return Ok(());
+        };
+        let stopped = tier.stop();
+        {
+            let mut node = self.lock_node();
+            while let Some(event) = tier.poll_event() {
+                node.handle_tier_event(event);
+            }
+            node.collect();
+        }
+        // What the last events asked for: drops still happen (the index and the log
+        // outlive the threads); persists cannot, and the master hears they failed.
+        loop {
+            // (Popped in a statement of its own: the node lock must not outlive it.)
+            let item = self.lock_node().work.pop_front();
+            let Some(item) = item else { break };
+            let _ = self.carry_out(Some(&tier), item, true);
+        }
+        let lost = self.lock_node().master.undurable_objects();
+        let cause = tier.last_failure();
+        let closed = tier.close();
+        let stopped = stopped.and(closed).map_err(StoreError::from);
+        if lost == 0 {
+            return stopped;
+        }
+        tracing::error!(objects = lost, "the store closed with objects that are not durable; they are lost");
+        stopped.and(Err(StoreError::Storage(TierError::NotDurable { records: lost, cause })))
+    }
+}
