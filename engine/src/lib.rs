@@ -38,6 +38,8 @@ pub mod embedded;
 pub mod ids;
 pub mod key;
 pub mod master;
+#[cfg(feature = "std")]
+mod pool;
 pub mod sync;
 pub mod time;
 pub mod uring;

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use larder_benches::compare::disk::{self, Workload, WriteRead};
 use larder_benches::compare::report::{Measured, Report, Row};
-use larder_benches::compare::{Case, Pattern, drop_caches, fio, human_size, io, median, recovery, work_dir};
+use larder_benches::compare::{
+    Case, Pattern, drop_caches, fio, human_size, io, median, recovery, store, work_dir,
+};
 use larder_engine::uring::DriverChoice;
 
 #[derive(Parser)]
@@ -55,6 +57,13 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         bucket_mib: u64,
     },
+    /// The store with persistence against the SSD tier alone: 1 MiB puts until flush
+    /// returns, one task and eight, interleaved run by run.
+    Store {
+        /// Bytes written per run.
+        #[arg(long, default_value_t = 4 << 30)]
+        size: u64,
+    },
     /// Reopening a node directory of many records (cold page cache) to a usable
     /// index, against only reading the same trailers and footers.
     Recovery {
@@ -96,6 +105,9 @@ fn main() {
             cli.json,
             Report::print_table,
         ),
+        Command::Store { size } => {
+            emit(compare_store(&cli.dir, cli.runs, size), cli.json, Report::print_table)
+        }
         Command::Recovery { records, value } => {
             emit(compare_recovery(&cli.dir, cli.runs, records, value), cli.json, print_recovery)
         }
@@ -170,6 +182,51 @@ fn compare_io(dir: &std::path::Path, runs: usize, size: u64, depth: u32) -> Resu
         ],
         rows,
         notes,
+    })
+}
+
+fn compare_store(dir: &std::path::Path, runs: usize, size: u64) -> Result<Report, String> {
+    let dir = work_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let values = store::rotating_values();
+    let count = (size / store::VALUE as u64) as usize;
+    let mut rows = Vec::new();
+    for tasks in [1, 8] {
+        let (mut tier, mut with_store) = (vec![], vec![]);
+        for _ in 0..runs {
+            tier.push(store::run_tier(&dir.join("tier-alone"), &values, count, tasks)?);
+            with_store.push(store::run_store(&dir.join("store"), &values, count, tasks)?);
+        }
+        let label = if tasks == 1 {
+            String::from("puts until durable, 1 task")
+        } else {
+            format!("puts until durable, {tasks} tasks")
+        };
+        rows.push(Row::new(
+            label,
+            vec![
+                Measured::from_runs("tier alone", tier),
+                Measured::from_runs("store (persistent)", with_store),
+            ],
+        ));
+        eprintln!("  measured {tasks} task(s)");
+    }
+    Ok(Report {
+        title: String::from("Store with persistence against the SSD tier alone"),
+        setup: vec![
+            format!(
+                "directory: {} ({} of 1 MiB values per run), median of {runs} runs, interleaved",
+                dir.display(),
+                human_size(size)
+            ),
+            String::from(
+                "both fed the same distinct values rotating over 1 GiB; the tier takes each without a copy (Bytes), the store copies it into its memory replica (1 GiB of memory)",
+            ),
+            String::from(
+                "tasks: threads calling Tier::put; tasks on a tokio runtime (1 worker for 1 task, 2 for 8) calling Store::put",
+            ),
+        ],
+        rows,
+        notes: vec![],
     })
 }
 

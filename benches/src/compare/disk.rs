@@ -17,7 +17,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{RngCore, SeedableRng};
 
-use super::{drop_caches, mb_per_s};
+use super::{drop_caches, mb_per_s, reset_dir};
 
 /// Values are slices of one random pool, so generating them costs nothing per run.
 const POOL_BYTES: usize = 64 << 20;
@@ -162,12 +162,4 @@ fn on_pool(count: usize, job: impl Fn(usize) -> std::io::Result<()> + Sync) -> R
         workers.into_iter().try_for_each(|h| h.join().expect("baseline worker panicked"))
     })
     .map_err(|e: std::io::Error| format!("file-per-object baseline: {e}"))
-}
-
-/// Empties and recreates `dir`.
-fn reset_dir(dir: &Path) -> Result<(), String> {
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|e| format!("clearing {}: {e}", dir.display()))?;
-    }
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))
 }

@@ -6,6 +6,7 @@ pub mod fio;
 pub mod io;
 pub mod recovery;
 pub mod report;
+pub mod store;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -88,6 +89,14 @@ pub fn median(mut xs: Vec<f64>) -> f64 {
 pub fn work_dir(dir: &Path) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     dir.canonicalize()
+}
+
+/// Empties and recreates `dir`.
+pub fn reset_dir(dir: &Path) -> Result<(), String> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| format!("clearing {}: {e}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))
 }
 
 /// Drops the page cache so reads come from the device; false if not permitted.

@@ -230,6 +230,22 @@ impl<T> WriteBehind<T> {
         Ok(target)
     }
 
+    /// Waits, without asking the writer to hurry, until more items have settled than
+    /// `past` (a count [`WriteBehind::settled`] gave), or the queue is closed or
+    /// abandoned, or nothing is left to settle. Returns the count settled now.
+    pub fn wait_progress(&self, past: u64) -> u64 {
+        let mut s = self.lock();
+        while s.settled <= past && s.settled < s.next_seq && !s.abandoned && !s.closed {
+            s = self.wait(s);
+        }
+        s.settled
+    }
+
+    /// How many items have settled.
+    pub fn settled(&self) -> u64 {
+        self.lock().settled
+    }
+
     /// Closes the queue: pushes fail, the writer drains what is left and then sees
     /// `closed`.
     pub fn close(&self) {

@@ -16,9 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::vec::Vec;
 
 use bytes::Bytes;
 use crossbeam_queue::SegQueue;
@@ -26,13 +24,14 @@ use crossbeam_queue::SegQueue;
 use super::error::TierError;
 use super::format::align_up;
 use super::index::Pinned;
-use super::tier::Shared;
+use super::shared::Shared;
 use crate::checksum::crc32c;
 use crate::ids::{BucketId, ObjectVersion};
 use crate::key::Key;
+use crate::pool::BufferPool;
 use crate::sync::Arc;
 use crate::uring::eventfd::{Notifier, wait_any};
-use crate::uring::{AlignedBuf, BufId, Driver, Errno, FileId, IoRequest, OpId, Outcome, aligned_zeroed};
+use crate::uring::{AlignedBuf, BufId, Driver, Errno, FileId, IoRequest, OpId, Outcome};
 
 /// What a read yields: the version the record holds, and its value.
 pub type ReadResult = Result<(ObjectVersion, Bytes), TierError>;
@@ -67,7 +66,7 @@ impl Reader {
                 let serve = Serve {
                     shared,
                     driver,
-                    pool: Arc::new(BufferPool::default()),
+                    pool: BufferPool::new(POOL_BYTES),
                     chunk: align_up(chunk),
                     files: HashMap::new(),
                     reads: HashMap::new(),
@@ -120,7 +119,7 @@ enum ChunkFailure {
 struct Serve {
     shared: Arc<Shared>,
     driver: Driver,
-    pool: Arc<BufferPool>,
+    pool: Arc<BufferPool<AlignedBuf>>,
     /// Bytes per chunk read (a whole number of blocks).
     chunk: u64,
     /// Descriptors of buckets with reads in flight, and how many reads.
@@ -130,63 +129,8 @@ struct Serve {
     ops: HashMap<OpId, u64>,
 }
 
-/// Bytes of idle read buffers kept for reuse. Fresh buffers cost page faults and
-/// zeroing on every read; recycled ones cost nothing.
+/// Bytes of idle read buffers kept for reuse.
 const POOL_BYTES: usize = 64 << 20;
-
-/// Read buffers handed back by values the callers dropped, by length (values of one
-/// deployment come in few sizes). Bounded by [`POOL_BYTES`].
-#[derive(Debug, Default)]
-struct BufferPool {
-    free: Mutex<(HashMap<usize, Vec<AlignedBuf>>, usize)>,
-}
-
-impl BufferPool {
-    /// A buffer of exactly `len` bytes (a multiple of the I/O alignment). A recycled
-    /// buffer holds an earlier value's bytes: only bytes a read fills are ever exposed.
-    fn take(&self, len: usize) -> AlignedBuf {
-        let mut guard = self.free.lock().unwrap_or_else(PoisonError::into_inner);
-        let (free, bytes) = &mut *guard;
-        match free.get_mut(&len).and_then(Vec::pop) {
-            Some(buf) => {
-                *bytes -= len;
-                buf
-            }
-            None => aligned_zeroed(len),
-        }
-    }
-
-    fn give_back(&self, buf: AlignedBuf) {
-        let mut guard = self.free.lock().unwrap_or_else(PoisonError::into_inner);
-        let (free, bytes) = &mut *guard;
-        if *bytes + buf.len() <= POOL_BYTES {
-            *bytes += buf.len();
-            free.entry(buf.len()).or_default().push(buf);
-        }
-    }
-}
-
-/// An aligned read buffer exposed as the value's bytes only; it goes back to the pool
-/// when the last `Bytes` referring to it is dropped.
-struct Value {
-    buf: Option<AlignedBuf>,
-    len: usize,
-    pool: Arc<BufferPool>,
-}
-
-impl AsRef<[u8]> for Value {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf.as_ref().expect("present until dropped")[..self.len]
-    }
-}
-
-impl Drop for Value {
-    fn drop(&mut self) {
-        if let Some(buf) = self.buf.take() {
-            self.pool.give_back(buf);
-        }
-    }
-}
 
 impl Serve {
     fn run(mut self, jobs: &SegQueue<ReadJob>, wake: &Notifier, stop: &AtomicBool) {
@@ -303,13 +247,12 @@ impl Serve {
         let data = self.driver.remove_buffer(buf).expect("no chunk of a finished read is in flight");
         let record = pinned.record;
         let result = match failure {
+            None if crc32c(&data[..record.len as usize]) == record.crc => {
+                Ok((record.version, self.pool.share(data, record.len as usize)))
+            }
             None => {
-                let value = Value { buf: Some(data), len: record.len as usize, pool: Arc::clone(&self.pool) };
-                if crc32c(value.as_ref()) == record.crc {
-                    Ok((record.version, Bytes::from_owner(value)))
-                } else {
-                    Err(self.corrupted(key, record))
-                }
+                self.pool.give_back(data);
+                Err(self.corrupted(key, record))
             }
             Some(failure) => {
                 self.pool.give_back(data);

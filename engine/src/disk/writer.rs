@@ -1,37 +1,31 @@
 //! The bucket writer: one thread takes records from the write-behind queue, lays them
 //! out in a bucket file (`*.tmp`, written through the I/O driver in 4 KiB-aligned
-//! chunks, several in flight), and seals the bucket when it is full, when its deadline
-//! passes, or when a flush waits for it: footer and trailer, `fdatasync`, rename into
-//! place, directory `fsync`, publish, index. A failure at any step drops the bucket's
-//! write guard, which deletes the temporary file; its records are reported failed.
+//! chunks, several in flight), and seals the bucket when the policy says so (the
+//! sans-IO [`Batcher`]: full, idle, old, flushed, closed): footer and trailer,
+//! `fdatasync`, rename into place, directory `fsync`, publish, index. A failure at any
+//! step drops the bucket's write guard, which deletes the temporary file; its records
+//! are reported failed. This thread reads the clock and does the I/O; the decisions are
+//! the batcher's.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
-use std::time::Instant;
 use std::vec::Vec;
 
-use bytes::Bytes;
+use super::batch::{BatchPolicy, Batcher, Seal};
 
 use super::dir::preallocate;
 use super::error::TierError;
-use super::format::{FooterBuilder, FooterEntry, RecordHeader, RecordLayout, TRAILER_LEN, Trailer};
+use super::format::{FooterBuilder, FooterEntry, RecordHeader, TRAILER_LEN, Trailer};
 use super::index::{BucketFile, Inserted, Record};
 use super::protocol::{Bucket, WriteGuard};
-use super::tier::{Shared, TierEvent};
+use super::shared::{PersistItem, Shared, TierEvent};
 use crate::checksum::crc32c;
 use crate::descriptor::DiskReplica;
 use crate::ids::{BucketId, ObjectVersion};
 use crate::key::Key;
 use crate::sync::Arc;
+use crate::time::Instant;
 use crate::uring::{BufId, Driver, FileId, IoRequest, Outcome};
-
-/// A record waiting to be persisted.
-#[derive(Debug)]
-pub(super) struct PersistItem {
-    pub(super) key: Key,
-    pub(super) version: ObjectVersion,
-    pub(super) value: Bytes,
-}
 
 /// A record written into the open bucket, waiting for the bucket to be published.
 #[derive(Debug)]
@@ -52,7 +46,6 @@ struct OpenBucket {
     chunk: Option<(BufId, usize)>,
     footer: FooterBuilder,
     written: Vec<Written>,
-    opened: Instant,
     /// The first failure; the bucket is abandoned once its writes have drained.
     error: Option<TierError>,
 }
@@ -70,7 +63,8 @@ pub(super) struct Writer {
     free_chunks: Vec<BufId>,
     chunk_len: usize,
     open: Option<OpenBucket>,
-    next_id: u64,
+    batcher: Batcher,
+    epoch: std::time::Instant,
 }
 
 impl Writer {
@@ -78,49 +72,67 @@ impl Writer {
         let chunk_len = shared.config.chunk_bytes;
         let free_chunks =
             (0..shared.config.write_depth.max(1)).map(|_| driver.alloc_buffer(chunk_len)).collect();
-        Self { shared, driver, free_chunks, chunk_len, open: None, next_id }
+        let c = &shared.config;
+        let policy = BatchPolicy {
+            bucket_bytes: c.bucket_bytes,
+            idle: c.bucket_idle.into(),
+            max_age: c.bucket_max_age.into(),
+        };
+        let batcher = Batcher::new(policy, next_id);
+        Self { shared, driver, free_chunks, chunk_len, open: None, batcher, epoch: std::time::Instant::now() }
+    }
+
+    /// The batcher's time: since the writer started.
+    fn now(&self) -> Instant {
+        Instant::from_nanos(self.epoch.elapsed().as_nanos() as u64)
     }
 
     /// Runs until the queue is closed and drained.
     pub(super) fn run(mut self) {
         loop {
+            let now = self.now();
             let timeout = self
-                .open
-                .as_ref()
-                .map(|b| self.shared.config.bucket_deadline.saturating_sub(b.opened.elapsed()));
+                .batcher
+                .poll_timeout()
+                .map(|at| core::time::Duration::from_nanos(at.saturating_duration_since(now).as_nanos()));
             let taken = self.shared.queue.take(self.shared.config.bucket_bytes as usize, timeout);
             for (seq, item) in taken.items {
                 self.append(seq, item);
             }
-            let due = self.open.as_ref().is_some_and(|b| {
-                b.len() >= self.shared.config.bucket_bytes
-                    || b.opened.elapsed() >= self.shared.config.bucket_deadline
-                    || b.written.first().is_some_and(|w| w.seq < taken.flush_upto)
-                    || taken.closed
-            });
-            if due {
-                self.seal();
+            self.batcher.handle_flush(taken.flush_upto);
+            if taken.closed {
+                self.batcher.handle_close();
             }
-            if taken.closed && self.open.is_none() {
+            self.seal_due();
+            if taken.closed && !self.batcher.is_open() {
                 return;
             }
         }
     }
 
+    /// Seals what the batcher says is due.
+    fn seal_due(&mut self) {
+        while let Some(seal) = self.batcher.poll_seal(self.now()) {
+            self.seal(seal);
+        }
+    }
+
     fn append(&mut self, seq: u64, item: PersistItem) {
-        if self.open.is_none() {
-            match self.open_bucket() {
+        let value_len = item.value.len() as u64;
+        let placed = self.batcher.handle_record(self.now(), seq, item.key.len(), value_len);
+        if placed.opens {
+            match self.open_bucket(placed.bucket) {
                 Ok(b) => self.open = Some(b),
                 Err(e) => {
+                    self.batcher.handle_abandon();
                     self.fail_items(&[(seq, item.key, item.version)], e);
                     return;
                 }
             }
         }
         let crc = crc32c(&item.value);
-        let value_len = item.value.len() as u64;
-        let layout = RecordLayout::new(item.key.len(), value_len);
-        let record_offset = self.open.as_ref().expect("opened above").len();
+        let (layout, record_offset) = (placed.layout, placed.record_offset);
+        debug_assert_eq!(record_offset, self.open.as_ref().expect("opened above").len());
         let header =
             RecordHeader { key: item.key.as_ref(), value_len, version: item.version, value_crc: crc };
         let mut head = [0u8; 2 * 4096];
@@ -145,14 +157,14 @@ impl Writer {
             version: item.version,
         };
         b.written.push(Written { seq, key: item.key, record });
-        if b.len() >= self.shared.config.bucket_bytes {
-            self.seal();
+        // A full bucket is sealed before the next record, which starts another. (Only a
+        // full one: the rest of the batch joins the open bucket whatever a flush asks.)
+        if let Some(seal) = self.batcher.poll_full() {
+            self.seal(seal);
         }
     }
 
-    fn open_bucket(&mut self) -> Result<OpenBucket, TierError> {
-        let id = BucketId(self.next_id);
-        self.next_id += 1;
+    fn open_bucket(&mut self, id: BucketId) -> Result<OpenBucket, TierError> {
         let dir = &self.shared.dir;
         let tmp = dir.tmp_path(id);
         let guard = Bucket::create(BucketFile::new(dir.bucket_paths(id)));
@@ -172,7 +184,6 @@ impl Writer {
             chunk: None,
             footer: FooterBuilder::new(id),
             written: Vec::new(),
-            opened: Instant::now(),
             error: None,
         })
     }
@@ -272,8 +283,9 @@ impl Writer {
     }
 
     /// Finishes the open bucket: footer, trailer, sync, rename, publish, index.
-    fn seal(&mut self) {
+    fn seal(&mut self, seal: Seal) {
         let Some(b) = self.open.as_ref() else { return };
+        debug_assert_eq!((b.id, b.len()), (seal.bucket, seal.data_len), "the batcher and the file agree");
         let footer_offset = b.len();
         let footer = b.footer.clone().finish();
         let trailer = Trailer {

@@ -18,6 +18,7 @@ use super::error::StoreError;
 use super::node::{Node, TierWork};
 use crate::disk::{Tier, TierError};
 use crate::master::{FlushStatus, FlushTicket};
+use crate::pool::BufferPool;
 use crate::sync::Arc;
 use crate::uring::Notifier;
 
@@ -37,6 +38,8 @@ pub(super) struct Inner {
     closed: AtomicBool,
     /// Held while the tier shuts down.
     shutdown: Mutex<()>,
+    /// Buffers of memory replicas, recycled as replicas are freed.
+    pub(super) buffers: Arc<BufferPool<std::vec::Vec<u8>>>,
 }
 
 /// How far [`Inner::carry_out_work`] got.
@@ -50,7 +53,12 @@ pub(super) enum WorkDone {
 
 impl Inner {
     pub(super) fn new(node: Node, tier: Option<Tier>, wake: Arc<Notifier>) -> Self {
+        // Up to a segment's worth: a buffer goes idle only as a replica is freed, so
+        // idle and live buffers together stay near the segment's size, as the pages of
+        // a segment allocated whole would (and none is faulted in twice).
+        let pooled = usize::try_from(node.segment_bytes()).unwrap_or(usize::MAX);
         Self {
+            buffers: BufferPool::new(pooled),
             node: Mutex::new(node),
             work_progress: Condvar::new(),
             persistent: tier.is_some(),
@@ -196,6 +204,22 @@ impl Inner {
     /// the call. Blocks: call where blocking is allowed.
     pub(super) fn finish_queued_work(&self) {
         let target = self.lock_node().work_queued;
+        self.finish_work_upto(target);
+    }
+
+    /// How many work items have been queued so far.
+    pub(super) fn work_queued(&self) -> u64 {
+        self.lock_node().work_queued
+    }
+
+    /// Whether the first `target` work items are done.
+    pub(super) fn work_done_upto(&self, target: u64) -> bool {
+        self.lock_node().work_done >= target
+    }
+
+    /// Carries out (or waits for whoever carries out) the work items up to the
+    /// `target`-th. Blocks.
+    pub(super) fn finish_work_upto(&self, target: u64) {
         loop {
             self.carry_out_work(true);
             let mut node = self.lock_node();
@@ -208,16 +232,18 @@ impl Inner {
         }
     }
 
-    /// Waits until the tier has written (or failed) everything handed to it, and
-    /// settles the outcomes with the master. Reports no persist failure: those are for
-    /// `flush`. Blocks.
-    pub(super) fn wait_for_tier(&self) -> Result<(), StoreError> {
+    /// Hands the queued persists to the tier, waits until it has written (or failed)
+    /// at least one more than when it was asked, without making it seal early, and
+    /// settles the outcomes with the master (whose evictions free memory). For a put
+    /// that found memory full of objects waiting for the SSD: the pipeline keeps
+    /// flowing. Reports no persist failure: those are for `flush`. Blocks.
+    pub(super) fn wait_for_tier(&self) {
+        let written = self.read_tier().as_ref().map(Tier::written);
         self.finish_queued_work();
-        if let Some(t) = self.read_tier().as_ref() {
-            t.wait_written()?;
+        if let (Some(t), Some(past)) = (self.read_tier().as_ref(), written) {
+            t.wait_progress(past);
         }
         self.settle();
-        Ok(())
     }
 
     /// The flush barrier: asks the master for a ticket (which asks again for every

@@ -168,7 +168,11 @@ impl<R: Runtime> Store<R> {
                     persisted_at_last_failure = Some(persisted);
                     self.inner.lock_node().counters.put_waits += 1;
                     let inner = Arc::clone(&self.inner);
-                    self.runtime.unblock(move || inner.wait_for_tier()).await?;
+                    let work = self.runtime.unblock(move || {
+                        inner.wait_for_tier();
+                        !inner.lock_node().work.is_empty()
+                    });
+                    self.carry_out_work(work.await).await;
                 }
                 other => return other,
             }
@@ -187,11 +191,13 @@ impl<R: Runtime> Store<R> {
                 .map_err(|e| StoreError::from_master(e, len, segment))
         })?;
         self.carry_out_work(work).await;
-        let mut value = Vec::with_capacity(len as usize);
+        let mut buf = self.inner.buffers.take(len as usize);
+        let mut at = 0;
         for p in parts {
-            value.extend_from_slice(p);
+            buf[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
         }
-        let value = Bytes::from(value);
+        let value = self.inner.buffers.share(buf, len as usize);
         let offset = grant.replicas[0].offset;
         let ((), work) = self.inner.with_node(|node| {
             let (now, writer) = (node.now(), node.id());
@@ -203,13 +209,22 @@ impl<R: Runtime> Store<R> {
         Ok(())
     }
 
-    /// Carries out queued tier work: on this task what never waits, the rest off the
-    /// executor. If this future is dropped, the work stays queued in the node and the
-    /// background task carries it out.
+    /// Carries out the tier work queued so far (this caller's among it): on this task
+    /// what never waits, the rest off the executor, and waits until this caller's part
+    /// is done even if another caller is carrying it out. A put therefore returns only
+    /// once its persist is in the write-behind queue: when that queue is full, puts
+    /// wait for the disk instead of piling persists up in memory. If this future is
+    /// dropped, the work stays queued in the node and the background task carries it
+    /// out.
     async fn carry_out_work(&self, waiting: bool) {
-        if waiting && self.inner.carry_out_work(false) == WorkDone::WouldBlock {
+        if !waiting {
+            return;
+        }
+        let mine = self.inner.work_queued();
+        self.inner.carry_out_work(false);
+        if !self.inner.work_done_upto(mine) {
             let inner = Arc::clone(&self.inner);
-            self.runtime.unblock(move || inner.carry_out_work(true)).await;
+            self.runtime.unblock(move || inner.finish_work_upto(mine)).await;
         }
     }
 

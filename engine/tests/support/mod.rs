@@ -22,7 +22,8 @@ pub fn config(root: &Path) -> TierConfig {
     c.bucket_bytes = 1 << 20;
     // Only size and flushes seal buckets: which bucket holds what never depends on how
     // fast a test runs.
-    c.bucket_deadline = Duration::from_secs(3600);
+    c.bucket_idle = Duration::from_secs(3600);
+    c.bucket_max_age = Duration::from_secs(3600);
     c.queue_bytes = 8 << 20;
     c.chunk_bytes = 256 << 10;
     c.read_chunk_bytes = 32 << 10; // most values are read in several chunks
