@@ -56,6 +56,9 @@ enum Command {
         /// The tier's bucket size, in MiB.
         #[arg(long, default_value_t = 64)]
         bucket_mib: u64,
+        /// The tier's read chunk, in KiB (a value is read as concurrent chunks).
+        #[arg(long, default_value_t = 256)]
+        read_chunk_kib: usize,
     },
     /// The store with persistence against the SSD tier alone: 1 MiB puts until flush
     /// returns, one task and eight, interleaved run by run.
@@ -100,8 +103,8 @@ fn main() {
         Command::Io { size, depth } => {
             emit(compare_io(&cli.dir, cli.runs, size, depth), cli.json, Report::print_table)
         }
-        Command::Disk { size, depth, ref values, bucket_mib } => emit(
-            compare_disk(&cli.dir, cli.runs, size, depth, values, bucket_mib << 20),
+        Command::Disk { size, depth, ref values, bucket_mib, read_chunk_kib } => emit(
+            compare_disk(&cli.dir, cli.runs, size, depth, values, bucket_mib << 20, read_chunk_kib << 10),
             cli.json,
             Report::print_table,
         ),
@@ -237,6 +240,7 @@ fn compare_disk(
     depth: u32,
     values: &[usize],
     bucket_bytes: u64,
+    read_chunk: usize,
 ) -> Result<Report, String> {
     let dir = work_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let fio_file = dir.join("compare-disk-fio.dat");
@@ -259,7 +263,12 @@ fn compare_disk(
         let v = human_size(value_size as u64);
         // The device drifts over minutes: interleave the contenders run by run so that
         // each median compares like with like.
-        let (mut fio_write, mut fio_read, mut tier, mut seed) = (vec![], vec![], vec![], vec![]);
+        let (mut fio_write, mut fio_read, mut fio_qd1, mut tier, mut seed) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        // The one-task rows read a quarter of the set (at most 512 MiB): enough for a
+        // median, short at queue depth 1.
+        let one_task_bytes = (size / 4).min(512 << 20);
+        let one_task_count = (one_task_bytes / value_size as u64) as usize;
         for _ in 0..runs {
             // A fresh file each run: the tier writes new files too, and on a filesystem
             // mounted with `discard` overwriting blocks already allocated is cheaper
@@ -267,7 +276,18 @@ fn compare_disk(
             let _ = std::fs::remove_file(&fio_file);
             fio_write.extend(fio_run(Case { pattern: Pattern::SeqWrite, block: 1 << 20, depth, size })?);
             fio_read.extend(fio_run(Case { pattern: Pattern::RandRead, block: value_size, depth, size })?);
-            tier.push(disk::run_tier(&workload, &dir.join("tier"), depth as usize, bucket_bytes)?);
+            if have_fio {
+                drop_caches();
+                let case = Case { pattern: Pattern::RandRead, block: value_size, depth: 1, size };
+                fio_qd1.push(fio::run_limited(&case, &fio_file, Some(one_task_bytes))?);
+            }
+            tier.push(disk::run_tier(
+                &workload,
+                &dir.join("tier"),
+                depth as usize,
+                (bucket_bytes, read_chunk),
+                one_task_count,
+            )?);
             seed.push(disk::run_file_per_object(&workload, &dir.join("file-per-object"))?);
         }
         let _ = std::fs::remove_dir_all(dir.join("tier"));
@@ -292,6 +312,20 @@ fn compare_disk(
             vec![fio(format!("fio rand read {v}"), fio_read), larder(|r| r.read)],
         ));
         rows.push(Row::new(format!("cold read, {v} values"), vec![per_file(|r| r.read), larder(|r| r.read)]));
+        rows.push(Row::new(
+            format!("cold read, {v} values, 1 task"),
+            vec![fio(format!("fio rand read {v} qd1"), fio_qd1), larder(|r| r.read_one_task)],
+        ));
+        rows.push(Row::new(
+            format!("cold read, {v} values, 1 task"),
+            vec![
+                Measured::from_runs(
+                    "tier, value read whole",
+                    tier.iter().map(|r| r.read_one_task_whole).collect(),
+                ),
+                larder(|r| r.read_one_task),
+            ],
+        ));
         eprintln!("  measured {v} values");
     }
     let _ = std::fs::remove_file(&fio_file);
@@ -304,14 +338,15 @@ fn compare_disk(
                 human_size(size)
             ),
             format!(
-                "larder tier: {} buckets; puts until flush() returns (durable), then reads in random order with {depth} in flight",
-                human_size(bucket_bytes)
+                "larder tier: {} buckets; puts until flush() returns (durable), then reads in random order with {depth} in flight; then one task reading one value at a time (a quarter of the set, at most 512 MiB; each value read as concurrent {} chunks)",
+                human_size(bucket_bytes),
+                human_size(read_chunk as u64)
             ),
             String::from(
                 "file per object: 2 threads, create + write + fsync per object; reads one file per object on 2 threads",
             ),
             format!(
-                "fio: io_uring, O_DIRECT, {depth} in flight; writes end with fsync; page cache dropped before reads"
+                "fio: io_uring, O_DIRECT, {depth} in flight (qd1: one; the same bytes as the one-task row); writes end with fsync; page cache dropped before reads"
             ),
         ],
         rows,

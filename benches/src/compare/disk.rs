@@ -42,6 +42,12 @@ pub struct WriteRead {
     pub write: f64,
     /// Reading everything back in random order, page cache dropped.
     pub read: f64,
+    /// One task reading one value at a time (the first `one_task_count` in the random
+    /// order), page cache dropped; 0 if not measured.
+    pub read_one_task: f64,
+    /// The same with each value read whole, one read in flight (as before values were
+    /// read in chunks); 0 if not measured.
+    pub read_one_task_whole: f64,
 }
 
 impl Workload {
@@ -77,10 +83,16 @@ impl Workload {
 
 /// Larder's tier in `dir` (emptied first): puts until `flush()` returns, then random
 /// reads with `depth` in flight after dropping the page cache.
-pub fn run_tier(w: &Workload, dir: &Path, depth: usize, bucket_bytes: u64) -> Result<WriteRead, String> {
+pub fn run_tier(
+    w: &Workload,
+    dir: &Path,
+    depth: usize,
+    (bucket_bytes, read_chunk_bytes): (u64, usize),
+    one_task_count: usize,
+) -> Result<WriteRead, String> {
     reset_dir(dir)?;
-    let config = TierConfig { bucket_bytes, ..TierConfig::new(dir, "compare", NodeId(1)) };
-    let (tier, _) = Tier::open(config).map_err(|e| e.to_string())?;
+    let config = TierConfig { bucket_bytes, read_chunk_bytes, ..TierConfig::new(dir, "compare", NodeId(1)) };
+    let (tier, _) = Tier::open(config.clone()).map_err(|e| e.to_string())?;
     let start = Instant::now();
     for i in 0..w.count {
         tier.put(w.key(i).as_ref(), ObjectVersion(1), w.value(i)).map_err(|e| e.to_string())?;
@@ -89,19 +101,35 @@ pub fn run_tier(w: &Workload, dir: &Path, depth: usize, bucket_bytes: u64) -> Re
     let write = mb_per_s(w.bytes(), start.elapsed());
     drop_caches();
     let start = Instant::now();
-    let read = futures::executor::block_on(read_all(&tier, w, depth))?;
+    let read = futures::executor::block_on(read_all(&tier, w, depth, w.count))?;
     let read_rate = mb_per_s(read, start.elapsed());
-    tier.close().map_err(|e| e.to_string())?;
     if read != w.bytes() {
         return Err(format!("tier read back {read} bytes of {}", w.bytes()));
     }
-    Ok(WriteRead { write, read: read_rate })
+    // One task, one value at a time: a reader restoring a prefix waits on this.
+    let one_task = |tier: &Tier| -> Result<f64, String> {
+        if one_task_count == 0 {
+            return Ok(0.0);
+        }
+        drop_caches();
+        let start = Instant::now();
+        let read = futures::executor::block_on(read_all(tier, w, 1, one_task_count))?;
+        Ok(mb_per_s(read, start.elapsed()))
+    };
+    let read_one_task = one_task(&tier)?;
+    tier.close().map_err(|e| e.to_string())?;
+    // The same directory reopened with values read whole, one read in flight.
+    let whole = TierConfig { read_chunk_bytes: usize::MAX / 2, ..config };
+    let (tier, _) = Tier::open(whole).map_err(|e| e.to_string())?;
+    let read_one_task_whole = one_task(&tier)?;
+    tier.close().map_err(|e| e.to_string())?;
+    Ok(WriteRead { write, read: read_rate, read_one_task, read_one_task_whole })
 }
 
-/// Reads every object in random order, keeping `depth` reads in flight (a new one
-/// starts as soon as any finishes); returns the bytes read.
-async fn read_all(tier: &Tier, w: &Workload, depth: usize) -> Result<u64, String> {
-    let mut order = w.read_order().into_iter();
+/// Reads the first `count` objects of the random order, keeping `depth` reads in
+/// flight (a new one starts as soon as any finishes); returns the bytes read.
+async fn read_all(tier: &Tier, w: &Workload, depth: usize, count: usize) -> Result<u64, String> {
+    let mut order = w.read_order().into_iter().take(count);
     let mut in_flight = FuturesUnordered::new();
     let mut read = 0u64;
     loop {
@@ -139,7 +167,7 @@ pub fn run_file_per_object(w: &Workload, dir: &Path) -> Result<WriteRead, String
     })?;
     let read = mb_per_s(w.bytes(), start.elapsed());
     reset_dir(dir)?;
-    Ok(WriteRead { write, read })
+    Ok(WriteRead { write, read, read_one_task: 0.0, read_one_task_whole: 0.0 })
 }
 
 /// Runs `job(0..count)` on [`BASELINE_THREADS`] threads.

@@ -16,7 +16,17 @@ pub fn available() -> bool {
 
 /// Runs one fio job with io_uring and O_DIRECT on `file`; returns MB/s.
 pub fn run(case: &Case, file: &Path) -> Result<f64, String> {
-    let out = Command::new("fio")
+    run_limited(case, file, None)
+}
+
+/// Like [`run`], transferring only `io_size` bytes (spread over the whole region) if
+/// given.
+pub fn run_limited(case: &Case, file: &Path, io_size: Option<u64>) -> Result<f64, String> {
+    let mut command = Command::new("fio");
+    if let Some(n) = io_size {
+        command.arg(format!("--io_size={n}"));
+    }
+    let out = command
         .args([
             "--name=larder-compare",
             "--ioengine=io_uring",

@@ -76,44 +76,40 @@ impl Row {
 }
 
 impl Report {
-    /// Prints the report as an aligned table.
+    /// Prints the report as one aligned table: a line per case and contender, each
+    /// beside its baseline measured in the same run.
     pub fn print_table(&self) {
         println!("{}", self.title);
         for s in &self.setup {
             println!("  {s}");
         }
         println!();
-        let mut previous: Option<Vec<&str>> = None;
+        let width =
+            |f: fn(&Measured) -> usize| self.rows.iter().flat_map(|r| &r.results).map(f).max().unwrap_or(0);
+        let name = width(|m| m.contender.len()).max(8);
+        let case = self.rows.iter().map(|r| r.case.len()).max().unwrap_or(0).max(4);
+        println!(
+            "{:<case$}  {:<name$} {:>9}  {:<name$} {:>9} {:>7}",
+            "case", "baseline", "MB/s", "contender", "MB/s", "ratio"
+        );
+        let mbps = |m: &Measured| m.mb_per_s.map_or_else(|| "-".into(), |v| format!("{v:.0}"));
         for row in &self.rows {
-            let contenders: Vec<&str> = row.results.iter().map(|m| m.contender.as_str()).collect();
-            if previous.as_ref() != Some(&contenders) {
-                println!("{}", Self::header(row));
-                previous = Some(contenders);
+            let Some(base) = row.results.first() else { continue };
+            for m in &row.results[1..] {
+                let ratio = m.ratio_to_baseline.map_or_else(|| "-".into(), |r| format!("{r:.2}x"));
+                println!(
+                    "{:<case$}  {:<name$} {:>9}  {:<name$} {:>9} {:>7}",
+                    row.case,
+                    base.contender,
+                    mbps(base),
+                    m.contender,
+                    mbps(m),
+                    ratio
+                );
             }
-            let mut line = format!("{:<30}", row.case);
-            for m in &row.results {
-                line += &format!(" {:>24}", m.mb_per_s.map_or("-".into(), |v| format!("{v:.0}")));
-                if m.contender != row.baseline {
-                    line +=
-                        &format!(" {:>8}", m.ratio_to_baseline.map_or("-".into(), |r| format!("{r:.2}x")));
-                }
-            }
-            println!("{line}");
         }
         for n in &self.notes {
             println!("\nnote: {n}");
         }
-    }
-
-    /// The column titles for a row's contenders (printed again when they change).
-    fn header(row: &Row) -> String {
-        let mut header = format!("{:<30}", "case");
-        for m in &row.results {
-            header += &format!(" {:>24}", format!("{} MB/s", m.contender));
-            if m.contender != row.baseline {
-                header += &format!(" {:>8}", "ratio");
-            }
-        }
-        header
     }
 }
