@@ -1,12 +1,28 @@
-//! Larder's engine: the runtime-agnostic, sans-IO core of a tiered KV-cache store.
+//! Larder's engine: the runtime-agnostic core of a tiered KV-cache store, and (with
+//! `std`) the drivers that run it.
 //!
-//! Everything in this crate is a plain data type or a poll-driven state machine.
-//! Machines never read a clock, spawn a thread or make a syscall: time arrives as an
-//! [`Instant`] argument, inputs through `handle_*` methods, and outputs leave through
-//! `#[must_use] poll_*` methods. See each machine's documentation for its call order.
+//! # What is sans-IO, and what is not
 //!
-//! The crate is `no_std` + `alloc`; the default `std` feature only adds
-//! `std::error::Error`-based conveniences for now and, in later layers, the OS drivers.
+//! The decisions live in plain data types and poll-driven state machines that never
+//! read a clock, spawn a thread or make a syscall: time arrives as an [`Instant`]
+//! argument, inputs through `handle_*` methods, and outputs leave through
+//! `#[must_use] poll_*` methods (each machine documents its call order). They build
+//! with `no_std` + `alloc`:
+//!
+//! - [`master`]: objects, replicas, segments, leases, eviction, durability and retries;
+//! - [`uring::IoMachine`]: batch I/O submissions, completions, short transfers, retries;
+//! - [`disk::batch`]: where the bucket writer puts each record and when it seals;
+//! - [`disk::protocol`]: who reads a bucket and who deletes it (atomics, no I/O);
+//! - [`disk::format`], [`wire`], [`descriptor`], [`codec`], [`key`]: formats and codecs.
+//!
+//! The `std` feature adds what does I/O, owns threads and reads the clock, driving the
+//! machines above:
+//!
+//! - [`uring`]'s `Driver` (io_uring or a thread pool) and its eventfd;
+//! - [`disk`]'s `Tier`: the node directory and its lock, the bucket writer and reader
+//!   threads, recovery, the removal log, and the index (a data structure under a
+//!   mutex, whose bucket files are deleted through the protocol);
+//! - `embedded`: the embedded `Store` and its glue to an async runtime.
 //!
 //! | module | what it owns |
 //! |---|---|
@@ -16,10 +32,10 @@
 //! | [`descriptor`] | replica descriptors and their versioned binary form |
 //! | [`codec`] | the strict little-endian reader/writer every format uses |
 //! | [`checksum`] | CRC32C, hardware-accelerated with `std` |
-//! | [`disk`] | the SSD tier: bucket format, bucket protocol, and (with `std`) the tier |
-//! | [`wire`] | master requests, responses and node commands |
+//! | [`disk`] | the SSD tier: bucket format, bucket protocol, batching policy, and (with `std`) the tier |
+//! | [`wire`] | master requests, responses, node commands and the master's error codes |
 //! | [`sync`] | std / loom switch for the primitives the bucket protocols use |
-//! | [`master`] | the master state machine: objects, replicas, segments, leases, eviction |
+//! | [`master`] | the master state machine |
 //! | [`uring`] | batch file I/O: the submission/completion machine and its drivers |
 //! | `embedded` (std) | the embedded async `Store` (master + node in one process, the SSD tier, the glue to an async runtime through a small `Runtime` trait) |
 #![no_std]

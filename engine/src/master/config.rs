@@ -18,7 +18,7 @@ pub enum PersistPolicy {
 /// Master configuration.
 #[derive(Debug, Clone)]
 pub struct MasterConfig {
-    /// How long a [`Master::handle_get_replica_list`] lease lasts (default 10 s).
+    /// How long a [`Master::handle_get_replica_list`](super::Master::handle_get_replica_list) lease lasts (default 10 s).
     pub lease_ttl: Duration,
     /// How long a put may stay in progress before another put of the same key may
     /// preempt it, and before it is discarded (default 30 s).
