@@ -13,8 +13,8 @@ use std::vec::Vec;
 
 use bytes::Bytes;
 
-use crate::sync::Arc;
 use crate::uring::{AlignedBuf, aligned_zeroed};
+use std::sync::Arc;
 
 /// A buffer a [`BufferPool`] can hand out.
 pub(crate) trait PoolBuffer: AsRef<[u8]> + Send + Sync + 'static {

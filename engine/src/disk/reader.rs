@@ -119,7 +119,7 @@ enum ChunkFailure {
 struct Serve {
     shared: Arc<Shared>,
     driver: Driver,
-    pool: Arc<BufferPool<AlignedBuf>>,
+    pool: std::sync::Arc<BufferPool<AlignedBuf>>,
     /// Bytes per chunk read (a whole number of blocks).
     chunk: u64,
     /// Descriptors of buckets with reads in flight, and how many reads.

@@ -134,7 +134,7 @@ pub(super) struct Unpersisted {
     /// Key → the failed version and the put's sequence number.
     puts: HashMap<Key, (ObjectVersion, u64)>,
     /// The latest write failure.
-    pub(super) last_error: Option<Arc<TierError>>,
+    pub(super) last_error: Option<std::sync::Arc<TierError>>,
 }
 
 impl Unpersisted {
@@ -146,7 +146,7 @@ impl Unpersisted {
         }
     }
 
-    pub(super) fn set_error(&mut self, error: Arc<TierError>) {
+    pub(super) fn set_error(&mut self, error: std::sync::Arc<TierError>) {
         self.last_error = Some(error);
     }
 

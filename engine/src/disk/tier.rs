@@ -358,7 +358,7 @@ impl Tier {
     }
 
     /// The latest failure to write a bucket, if any.
-    pub fn last_failure(&self) -> Option<Arc<TierError>> {
+    pub fn last_failure(&self) -> Option<std::sync::Arc<TierError>> {
         self.shared.lock_unpersisted().last_error.clone()
     }
 

@@ -426,7 +426,7 @@ impl Writer {
             for (seq, key, version) in items {
                 unpersisted.failed(key.clone(), *version, *seq);
             }
-            unpersisted.set_error(Arc::new(error));
+            unpersisted.set_error(std::sync::Arc::new(error));
         }
         for (_, key, version) in items {
             self.shared.emit(TierEvent::PersistFailed { key: key.clone(), version: *version, no_space });

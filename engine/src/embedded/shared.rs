@@ -39,7 +39,7 @@ pub(super) struct Inner {
     /// Held while the tier shuts down.
     shutdown: Mutex<()>,
     /// Buffers of memory replicas, recycled as replicas are freed.
-    pub(super) buffers: Arc<BufferPool<std::vec::Vec<u8>>>,
+    pub(super) buffers: std::sync::Arc<BufferPool<std::vec::Vec<u8>>>,
 }
 
 /// How far [`Inner::carry_out_work`] got.
