@@ -626,10 +626,33 @@ pub async fn a_flush_after_a_failed_one_is_ok_only_once_everything_is_durable<H:
     store.close().await.unwrap();
 }
 
+/// Objects whose persist failed and that are then removed leave nothing undurable:
+/// the next flush and the close are `Ok` though the disk is still full.
+pub async fn removing_what_could_not_be_persisted_leaves_nothing_to_report<H: Harness>(h: H) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mnt) = tmpfs::Tmpfs::mount(&dir.path().join("mnt"), "3m") else {
+        eprintln!("SKIPPED: mounting a tmpfs is not permitted here (needs root); the test did not run");
+        return;
+    };
+    let store = h.open(persistent(&mnt.0, 32 << 20)).await.unwrap();
+    for i in 0..12 {
+        store.put(&key(i), &value(i, 512 << 10)).await.unwrap(); // 6 MiB onto 3 MiB
+    }
+    assert!(matches!(store.flush().await, Err(StoreError::Storage(TierError::NotDurable { .. }))));
+    for i in 0..12 {
+        store.remove(&key(i), true).await.unwrap();
+    }
+    store.flush().await.unwrap();
+    store.close().await.unwrap();
+}
+
 /// The crash test's child: puts forever on the root in `CRASH_CHILD_ROOT`, printing
 /// `flushed N` once objects 0..N are durable.
 pub async fn crash_child<H: Harness>(h: H) {
     let Ok(root) = std::env::var(CRASH_CHILD_ROOT) else { return };
+    if std::env::var("LARDER_TEST_CRASH_CHILD_MODE").as_deref() == Ok("removals") {
+        return removal_child(h, Path::new(&root)).await;
+    }
     let start: usize = std::env::var("LARDER_TEST_CRASH_CHILD_START").unwrap().parse().unwrap();
     let store = h.open(persistent(Path::new(&root), 8 << 20)).await.unwrap();
     let mut i = start;
@@ -641,6 +664,55 @@ pub async fn crash_child<H: Harness>(h: H) {
             println!("flushed {i}");
         }
     }
+}
+
+/// The removal test's child: puts, removes right away (while the persist is still in
+/// flight), puts even ones again, flushes, says so, and waits to be killed.
+async fn removal_child<H: Harness>(h: H, root: &Path) {
+    let store = h.open(persistent(root, 32 << 20)).await.unwrap();
+    for i in 0..20 {
+        store.put(&key(i), &value(i, 100_000)).await.unwrap();
+        store.remove(&key(i), false).await.unwrap();
+        if i % 2 == 0 {
+            store.put(&key(i), &value(i + 1000, 90_000)).await.unwrap();
+        }
+    }
+    store.flush().await.unwrap();
+    println!("flushed 20");
+    loop {
+        store.runtime().sleep(Duration::from_secs(3600)).await;
+    }
+}
+
+/// A removal a flush returned after is durable: the process is killed (no close, no
+/// drop) right after the flush, and the reopened store has every removed object gone
+/// and every re-put one with its new value.
+pub async fn a_flushed_removal_stays_removed_after_a_crash<H: Harness>(h: H, test_name: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([test_name, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .env(CRASH_CHILD_ROOT, dir.path())
+        .env("LARDER_TEST_CRASH_CHILD_MODE", "removals")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    while !lines.next().expect("child exited early").unwrap().contains("flushed 20") {}
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let store = h.open(persistent(dir.path(), 32 << 20)).await.unwrap();
+    for i in 0..20 {
+        match store.get(&key(i)).await {
+            Ok(v) => {
+                assert_eq!(i % 2, 0, "removed object {i} came back after the crash");
+                assert_eq!(v, value(i + 1000, 90_000), "object {i}");
+            }
+            Err(StoreError::NotFound) => assert_eq!(i % 2, 1, "flushed object {i} was lost"),
+            Err(e) => panic!("object {i}: {e}"),
+        }
+    }
+    store.close().await.unwrap();
 }
 
 /// Removes racing the write-behind: an object removed right after its put (while its
@@ -788,12 +860,17 @@ macro_rules! store_behaviour_tests {
             a_vanished_storage_root_is_an_error_and_memory_keeps_everything,
             a_full_disk_is_a_storage_error_and_loses_nothing,
             a_flush_after_a_failed_one_is_ok_only_once_everything_is_durable,
+            removing_what_could_not_be_persisted_leaves_nothing_to_report,
             the_disk_limit_bounds_what_the_filesystem_holds,
         );
         #[test]
         #[ignore = "the SIGKILL test's child process; runs only when that test spawns it"]
         fn crash_child() {
             $block_on(suite::crash_child($harness));
+        }
+        #[test]
+        fn a_flushed_removal_stays_removed_after_a_crash() {
+            $block_on(suite::a_flushed_removal_stays_removed_after_a_crash($harness, "crash_child"));
         }
         #[test]
         fn reopening_after_sigkill_keeps_everything_flushed() {

@@ -224,6 +224,13 @@ fn a_bad_trailer_magic_moves_the_bucket_aside() {
     damaged_bucket_is_moved_aside("bad-magic", |_, _, len| len - 64);
 }
 
+/// A flipped bit in a trailer's version field is damage (the checksum says so), not a
+/// newer format: that one bucket is moved aside and the open goes on.
+#[test]
+fn a_flipped_version_bit_is_damage_not_a_newer_format() {
+    damaged_bucket_is_moved_aside("flipped-version", |_, _, len| len - 64 + 4);
+}
+
 #[test]
 fn a_truncated_bucket_is_moved_aside() {
     let root = scratch("truncated");
@@ -262,11 +269,17 @@ fn a_bucket_of_a_newer_format_is_an_error_at_open_and_nothing_is_touched() {
     fill(&root, 30);
     let path = bucket_path(&root, 1);
     let len = std::fs::metadata(&path).unwrap().len();
-    let version_at = len - 64 + 4;
+    let trailer_at = len - 64;
+    // A newer build writes its own version and a checksum that holds.
     let write_version = |v: u16| {
         use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        f.write_all_at(&v.to_le_bytes(), version_at).unwrap();
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        let mut trailer = [0u8; 64];
+        f.read_exact_at(&mut trailer, trailer_at).unwrap();
+        trailer[4..6].copy_from_slice(&v.to_le_bytes());
+        let crc = larder_engine::checksum::crc32c(&trailer[..60]);
+        trailer[60..].copy_from_slice(&crc.to_le_bytes());
+        f.write_all_at(&trailer, trailer_at).unwrap();
     };
     write_version(2);
     let dir = root.join("test-cluster").join("7");
@@ -637,4 +650,31 @@ fn a_forked_child_does_not_keep_the_node_directory_locked() {
     assert!(spawner.join().unwrap().success());
     assert!(reopened.is_ok(), "a forked child kept the directory locked: {:?}", reopened.err());
     drop((forked_tx, go_rx));
+}
+
+/// A `remove_all` that stops half-way (here a directory in the node directory that
+/// cannot be unlinked as a file) reports the error, and still nothing from before it
+/// comes back after a reopen: a durable marker went first, so recovery deletes every
+/// bucket it did not get to.
+#[test]
+fn a_remove_all_that_stops_half_way_brings_nothing_back() {
+    let root = scratch("wipe-half-way");
+    let (tier, _) = Tier::open(config(&root)).unwrap();
+    for i in 0..60 {
+        tier.put(k(&key(i)), ObjectVersion(1), value(i, 1)).unwrap();
+    }
+    tier.flush().unwrap();
+    assert_eq!(tier.remove(k(&key(3))), Some(ObjectVersion(1)));
+    tier.flush().unwrap();
+    let stuck = tier.dir().join("stuck");
+    std::fs::create_dir(&stuck).unwrap();
+    std::fs::write(stuck.join("inside"), b"x").unwrap();
+    assert!(tier.remove_all().is_err(), "the wipe could not finish");
+    tier.put(k(&key(1000)), ObjectVersion(2), value(1000, 2)).unwrap();
+    tier.close().unwrap();
+    std::fs::remove_dir_all(&stuck).unwrap();
+    let (tier, recovered) = Tier::open(config(&root)).unwrap();
+    let keys: Vec<Vec<u8>> = recovered.iter().map(|r| r.key.as_bytes().to_vec()).collect();
+    assert_eq!(keys, [key(1000)], "something removed came back");
+    assert!(tier.get(k(&key(1000))).unwrap().1 == value(1000, 2));
 }

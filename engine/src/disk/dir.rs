@@ -125,8 +125,17 @@ impl NodeDir {
     /// what is left of it), logging why. A failed rename is logged too; the bucket is
     /// then simply not used.
     pub(super) fn move_aside(&self, path: &Path, why: &str) {
-        let mut aside = std::ffi::OsString::from(path.as_os_str());
-        aside.push(DAMAGED_SUFFIX);
+        // Never over an earlier damaged copy of the same bucket: `.damaged`, then
+        // `.damaged.1`, `.damaged.2`, …
+        let named = |n: u32| {
+            let mut aside = std::ffi::OsString::from(path.as_os_str());
+            aside.push(DAMAGED_SUFFIX);
+            if n > 0 {
+                aside.push(std::format!(".{n}"));
+            }
+            PathBuf::from(aside)
+        };
+        let aside = (0..).map(named).find(|p| !p.exists()).expect("a free name");
         match fs::rename(path, &aside) {
             Ok(()) => tracing::warn!(
                 path = %path.display(),
@@ -160,14 +169,15 @@ impl NodeDir {
         Ok(out)
     }
 
-    /// Deletes everything in the directory except the lock and the temporary files (those
-    /// of a crashed run were deleted at open; the rest belong to the writer). Buckets
-    /// that readers still hold go too: their readers keep reading through their
-    /// descriptors, and the bucket protocol's later unlink finds nothing to do.
+    /// Deletes everything in the directory except the lock, the temporary files (those
+    /// of a crashed run were deleted at open; the rest belong to the writer) and the
+    /// removal log (the caller's to delete last). Buckets that readers still hold go
+    /// too: their readers keep reading through their descriptors, and the bucket
+    /// protocol's later unlink finds nothing to do.
     pub(super) fn wipe(&self) -> Result<usize, TierError> {
         let mut removed = 0;
         for (path, name) in self.entries()? {
-            if name == LOCK_FILE || name.ends_with(TMP_SUFFIX) {
+            if name == LOCK_FILE || name.ends_with(TMP_SUFFIX) || name == super::removals::REMOVAL_LOG {
                 continue;
             }
             match fs::remove_file(&path) {

@@ -32,7 +32,10 @@ use crate::key::{KeyRef, MAX_KEY_LEN};
 
 /// Block size every record and the file are aligned to.
 pub const BLOCK: u64 = 4096;
-/// Format version written and read by this build.
+/// Format version written and read by this build. Every later version keeps the
+/// trailer's first bytes (magic, then version) and its last four (the CRC32C of the 60
+/// before them), so that a build can tell a bucket written by a newer one from a
+/// damaged one ([`Trailer::peek_version`]).
 pub const FORMAT_VERSION: u16 = 1;
 /// Bytes of a record header before the key.
 pub const RECORD_HEADER_LEN: usize = 40;
@@ -358,13 +361,16 @@ pub struct Trailer {
 }
 
 impl Trailer {
-    /// The format version a trailer says it has, if its magic is a trailer's: a bucket
-    /// written by a newer build is told apart from a damaged one by this alone, since
-    /// every later version keeps the magic and the version in the trailer's first
-    /// bytes.
+    /// The format version a trailer says it has, if it is a trailer whose checksum
+    /// holds: a bucket written by a newer build is told apart from a damaged one by
+    /// this, since every later version keeps the magic and version first and the
+    /// checksum last (a flipped bit in the version fails the checksum: damage).
     pub fn peek_version(bytes: &[u8]) -> Option<u16> {
-        let mut r = Reader::new(bytes);
-        (r.u32("trailer magic").ok()? == TRAILER_MAGIC).then(|| r.u16("trailer version").ok()).flatten()
+        let tail: &[u8; TRAILER_LEN] = bytes.try_into().ok()?;
+        let stored = u32::from_le_bytes(tail[60..].try_into().ok()?);
+        let mut r = Reader::new(tail);
+        let intact = r.u32("trailer magic").ok()? == TRAILER_MAGIC && crc32c(&tail[..60]) == stored;
+        intact.then(|| r.u16("trailer version").ok()).flatten()
     }
 
     /// The total file length for a trailer: records, footer, padding, trailer.

@@ -140,6 +140,8 @@ pub(super) struct Index {
     buckets: BTreeMap<BucketId, BucketInfo>,
     physical_bytes: u64,
     clock: u64,
+    /// Above every bucket id the node directory has used (the wipe marker's bound).
+    next_bucket: u64,
 }
 
 impl Index {
@@ -153,6 +155,16 @@ impl Index {
 
     pub(super) fn physical_bytes(&self) -> u64 {
         self.physical_bytes
+    }
+
+    /// A bucket id above every bucket published (or found at recovery) so far.
+    pub(super) fn next_bucket(&self) -> BucketId {
+        BucketId(self.next_bucket)
+    }
+
+    /// Recovery found bucket ids up to below `next`.
+    pub(super) fn raise_next_bucket(&mut self, next: u64) {
+        self.next_bucket = self.next_bucket.max(next);
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = (&Key, &Record)> {
@@ -172,6 +184,7 @@ impl Index {
         file_len: u64,
     ) {
         self.physical_bytes += file_len;
+        self.next_bucket = self.next_bucket.max(id.0 + 1);
         // Writing counts as a use: a bucket just written holds the freshest values and
         // must not be the first to go because older buckets happened to be read once.
         self.clock += 1;

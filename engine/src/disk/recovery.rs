@@ -128,6 +128,7 @@ pub(super) fn recover(dir: &NodeDir, direct_io: bool, removed: Removed) -> Resul
     if moved {
         dir.sync()?;
     }
+    r.index.raise_next_bucket(r.next_bucket);
     r.removals = if r.skipped > 0 {
         // A skipped bucket may hold records that only the old entries hide.
         let mut keep: HashMap<Key, ObjectVersion> = removed.records;

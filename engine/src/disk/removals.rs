@@ -272,14 +272,33 @@ impl RemovalLog {
         Ok(())
     }
 
-    /// Runs `wipe` (which deletes the log's file among everything else) with appends
-    /// held off, then starts afresh: entries from before the wipe are obsolete, and the
-    /// next append recreates the file.
-    pub(super) fn wipe<T>(&self, wipe: impl FnOnce() -> T) -> T {
+    /// A wipe of every bucket below `marker`, with appends held off:
+    ///
+    /// 1. a [`Removal::WipedBelow`] entry is made durable first, so that if the wipe
+    ///    stops half-way (an error, a crash) recovery deletes every such bucket and no
+    ///    removal comes back (if it cannot be made durable, nothing is deleted: the
+    ///    entry is written again by the next sync, and the error returned);
+    /// 2. `wipe` deletes the buckets and everything else but the log;
+    /// 3. the log goes last, and the next append starts a new one.
+    pub(super) fn wipe(
+        &self,
+        marker: BucketId,
+        wipe: impl FnOnce() -> Result<usize, TierError>,
+    ) -> Result<usize, TierError> {
         let mut state = self.lock();
-        let out = wipe();
+        Removal::WipedBelow(marker).encode(&mut state.unwritten);
+        self.write_unwritten(&mut state)?;
+        if let Some(f) = state.file.as_ref() {
+            f.sync_data().map_err(|e| TierError::io("sync removal log", &self.path, e))?;
+        }
+        let removed = wipe()?;
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(TierError::io("delete removal log", &self.path, e)),
+        }
         *state = LogState::default();
-        out
+        Ok(removed)
     }
 }
 

@@ -302,8 +302,11 @@ impl Tier {
         let seq = self.shared.queue.next_seq();
         removals.cancel_all_before(seq);
         self.shared.lock_unpersisted().removed_before(seq);
+        // Every bucket published or recovered so far is below this; the one being
+        // written, and every later one, is not.
+        let marker = index.next_bucket();
         let (records, _) = index.clear();
-        self.shared.removal_log.wipe(|| self.shared.dir.wipe())?;
+        self.shared.removal_log.wipe(marker, || self.shared.dir.wipe())?;
         Ok(records)
     }
 

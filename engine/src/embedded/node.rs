@@ -264,9 +264,7 @@ impl Node {
                 // master may still hold its memory until it hears the persist ended.
                 let _ = self.master.handle_persist_failed(now, self.id, key.as_ref(), version);
             }
-            TierEvent::Dropped { key, version, .. } => {
-                let _ = self.master.handle_remove_disk_replica(now, self.id, key.as_ref(), version);
-            }
+            TierEvent::Dropped { key, version, .. } => self.record_dropped(key.as_ref(), version),
         }
     }
 }

@@ -99,6 +99,9 @@ impl Inner {
     ) -> Result<(T, bool), StoreError> {
         self.check_open()?;
         let mut node = self.lock_node();
+        // Whatever an earlier master call left uncollected goes first (a freed range
+        // must lose its bytes before `op` may set new ones at its offset).
+        node.collect();
         let out = op(&mut node);
         let work = node.collect();
         Ok((out?, work))
@@ -118,9 +121,13 @@ impl Inner {
     }
 
     /// Carries the queued tier work out, in order, unless somebody else is doing so
-    /// (they will see to it). With `blocking` false only what never waits is done: the
-    /// first item that would wait is left at the front.
+    /// (they will see to it) or the store is closing (its shutdown does). With
+    /// `blocking` false only what never waits is done: the first item that would wait
+    /// is left at the front.
     pub(super) fn carry_out_work(&self, blocking: bool) -> WorkDone {
+        if self.is_closed() {
+            return WorkDone::Handed;
+        }
         {
             let mut node = self.lock_node();
             if node.working || node.work.is_empty() {
@@ -128,6 +135,13 @@ impl Inner {
             }
             node.working = true;
         }
+        let tier = self.read_tier();
+        self.drain(tier.as_ref(), blocking)
+    }
+
+    /// Drains the work queue in order as the one who carries it out (`working` is
+    /// set), with `tier` for the whole drain, then lets go of the role.
+    fn drain(&self, tier: Option<&Tier>, blocking: bool) -> WorkDone {
         loop {
             let item = {
                 let mut node = self.lock_node();
@@ -141,9 +155,7 @@ impl Inner {
                     }
                 }
             };
-            let tier = self.read_tier();
-            let left = self.carry_out(tier.as_ref(), item, blocking);
-            drop(tier);
+            let left = self.carry_out(tier, item, blocking);
             let mut node = self.lock_node();
             if let Some(item) = left {
                 node.work.push_front(item);
@@ -158,13 +170,27 @@ impl Inner {
         }
     }
 
+    /// At shutdown: waits for whoever carries work out to finish, then carries out
+    /// everything queued with `tier` (the running tier, or the stopped one, whose index
+    /// and removal log still work).
+    fn drain_for_shutdown(&self, tier: &Tier) {
+        {
+            let mut node = self.lock_node();
+            while node.working {
+                node = self.work_progress.wait(node).unwrap_or_else(PoisonError::into_inner);
+            }
+            node.working = true;
+        }
+        self.drain(Some(tier), true);
+    }
+
     /// Carries out one item with `tier` (none: persistence is off, or the store has
     /// shut the tier down); gives it back if it would wait and `blocking` is false.
     fn carry_out(&self, tier: Option<&Tier>, item: TierWork, blocking: bool) -> Option<TierWork> {
         match item {
             TierWork::Persist { key, version, value } => {
                 let Some(t) = tier else {
-                    self.lock_node().persist_failed(key.as_ref(), version, &"the store closed");
+                    self.persist_failed(key.as_ref(), version, &"the store closed");
                     return None;
                 };
                 let handed = if blocking {
@@ -176,19 +202,21 @@ impl Inner {
                     Ok(true) => None,
                     Ok(false) => Some(TierWork::Persist { key, version, value }),
                     Err(e) => {
-                        self.lock_node().persist_failed(key.as_ref(), version, &e);
+                        self.persist_failed(key.as_ref(), version, &e);
                         None
                     }
                 }
             }
             TierWork::DropRecord { .. } | TierWork::Wipe if !blocking => Some(item),
             TierWork::DropRecord { key, version } => {
+                // With no tier the record was not dropped: the master keeps its
+                // tombstone (it only hears of drops that happened).
                 if let Some(t) = tier {
                     t.remove_version(key.as_ref(), version);
+                    let mut node = self.lock_node();
+                    node.record_dropped(key.as_ref(), version);
+                    node.collect();
                 }
-                let mut node = self.lock_node();
-                node.record_dropped(key.as_ref(), version);
-                node.collect();
                 None
             }
             TierWork::Wipe => {
@@ -198,6 +226,20 @@ impl Inner {
                 None
             }
         }
+    }
+
+    /// Tells the master a persist failed, and takes in what that caused (a call to the
+    /// master is always followed by `collect`: a range it freed must lose its bytes
+    /// before anything is set at that offset again).
+    fn persist_failed(
+        &self,
+        key: crate::key::KeyRef<'_>,
+        version: crate::ids::ObjectVersion,
+        why: &dyn core::fmt::Display,
+    ) {
+        let mut node = self.lock_node();
+        node.persist_failed(key, version, why);
+        node.collect();
     }
 
     /// Carries out (or waits for whoever carries out) every work item queued before
@@ -218,9 +260,10 @@ impl Inner {
     }
 
     /// Carries out (or waits for whoever carries out) the work items up to the
-    /// `target`-th. Blocks.
+    /// `target`-th. Blocks. Once the store is closing, returns at once: the shutdown
+    /// carries out what is left.
     pub(super) fn finish_work_upto(&self, target: u64) {
-        loop {
+        while !self.is_closed() {
             self.carry_out_work(true);
             let mut node = self.lock_node();
             while node.working && node.work_done < target {
@@ -272,8 +315,17 @@ impl Inner {
                 None => return Err(StoreError::Closed),
             }
             self.settle();
-            match self.lock_node().master.flush_status(ticket) {
-                FlushStatus::Durable => return Ok(()),
+            // (The status in a statement of its own: the node lock must not be held
+            // into `not_durable`, which takes the tier's.)
+            let status = self.lock_node().master.flush_status(ticket);
+            match status {
+                FlushStatus::Durable => {
+                    // Settling may have queued drops of records written for objects
+                    // removed meanwhile: they are removals before the flush too, and
+                    // must reach the removal log before it is synced.
+                    self.finish_queued_work();
+                    return Ok(());
+                }
                 FlushStatus::NotDurable { objects } => return Err(self.not_durable(objects)),
                 // Persists asked for after the tier's wait began (a retry whose
                 // backoff ended): wait for those too.
@@ -322,7 +374,9 @@ impl Inner {
         // `close` and the background task may both get here: the second waits for the
         // first to finish, so that `close` returns only once the root is released.
         let _one_at_a_time = self.shutdown.lock().unwrap_or_else(PoisonError::into_inner);
-        self.finish_queued_work();
+        if let Some(t) = self.read_tier().as_ref() {
+            self.drain_for_shutdown(t);
+        }
         let Some(mut tier) = self.tier.write().unwrap_or_else(PoisonError::into_inner).take() else {
             return Ok(());
         };
@@ -336,16 +390,19 @@ impl Inner {
         }
         // What the last events asked for: drops still happen (the index and the log
         // outlive the threads); persists cannot, and the master hears they failed.
-        loop {
-            // (Popped in a statement of its own: the node lock must not outlive it.)
-            let item = self.lock_node().work.pop_front();
-            let Some(item) = item else { break };
-            let _ = self.carry_out(Some(&tier), item, true);
-        }
+        self.drain_for_shutdown(&tier);
         let lost = self.lock_node().master.undurable_objects();
         let cause = tier.last_failure();
-        let closed = tier.close();
-        let stopped = stopped.and(closed).map_err(StoreError::from);
+        // The master's count of what is not durable is the store's answer: the tier's
+        // own (puts whose write failed and that nobody told it were removed since) is
+        // not, and neither is its check at stop.
+        let stopped = match stopped {
+            Err(TierError::NotDurable { .. }) => Ok(()),
+            other => other,
+        };
+        let synced = tier.sync_removals();
+        drop(tier); // releases the directory
+        let stopped = stopped.and(synced).map_err(StoreError::from);
         if lost == 0 {
             return stopped;
         }
