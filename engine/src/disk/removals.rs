@@ -276,8 +276,9 @@ impl RemovalLog {
     ///
     /// 1. a [`Removal::WipedBelow`] entry is made durable first, so that if the wipe
     ///    stops half-way (an error, a crash) recovery deletes every such bucket and no
-    ///    removal comes back (if it cannot be made durable, nothing is deleted: the
-    ///    entry is written again by the next sync, and the error returned);
+    ///    removal comes back. If it cannot be (a full disk: freeing space is what the
+    ///    wipe is for), the wipe goes on without it, and only a wipe that also stops
+    ///    half-way can leave records to come back;
     /// 2. `wipe` deletes the buckets and everything else but the log;
     /// 3. the log goes last, and the next append starts a new one.
     pub(super) fn wipe(
@@ -287,9 +288,12 @@ impl RemovalLog {
     ) -> Result<usize, TierError> {
         let mut state = self.lock();
         Removal::WipedBelow(marker).encode(&mut state.unwritten);
-        self.write_unwritten(&mut state)?;
-        if let Some(f) = state.file.as_ref() {
-            f.sync_data().map_err(|e| TierError::io("sync removal log", &self.path, e))?;
+        let durable = self.write_unwritten(&mut state).and_then(|()| match state.file.as_ref() {
+            Some(f) => f.sync_data().map_err(|e| TierError::io("sync removal log", &self.path, e)),
+            None => Ok(()),
+        });
+        if let Err(e) = durable {
+            tracing::warn!(error = %e, "cannot log the wipe first; wiping without the marker");
         }
         let removed = wipe()?;
         match std::fs::remove_file(&self.path) {
