@@ -13,6 +13,7 @@
 //! - [`uring::IoMachine`]: batch I/O submissions, completions, short transfers, retries;
 //! - [`disk::batch`]: where the bucket writer puts each record and when it seals;
 //! - [`disk::protocol`]: who reads a bucket and who deletes it (atomics, no I/O);
+//! - [`net`]: frames, the handshake, the client and server connection machines;
 //! - [`disk::format`], [`wire`], [`descriptor`], [`codec`], [`key`]: formats and codecs.
 //!
 //! The `std` feature adds what does I/O, owns threads and reads the clock, driving the
@@ -34,6 +35,7 @@
 //! | [`checksum`] | CRC32C, hardware-accelerated with `std` |
 //! | [`disk`] | the SSD tier: bucket format, bucket protocol, batching policy, and (with `std`) the tier |
 //! | [`wire`] | master requests, responses, node commands and the master's error codes |
+//! | [`net`] | frames, the handshake, and the client and server connection machines |
 //! | [`sync`] | std / loom switch for the primitives the bucket protocols use |
 //! | [`master`] | the master state machine |
 //! | [`uring`] | batch file I/O: the submission/completion machine and its drivers |
@@ -54,6 +56,7 @@ pub mod embedded;
 pub mod ids;
 pub mod key;
 pub mod master;
+pub mod net;
 #[cfg(feature = "std")]
 mod pool;
 pub mod sync;

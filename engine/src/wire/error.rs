@@ -60,6 +60,10 @@ pub enum MasterError {
     /// The object has no disk replica on that node.
     #[error("disk replica not found")]
     DiskReplicaNotFound,
+    /// A code this build does not know, sent by a newer master. It is an answer (the
+    /// request was refused), not a broken message.
+    #[error("unknown master error code {0}")]
+    Unknown(u16),
 }
 
 impl MasterError {
@@ -104,12 +108,19 @@ impl MasterError {
             MasterError::NotSegmentOwner => 15,
             MasterError::NodeNotRegistered => 16,
             MasterError::DiskReplicaNotFound => 17,
+            MasterError::Unknown(code) => code,
         }
     }
 
-    /// The error with this wire code.
+    /// The known error with this wire code.
     pub fn from_code(code: u16) -> Option<MasterError> {
         MasterError::ALL.iter().copied().find(|e| e.code() == code)
+    }
+
+    /// The error a non-zero wire code stands for: a known one, else
+    /// [`MasterError::Unknown`].
+    pub fn from_wire(code: u16) -> MasterError {
+        MasterError::from_code(code).unwrap_or(MasterError::Unknown(code))
     }
 }
 
@@ -125,5 +136,9 @@ mod tests {
         }
         assert_eq!(MasterError::from_code(0), None);
         assert_eq!(MasterError::from_code(MasterError::ALL.len() as u16 + 1), None);
+        let unknown = MasterError::ALL.len() as u16 + 1;
+        assert_eq!(MasterError::from_wire(unknown), MasterError::Unknown(unknown));
+        assert_eq!(MasterError::from_wire(unknown).code(), unknown);
+        assert_eq!(MasterError::from_wire(4), MasterError::ObjectNotFound);
     }
 }

@@ -183,6 +183,32 @@ pub enum Request<'a> {
 }
 
 impl<'a> Request<'a> {
+    /// The node this request speaks for, if it names one: a connection bound to one
+    /// node by its handshake refuses requests that name another.
+    pub fn node(&self) -> Option<NodeId> {
+        match self {
+            Request::PutStart { writer, .. }
+            | Request::PutEnd { writer, .. }
+            | Request::PutRevoke { writer, .. }
+            | Request::BatchPutStart { writer, .. }
+            | Request::BatchPutEnd { writer, .. }
+            | Request::BatchPutRevoke { writer, .. } => Some(*writer),
+            Request::MountSegment { node, .. }
+            | Request::UnmountSegment { node, .. }
+            | Request::Ping { node, .. }
+            | Request::RemoveDiskReplica { node, .. }
+            | Request::PersistFailed { node, .. } => Some(*node),
+            Request::AddDiskReplica { replica, .. } => Some(replica.node),
+            Request::GetReplicaList { .. }
+            | Request::Exists { .. }
+            | Request::Remove { .. }
+            | Request::RemoveAll { .. }
+            | Request::BatchGetReplicaList { .. }
+            | Request::BatchExists { .. }
+            | Request::BatchRemove { .. } => None,
+        }
+    }
+
     /// Encodes the request into `buf`, returning the length written.
     pub fn encode(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
         let mut w = Writer::new(buf);

@@ -194,7 +194,7 @@ fn read_result<'a, T>(
 ) -> Result<Result<T, MasterError>, DecodeError> {
     match r.u16("status")? {
         0 => Ok(Ok(read_ok(r)?)),
-        code => MasterError::from_code(code).map(Err).ok_or(DecodeError::InvalidValue { what: "error code" }),
+        code => Ok(Err(MasterError::from_wire(code))),
     }
 }
 

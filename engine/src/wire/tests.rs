@@ -198,10 +198,12 @@ fn unknown_versions_kinds_and_tags_are_precise_errors() {
 }
 
 #[test]
-fn unknown_error_codes_are_refused() {
+fn unknown_error_codes_decode_as_an_unknown_answer_and_re_encode_the_same() {
     let mut bytes = encode(&Message::Response(Response::PutEnd(Err(MasterError::NotWriter))));
     bytes[3..5].copy_from_slice(&999u16.to_le_bytes());
-    assert_eq!(Message::decode(&bytes), Err(DecodeError::InvalidValue { what: "error code" }));
+    let decoded = Message::decode(&bytes).expect("an unknown code is still an answer");
+    assert_eq!(decoded, Message::Response(Response::PutEnd(Err(MasterError::Unknown(999)))));
+    assert_eq!(encode(&decoded), bytes);
 }
 
 #[test]

@@ -1,0 +1,349 @@
+//! The accepting side of a connection: handshake checks, requests in, responses and
+//! commands out, heartbeats answered, silent peers dropped.
+//!
+//! # Call order
+//!
+//! 1. [`ServerConnection::new`] when a socket is accepted.
+//! 2. Whenever the socket gives bytes, [`ServerConnection::handle_bytes`]; at end of
+//!    stream, [`ServerConnection::handle_eof`].
+//! 3. Drain [`ServerConnection::poll_event`] until `None`. Frames are decoded lazily
+//!    here, one event at a time, so a peer cannot queue more work than the owner takes.
+//!    On [`ServerEvent::Hello`] the owner decides at once with
+//!    [`ServerConnection::accept`] or [`ServerConnection::refuse`]; until then no
+//!    further event comes.
+//! 4. Answer requests with [`ServerConnection::send_response`] (in any order: each
+//!    response carries its request's id), push work with
+//!    [`ServerConnection::send_command`].
+//! 5. Write out what [`ServerConnection::poll_transmit`] appends, then, if
+//!    [`ServerConnection::is_closed`], close the socket.
+//! 6. Call [`ServerConnection::handle_timeout`] once [`ServerConnection::poll_timeout`]
+//!    has passed.
+
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+
+use super::frame::{Deframer, FrameError, FrameKind, write_frame};
+use super::handshake::{ClusterName, Hello, Refusal, RefusalReason, Role, Welcome};
+use crate::ids::Incarnation;
+use crate::time::{Duration, Instant};
+
+/// How the accepting side treats its connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerConfig {
+    /// The only cluster whose peers are accepted.
+    pub cluster: ClusterName,
+    /// The protocol versions this side speaks (inclusive).
+    pub versions: (u16, u16),
+    /// This process's run, sent in the Welcome.
+    pub incarnation: Incarnation,
+    /// The node TTL announced in the Welcome.
+    pub node_ttl: Duration,
+    /// Roles this side accepts.
+    pub roles: &'static [Role],
+    /// A connection whose Hello has not arrived by then is closed.
+    pub handshake_timeout: Duration,
+    /// An established connection silent for this long is closed.
+    pub idle_timeout: Duration,
+    /// The largest frame body accepted from the peer (and sent to it).
+    pub max_frame_body: u32,
+}
+
+/// Where a server connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerState {
+    /// Waiting for the peer's Hello.
+    AwaitingHello,
+    /// A Hello passed the connection's checks; the owner has not decided yet.
+    Deciding,
+    /// Accepted: requests flow.
+    Established,
+    /// Closed (after whatever is left in the transmit buffer).
+    Closed,
+}
+
+/// Why a connection closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The peer ended the stream.
+    PeerClosed,
+    /// The bytes were not frames.
+    BadFrame(FrameError),
+    /// The connection was refused, for this reason (sent to the peer).
+    Refused(RefusalReason),
+    /// No Hello in time.
+    HandshakeTimeout,
+    /// Nothing from the peer for the idle timeout.
+    IdleTimeout,
+    /// The owner closed it.
+    Local,
+}
+
+/// What the owner of a server connection must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerEvent {
+    /// A Hello with a common version and the right cluster and role: accept or refuse.
+    Hello(Hello),
+    /// A request to answer with [`ServerConnection::send_response`] and the same id.
+    Request {
+        /// The peer's request id.
+        id: u64,
+        /// The request body.
+        body: Vec<u8>,
+    },
+    /// The peer carried out the command with this id.
+    CommandAck {
+        /// The command's id.
+        id: u64,
+        /// What the peer reported.
+        body: Vec<u8>,
+    },
+    /// The connection closed; no further event comes.
+    Closed(CloseReason),
+}
+
+/// A send on a connection that cannot take it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The connection is not established (or no longer).
+    #[error("the connection is not established")]
+    NotEstablished,
+    /// The body is longer than a frame may be.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+/// The accepting side of one connection. See the module documentation for the call
+/// order.
+#[derive(Debug)]
+pub struct ServerConnection {
+    config: ServerConfig,
+    state: ServerState,
+    peer: Option<Hello>,
+    version: u16,
+    deframer: Deframer,
+    outgoing: Vec<u8>,
+    events: VecDeque<ServerEvent>,
+    last_received: Instant,
+    closed_reported: bool,
+}
+
+impl ServerConnection {
+    /// A connection accepted at `now`.
+    pub fn new(config: ServerConfig, now: Instant) -> Self {
+        Self {
+            deframer: Deframer::new(config.max_frame_body),
+            config,
+            state: ServerState::AwaitingHello,
+            peer: None,
+            version: 0,
+            outgoing: Vec::new(),
+            events: VecDeque::new(),
+            last_received: now,
+            closed_reported: false,
+        }
+    }
+
+    /// Where the connection is.
+    pub fn state(&self) -> ServerState {
+        self.state
+    }
+
+    /// The accepted (or deciding) peer's Hello.
+    pub fn peer(&self) -> Option<&Hello> {
+        self.peer.as_ref()
+    }
+
+    /// The protocol version agreed, once established.
+    pub fn version(&self) -> Option<u16> {
+        (self.state == ServerState::Established).then_some(self.version)
+    }
+
+    /// True once the connection is closed: write out what is left, then close the
+    /// socket.
+    pub fn is_closed(&self) -> bool {
+        self.state == ServerState::Closed
+    }
+
+    /// Bytes from the socket.
+    pub fn handle_bytes(&mut self, now: Instant, bytes: &[u8]) {
+        if self.state == ServerState::Closed || bytes.is_empty() {
+            return;
+        }
+        self.last_received = now;
+        self.deframer.push(bytes);
+    }
+
+    /// The peer ended its stream.
+    pub fn handle_eof(&mut self, _now: Instant) {
+        self.close(CloseReason::PeerClosed);
+    }
+
+    /// Closes the connection from this side.
+    pub fn handle_close(&mut self) {
+        self.close(CloseReason::Local);
+    }
+
+    /// When [`ServerConnection::handle_timeout`] next has work.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            ServerState::AwaitingHello | ServerState::Deciding => {
+                Some(self.last_received + self.config.handshake_timeout)
+            }
+            ServerState::Established => Some(self.last_received + self.config.idle_timeout),
+            ServerState::Closed => None,
+        }
+    }
+
+    /// Closes a connection whose peer has been silent too long.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let Some(deadline) = self.poll_timeout() else { return };
+        if now < deadline {
+            return;
+        }
+        match self.state {
+            ServerState::AwaitingHello | ServerState::Deciding => self.close(CloseReason::HandshakeTimeout),
+            ServerState::Established => self.close(CloseReason::IdleTimeout),
+            ServerState::Closed => {}
+        }
+    }
+
+    /// The next thing to act on. Decodes at most one frame per call.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        loop {
+            if let Some(event) = self.events.pop_front() {
+                return Some(event);
+            }
+            if matches!(self.state, ServerState::Deciding | ServerState::Closed) {
+                return None;
+            }
+            let frame = match self.deframer.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return None,
+                Err(e) => {
+                    self.refuse_and_close(RefusalReason::ProtocolViolation, CloseReason::BadFrame(e));
+                    continue;
+                }
+            };
+            let (kind, id, body) = (frame.header.kind, frame.header.id, frame.body);
+            match (self.state, kind) {
+                (ServerState::AwaitingHello, FrameKind::Hello) => self.take_hello(&body),
+                (ServerState::Established, FrameKind::Request) => {
+                    return Some(ServerEvent::Request { id, body });
+                }
+                (ServerState::Established, FrameKind::CommandAck) => {
+                    return Some(ServerEvent::CommandAck { id, body });
+                }
+                (ServerState::Established, FrameKind::Heartbeat) => {
+                    let _ = write_frame(&mut self.outgoing, FrameKind::HeartbeatAck, id, &[], u32::MAX);
+                }
+                // A second Hello, a request before the handshake, or a kind only this
+                // side sends.
+                _ => self.refuse_and_close(
+                    RefusalReason::ProtocolViolation,
+                    CloseReason::Refused(RefusalReason::ProtocolViolation),
+                ),
+            }
+        }
+    }
+
+    fn take_hello(&mut self, body: &[u8]) {
+        let Ok(hello) = Hello::decode(body) else {
+            let reason = RefusalReason::ProtocolViolation;
+            return self.refuse_and_close(reason, CloseReason::Refused(reason));
+        };
+        let refusal = match hello.common_version(self.config.versions) {
+            None => Some(RefusalReason::VersionMismatch),
+            Some(_) if hello.cluster != self.config.cluster => Some(RefusalReason::WrongCluster),
+            Some(_) if !self.config.roles.contains(&hello.role) => Some(RefusalReason::RoleNotAccepted),
+            Some(version) => {
+                self.version = version;
+                None
+            }
+        };
+        if let Some(reason) = refusal {
+            return self.refuse_and_close(reason, CloseReason::Refused(reason));
+        }
+        self.peer = Some(hello);
+        self.state = ServerState::Deciding;
+        self.events.push_back(ServerEvent::Hello(hello));
+    }
+
+    /// Accepts the peer whose Hello was the last event. Ignored in any other state.
+    pub fn accept(&mut self, now: Instant) {
+        if self.state != ServerState::Deciding {
+            return;
+        }
+        let welcome = Welcome {
+            version: self.version,
+            incarnation: self.config.incarnation,
+            node_ttl: self.config.node_ttl,
+        };
+        let mut body = [0u8; Welcome::LEN];
+        let n = welcome.encode(&mut body).unwrap_or(0);
+        let _ = write_frame(&mut self.outgoing, FrameKind::Welcome, 0, &body[..n], u32::MAX);
+        self.state = ServerState::Established;
+        self.last_received = now;
+    }
+
+    /// Refuses the peer whose Hello was the last event; the connection closes.
+    pub fn refuse(&mut self, reason: RefusalReason) {
+        if self.state == ServerState::Deciding {
+            self.refuse_and_close(reason, CloseReason::Refused(reason));
+        }
+    }
+
+    /// Queues the response to request `id`.
+    pub fn send_response(&mut self, id: u64, body: &[u8]) -> Result<(), SendError> {
+        self.send(FrameKind::Response, id, body)
+    }
+
+    /// Queues command `id` for the peer.
+    pub fn send_command(&mut self, id: u64, body: &[u8]) -> Result<(), SendError> {
+        self.send(FrameKind::Command, id, body)
+    }
+
+    fn send(&mut self, kind: FrameKind, id: u64, body: &[u8]) -> Result<(), SendError> {
+        if self.state != ServerState::Established {
+            return Err(SendError::NotEstablished);
+        }
+        write_frame(&mut self.outgoing, kind, id, body, self.config.max_frame_body)?;
+        Ok(())
+    }
+
+    /// Appends the bytes to write to the socket to `out`; false if there were none.
+    #[must_use]
+    pub fn poll_transmit(&mut self, out: &mut Vec<u8>) -> bool {
+        if self.outgoing.is_empty() {
+            return false;
+        }
+        if out.is_empty() {
+            core::mem::swap(out, &mut self.outgoing);
+        } else {
+            out.append(&mut self.outgoing);
+        }
+        true
+    }
+
+    fn refuse_and_close(&mut self, reason: RefusalReason, close: CloseReason) {
+        let refusal = Refusal { reason, versions: self.config.versions };
+        let mut body = [0u8; Refusal::LEN];
+        let n = refusal.encode(&mut body).unwrap_or(0);
+        let _ = write_frame(&mut self.outgoing, FrameKind::Refuse, 0, &body[..n], u32::MAX);
+        self.close(close);
+    }
+
+    fn close(&mut self, reason: CloseReason) {
+        if self.state == ServerState::Closed {
+            return;
+        }
+        self.state = ServerState::Closed;
+        if !self.closed_reported {
+            self.closed_reported = true;
+            self.events.push_back(ServerEvent::Closed(reason));
+        }
+    }
+}
