@@ -9,6 +9,8 @@
 //! # }
 //! ```
 
+pub mod cluster;
+
 use std::future::Future;
 use std::io;
 use std::os::fd::OwnedFd;

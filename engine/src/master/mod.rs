@@ -413,6 +413,11 @@ impl Master {
         self.events.pop_front()
     }
 
+    /// The incarnation the master knows `node` by, if the node is registered.
+    pub fn node_incarnation(&self, node: NodeId) -> Option<Incarnation> {
+        self.nodes.get(&node).map(|info| info.incarnation)
+    }
+
     /// Counters and gauges.
     pub fn stats(&self) -> MasterStats {
         MasterStats {

@@ -10,7 +10,8 @@
 //!    here, one event at a time, so a peer cannot queue more work than the owner takes.
 //!    On [`ServerEvent::Hello`] the owner decides at once with
 //!    [`ServerConnection::accept`] or [`ServerConnection::refuse`]; until then no
-//!    further event comes.
+//!    further event comes. A request that breaks the binding is answered by
+//!    [`ServerConnection::refuse`] too.
 //! 4. Answer requests with [`ServerConnection::send_response`] (in any order: each
 //!    response carries its request's id), push work with
 //!    [`ServerConnection::send_command`].
@@ -289,9 +290,11 @@ impl ServerConnection {
         self.last_received = now;
     }
 
-    /// Refuses the peer whose Hello was the last event; the connection closes.
+    /// Refuses the peer: sends `reason` and closes. For a Hello the owner will not
+    /// take (a stale incarnation), or later for a request that breaks the connection's
+    /// binding (it names another node). Ignored once closed.
     pub fn refuse(&mut self, reason: RefusalReason) {
-        if self.state == ServerState::Deciding {
+        if self.state != ServerState::Closed {
             self.refuse_and_close(reason, CloseReason::Refused(reason));
         }
     }

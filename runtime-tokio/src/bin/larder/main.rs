@@ -3,9 +3,11 @@
 //! `larder bench` runs the embedded store through its main job: a working set larger
 //! than memory is written (eviction pushes it to SSD), read back and verified byte for
 //! byte, then the store is closed and reopened and everything is read back again.
+//! `larder master` runs the distributed mode's master: metadata only, over TCP.
 
 mod bench;
 mod config;
+mod master_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +25,9 @@ struct Cli {
 enum Command {
     /// Write a working set larger than memory, read it back verified, reopen, read again.
     Bench(config::BenchArgs),
+    /// Run the cluster's master: object metadata, placement, leases, node liveness
+    /// (no values pass through it), behind a TCP server, with Prometheus metrics.
+    Master(master_cmd::MasterArgs),
 }
 
 fn main() {
@@ -35,6 +40,14 @@ fn main() {
                 .build()
                 .map_err(|e| format!("starting the runtime: {e}"))?;
             runtime.block_on(bench::run(c))
+        }),
+        Command::Master(args) => master_cmd::resolve(args).and_then(|c| {
+            // One core runs the actor; the other the connections.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("starting the runtime: {e}"))?;
+            runtime.block_on(master_cmd::run(c))
         }),
     };
     if let Err(e) = result {

@@ -1,0 +1,108 @@
+//! `larder master`: settings (defaults, then a TOML file, then `LARDER_*` variables,
+//! then flags) and the run.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+use larder_engine::master::MasterConfig;
+use larder_engine::net::ClusterName;
+use larder_tokio::cluster::MasterServerConfig;
+use serde::Deserialize;
+
+/// Flags of `larder master` (each also readable from the environment).
+#[derive(Args, Debug)]
+pub(crate) struct MasterArgs {
+    /// A TOML file with any of: listen, metrics, cluster, lease_ttl, node_ttl,
+    /// high_watermark, low_watermark.
+    #[arg(long, env = "LARDER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where nodes and clients connect [default: 127.0.0.1:50051].
+    #[arg(long, env = "LARDER_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Where to serve Prometheus `/metrics` and `/health` (off unless given).
+    #[arg(long, env = "LARDER_METRICS")]
+    metrics: Option<SocketAddr>,
+    /// The cluster's name; peers of another cluster are refused [default: larder].
+    #[arg(long, env = "LARDER_CLUSTER")]
+    cluster: Option<String>,
+    /// How long a read keeps an object from eviction and plain removal [default: 10s].
+    #[arg(long, env = "LARDER_LEASE_TTL")]
+    lease_ttl: Option<String>,
+    /// A node silent this long is expired, its memory replicas dropped [default: 10s].
+    #[arg(long, env = "LARDER_NODE_TTL")]
+    node_ttl: Option<String>,
+    /// Segment use (0–1] at which eviction starts [default: 0.9].
+    #[arg(long, env = "LARDER_HIGH_WATERMARK")]
+    high_watermark: Option<f64>,
+    /// Segment use eviction brings it down to [default: 0.8].
+    #[arg(long, env = "LARDER_LOW_WATERMARK")]
+    low_watermark: Option<f64>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct MasterFile {
+    listen: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
+    cluster: Option<String>,
+    lease_ttl: Option<String>,
+    node_ttl: Option<String>,
+    high_watermark: Option<f64>,
+    low_watermark: Option<f64>,
+}
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+
+/// A duration such as `10s`, `500ms` or `2m`.
+pub(crate) fn parse_duration(name: &str, text: &str) -> Result<larder_engine::Duration, String> {
+    humantime::parse_duration(text)
+        .map(larder_engine::Duration::from)
+        .map_err(|e| format!("{name}: {text:?} is not a duration such as 10s or 500ms ({e})"))
+}
+
+pub(crate) fn resolve(args: MasterArgs) -> Result<MasterServerConfig, String> {
+    let file: MasterFile = match &args.config {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => MasterFile::default(),
+    };
+    let listen =
+        args.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("a valid address"));
+    let cluster_name = args.cluster.or(file.cluster).unwrap_or_else(|| String::from("larder"));
+    let cluster =
+        ClusterName::new(cluster_name.as_bytes()).map_err(|e| format!("cluster {cluster_name:?}: {e}"))?;
+    let mut master = MasterConfig::default();
+    if let Some(t) = args.lease_ttl.or(file.lease_ttl) {
+        master.lease_ttl = parse_duration("lease_ttl", &t)?;
+    }
+    if let Some(t) = args.node_ttl.or(file.node_ttl) {
+        master.node_ttl = parse_duration("node_ttl", &t)?;
+    }
+    if let Some(h) = args.high_watermark.or(file.high_watermark) {
+        master.high_watermark = h;
+    }
+    if let Some(l) = args.low_watermark.or(file.low_watermark) {
+        master.low_watermark = l;
+    }
+    larder_engine::master::Master::new(master.clone()).map_err(|e| format!("master settings: {e}"))?;
+    let mut config = MasterServerConfig::new(listen, cluster);
+    config.master = master;
+    config.metrics = args.metrics.or(file.metrics);
+    Ok(config)
+}
+
+/// Runs until ctrl-c or SIGTERM.
+pub(crate) async fn run(config: MasterServerConfig) -> Result<(), String> {
+    let stop = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    };
+    larder_tokio::cluster::master::run_until(config, stop).await.map_err(|e| format!("master: {e}"))
+}

@@ -1,0 +1,336 @@
+//! `larder master`: the engine's [`Master`] owned by one actor task, behind a TCP
+//! server whose connections hand it their requests in batches.
+//!
+//! The actor is the only code that touches the master. It checks each request against
+//! the connection's binding (a request naming another node than the Hello's closes the
+//! connection), answers it, and routes the master's node commands to the node's
+//! connection, each with an id, kept until the node acknowledges it and sent again
+//! when the node reconnects.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use larder_engine::master::{Master, MasterConfig, MasterEvent};
+use larder_engine::net::{
+    ClusterName, DEFAULT_MAX_FRAME_BODY, Hello, PROTOCOL_VERSIONS, RefusalReason, Role, ServerConfig,
+};
+use larder_engine::wire::{Message, Request, Response};
+use larder_engine::{Duration, Incarnation, NodeId};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use super::clock::EngineClock;
+use super::connection::{self, Outbound, ToActor};
+use super::metrics::{self, MasterMetrics};
+
+/// Roles the master accepts.
+const MASTER_ROLES: &[Role] = &[Role::Node, Role::Client];
+
+/// How `larder master` runs.
+#[derive(Debug, Clone)]
+pub struct MasterServerConfig {
+    /// Where to listen for nodes and clients (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Where to serve `/metrics` and `/health`, if anywhere.
+    pub metrics: Option<SocketAddr>,
+    /// The cluster's name: peers of another cluster are refused.
+    pub cluster: ClusterName,
+    /// The master's rules (lease and node TTLs, watermarks, …).
+    pub master: MasterConfig,
+    /// A connection that sends no Hello within this is closed.
+    pub handshake_timeout: Duration,
+}
+
+impl MasterServerConfig {
+    /// Listens on `listen` for cluster `cluster`, with the master's defaults.
+    pub fn new(listen: SocketAddr, cluster: ClusterName) -> Self {
+        Self {
+            listen,
+            metrics: None,
+            cluster,
+            master: MasterConfig::default(),
+            handshake_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A running master.
+#[derive(Debug)]
+pub struct MasterServer {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// The address of its metrics endpoint.
+    pub metrics_addr: Option<SocketAddr>,
+    /// This run's incarnation (in every Welcome).
+    pub incarnation: Incarnation,
+}
+
+/// Binds, starts the actor and the accept loop on the current runtime, and returns.
+pub async fn start(config: MasterServerConfig) -> std::io::Result<MasterServer> {
+    let node_ttl = config.master.node_ttl;
+    let master =
+        Master::new(config.master).map_err(|e| std::io::Error::other(format!("master config: {e}")))?;
+    let listener = TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let (metrics, registry) = MasterMetrics::new();
+    let metrics_addr = config.metrics.map(|a| metrics::serve_http(a, registry)).transpose()?;
+    let incarnation = Incarnation(rand::random::<u64>() | 1);
+    let clock = EngineClock::new();
+    let server_config = ServerConfig {
+        cluster: config.cluster,
+        versions: PROTOCOL_VERSIONS,
+        incarnation,
+        node_ttl,
+        roles: MASTER_ROLES,
+        handshake_timeout: config.handshake_timeout,
+        // A live peer heartbeats every second; one silent for a node TTL is gone.
+        idle_timeout: node_ttl,
+        max_frame_body: DEFAULT_MAX_FRAME_BODY,
+    };
+    let (actor_tx, actor_rx) = mpsc::channel(1024);
+    let connection_metrics = Arc::clone(&metrics);
+    let actor = Actor::new(master, clock, metrics);
+    tokio::spawn(actor.run(actor_rx));
+    tokio::spawn(async move {
+        let mut next_conn = 0u64;
+        loop {
+            match listener.accept().await {
+                Ok((socket, _)) => {
+                    next_conn += 1;
+                    let metrics = Arc::clone(&connection_metrics);
+                    tokio::spawn(connection::serve(
+                        socket,
+                        next_conn,
+                        server_config,
+                        clock,
+                        actor_tx.clone(),
+                        metrics,
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            }
+        }
+    });
+    Ok(MasterServer { addr, metrics_addr, incarnation })
+}
+
+/// A connection that passed the handshake.
+#[derive(Debug)]
+struct Session {
+    hello: Hello,
+    outbound: mpsc::UnboundedSender<Outbound>,
+}
+
+struct Actor {
+    master: Master,
+    clock: EngineClock,
+    metrics: Arc<MasterMetrics>,
+    sessions: HashMap<u64, Session>,
+    /// The connection each node speaks through (its newest).
+    node_sessions: HashMap<NodeId, u64>,
+    /// Commands sent and not yet acknowledged, by node and id.
+    unacked: BTreeMap<NodeId, BTreeMap<u64, Vec<u8>>>,
+    next_command: u64,
+}
+
+impl Actor {
+    fn new(master: Master, clock: EngineClock, metrics: Arc<MasterMetrics>) -> Self {
+        Self {
+            master,
+            clock,
+            metrics,
+            sessions: HashMap::new(),
+            node_sessions: HashMap::new(),
+            unacked: BTreeMap::new(),
+            next_command: 1,
+        }
+    }
+
+    async fn run(mut self, mut inbox: mpsc::Receiver<ToActor>) {
+        loop {
+            let deadline = self.clock.deadline(self.master.poll_timeout());
+            tokio::select! {
+                message = inbox.recv() => match message {
+                    Some(message) => self.take(message),
+                    None => return,
+                },
+                () = tokio::time::sleep_until(deadline) => self.master.handle_timeout(self.clock.now()),
+            }
+            self.drain_master();
+        }
+    }
+
+    fn take(&mut self, message: ToActor) {
+        match message {
+            ToActor::Hello { conn, hello, outbound, reply } => {
+                let _ = reply.send(self.admit(conn, hello, outbound));
+            }
+            ToActor::Requests { conn, batch } => self.answer(conn, batch),
+            ToActor::CommandAck { conn, id } => {
+                if let Some(node) = self.sessions.get(&conn).map(|s| s.hello.node) {
+                    if let Some(commands) = self.unacked.get_mut(&node) {
+                        commands.remove(&id);
+                    }
+                }
+            }
+            ToActor::Closed { conn } => {
+                if let Some(session) = self.sessions.remove(&conn) {
+                    if self.node_sessions.get(&session.hello.node) == Some(&conn) {
+                        self.node_sessions.remove(&session.hello.node);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decides on a Hello: a node whose incarnation is older than the one the master
+    /// knows is a leftover of an earlier run and is refused. A newer connection of the
+    /// same node replaces the older one, and the commands it has not acknowledged are
+    /// sent again on it.
+    fn admit(
+        &mut self,
+        conn: u64,
+        hello: Hello,
+        outbound: mpsc::UnboundedSender<Outbound>,
+    ) -> Result<(), RefusalReason> {
+        if let Some(known) = self.master.node_incarnation(hello.node) {
+            if hello.incarnation < known {
+                return Err(RefusalReason::StaleIncarnation);
+            }
+        }
+        if hello.role == Role::Node {
+            if let Some(old) = self.node_sessions.insert(hello.node, conn) {
+                if let Some(old) = self.sessions.remove(&old) {
+                    let _ = old.outbound.send(Outbound::Refuse(RefusalReason::ProtocolViolation));
+                }
+            }
+            for (id, body) in self.unacked.get(&hello.node).into_iter().flatten() {
+                let _ = outbound.send(Outbound::Command(*id, body.clone()));
+            }
+        }
+        self.sessions.insert(conn, Session { hello, outbound });
+        Ok(())
+    }
+
+    fn answer(&mut self, conn: u64, batch: Vec<(u64, Vec<u8>)>) {
+        let Some(session) = self.sessions.get(&conn) else { return };
+        let bound = session.hello.node;
+        let now = self.clock.now();
+        let mut responses = Vec::with_capacity(batch.len());
+        for (id, body) in batch {
+            let request = match Message::decode(&body) {
+                Ok(Message::Request(request)) => request,
+                _ => return self.refuse(conn, RefusalReason::ProtocolViolation),
+            };
+            if request.node().is_some_and(|node| node != bound) {
+                return self.refuse(conn, RefusalReason::ProtocolViolation);
+            }
+            let response = self.master.handle_request(now, &request);
+            self.metrics.request(op_name(&request), failed(&response));
+            responses.push((id, encode(&Message::Response(response))));
+        }
+        if let Some(session) = self.sessions.get(&conn) {
+            let _ = session.outbound.send(Outbound::Responses(responses));
+        }
+    }
+
+    fn refuse(&mut self, conn: u64, reason: RefusalReason) {
+        if let Some(session) = self.sessions.remove(&conn) {
+            if self.node_sessions.get(&session.hello.node) == Some(&conn) {
+                self.node_sessions.remove(&session.hello.node);
+            }
+            let _ = session.outbound.send(Outbound::Refuse(reason));
+        }
+    }
+
+    /// Routes the master's commands and counts its events.
+    fn drain_master(&mut self) {
+        while let Some(command) = self.master.poll_command() {
+            let node = command.node();
+            let id = self.next_command;
+            self.next_command += 1;
+            let body = encode(&Message::Command(command));
+            if let Some(session) = self.node_sessions.get(&node).and_then(|c| self.sessions.get(c)) {
+                let _ = session.outbound.send(Outbound::Command(id, body.clone()));
+            }
+            self.unacked.entry(node).or_default().insert(id, body);
+        }
+        while let Some(event) = self.master.poll_event() {
+            if let MasterEvent::ObjectDropped { reason, .. } = event {
+                self.metrics.dropped(reason);
+            }
+        }
+        self.metrics.observe(self.master.stats());
+        self.metrics.set_connections(self.sessions.len(), self.unacked.values().map(BTreeMap::len).sum());
+    }
+}
+
+fn encode(message: &Message<'_>) -> Vec<u8> {
+    let len = message.encoded_len().expect("the master's messages are within the wire's bounds");
+    let mut body = vec![0u8; len];
+    let n = message.encode(&mut body).expect("sized by encoded_len");
+    body.truncate(n);
+    body
+}
+
+/// The operation's name in metrics.
+fn op_name(request: &Request<'_>) -> &'static str {
+    match request {
+        Request::PutStart { .. } => "put_start",
+        Request::PutEnd { .. } => "put_end",
+        Request::PutRevoke { .. } => "put_revoke",
+        Request::GetReplicaList { .. } => "get_replica_list",
+        Request::Exists { .. } => "exists",
+        Request::Remove { .. } => "remove",
+        Request::RemoveAll { .. } => "remove_all",
+        Request::MountSegment { .. } => "mount_segment",
+        Request::UnmountSegment { .. } => "unmount_segment",
+        Request::Ping { .. } => "ping",
+        Request::AddDiskReplica { .. } => "add_disk_replica",
+        Request::RemoveDiskReplica { .. } => "remove_disk_replica",
+        Request::PersistFailed { .. } => "persist_failed",
+        Request::BatchPutStart { .. } => "batch_put_start",
+        Request::BatchPutEnd { .. } => "batch_put_end",
+        Request::BatchPutRevoke { .. } => "batch_put_revoke",
+        Request::BatchGetReplicaList { .. } => "batch_get_replica_list",
+        Request::BatchExists { .. } => "batch_exists",
+        Request::BatchRemove { .. } => "batch_remove",
+    }
+}
+
+/// True if the master refused the request (or any item of a batch).
+fn failed(response: &Response) -> bool {
+    match response {
+        Response::PutStart(r) => r.is_err(),
+        Response::GetReplicaList(r) => r.is_err(),
+        Response::PutEnd(r)
+        | Response::PutRevoke(r)
+        | Response::Remove(r)
+        | Response::MountSegment(r)
+        | Response::UnmountSegment(r)
+        | Response::AddDiskReplica(r)
+        | Response::RemoveDiskReplica(r)
+        | Response::PersistFailed(r) => r.is_err(),
+        Response::Exists(_) | Response::RemoveAll(_) | Response::Ping(_) | Response::BatchExists(_) => false,
+        Response::BatchPutStart(items) => items.iter().any(Result::is_err),
+        Response::BatchGetReplicaList(items) => items.iter().any(Result::is_err),
+        Response::BatchPutEnd(items) | Response::BatchPutRevoke(items) | Response::BatchRemove(items) => {
+            items.iter().any(Result::is_err)
+        }
+    }
+}
+
+/// Runs a master until `stop` resolves (the binary passes ctrl-c / SIGTERM).
+pub async fn run_until(config: MasterServerConfig, stop: impl Future<Output = ()>) -> std::io::Result<()> {
+    let server = start(config).await?;
+    println!("larder master listening on {}", server.addr);
+    if let Some(metrics) = server.metrics_addr {
+        println!("larder master metrics on http://{metrics}/metrics");
+    }
+    stop.await;
+    Ok(())
+}
