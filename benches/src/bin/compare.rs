@@ -67,6 +67,16 @@ enum Command {
         #[arg(long, default_value_t = 4 << 30)]
         size: u64,
     },
+    /// The master over TCP (one core, pipelined GetReplicaList on a few connections)
+    /// against the same master called in-process on one thread.
+    Net {
+        /// Requests per connection per run.
+        #[arg(long, default_value_t = 200_000)]
+        requests: usize,
+        /// Connections pipelining at once.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+    },
     /// Reopening a node directory of many records (cold page cache) to a usable
     /// index, against only reading the same trailers and footers.
     Recovery {
@@ -110,6 +120,9 @@ fn main() {
         ),
         Command::Store { size } => {
             emit(compare_store(&cli.dir, cli.runs, size), cli.json, Report::print_table)
+        }
+        Command::Net { requests, connections } => {
+            emit(compare_net(cli.runs, requests, connections), cli.json, Report::print_table)
         }
         Command::Recovery { records, value } => {
             emit(compare_recovery(&cli.dir, cli.runs, records, value), cli.json, print_recovery)
@@ -175,6 +188,7 @@ fn compare_io(dir: &std::path::Path, runs: usize, size: u64, depth: u32) -> Resu
     }
     let _ = std::fs::remove_file(&file);
     Ok(Report {
+        unit: String::from("MB/s"),
         title: String::from("I/O drivers against fio (same file, O_DIRECT)"),
         setup: vec![
             format!("file: {} ({} per case)", file.display(), human_size(size)),
@@ -185,6 +199,37 @@ fn compare_io(dir: &std::path::Path, runs: usize, size: u64, depth: u32) -> Resu
         ],
         rows,
         notes,
+    })
+}
+
+fn compare_net(runs: usize, requests: usize, connections: usize) -> Result<Report, String> {
+    use larder_benches::compare::net;
+    let mut tcp = net::OverTcp::start()?;
+    let (mut in_process, mut over_tcp) = (vec![], vec![]);
+    for _ in 0..runs {
+        in_process.push(net::in_process(connections * requests));
+        over_tcp.push(tcp.run(connections, requests)?);
+    }
+    let row = Row::new(
+        format!("get_replica_list ({} objects)", net::OBJECTS),
+        vec![
+            Measured::from_runs("master in-process, 1 thread", in_process),
+            Measured::from_runs(&format!("larder master TCP, {connections} conns"), over_tcp),
+        ],
+    );
+    Ok(Report {
+        title: String::from("The master over TCP against itself in-process"),
+        setup: vec![
+            format!(
+                "{connections} connections x {requests} pipelined requests per run, median of {runs} runs"
+            ),
+            String::from("larder master: whole server on one current-thread runtime pinned to core 0"),
+            String::from("load generator: raw pre-encoded frames, pinned to core 1"),
+            String::from("in-process: decode + handle + encode of the same request bytes, one thread"),
+        ],
+        unit: String::from("k requests/s"),
+        rows: vec![row],
+        notes: vec![],
     })
 }
 
@@ -214,6 +259,7 @@ fn compare_store(dir: &std::path::Path, runs: usize, size: u64) -> Result<Report
         eprintln!("  measured {tasks} task(s)");
     }
     Ok(Report {
+        unit: String::from("MB/s"),
         title: String::from("Store with persistence against the SSD tier alone"),
         setup: vec![
             format!(
@@ -330,6 +376,7 @@ fn compare_disk(
     }
     let _ = std::fs::remove_file(&fio_file);
     Ok(Report {
+        unit: String::from("MB/s"),
         title: String::from("SSD tier against fio and the seed's one-file-per-object design"),
         setup: vec![
             format!(

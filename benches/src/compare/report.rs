@@ -35,6 +35,8 @@ pub struct Report {
     pub title: String,
     /// Conditions (file, size, runs, flags…).
     pub setup: Vec<String>,
+    /// What the figures count: "MB/s" (10^6 bytes per second), or "k requests/s".
+    pub unit: String,
     /// The rows.
     pub rows: Vec<Row>,
     /// Notes (missing tools, skipped steps).
@@ -88,9 +90,10 @@ impl Report {
             |f: fn(&Measured) -> usize| self.rows.iter().flat_map(|r| &r.results).map(f).max().unwrap_or(0);
         let name = width(|m| m.contender.len()).max(8);
         let case = self.rows.iter().map(|r| r.case.len()).max().unwrap_or(0).max(4);
+        let figure = self.unit.len().max(9);
         println!(
-            "{:<case$}  {:<name$} {:>9}  {:<name$} {:>9} {:>7}",
-            "case", "baseline", "MB/s", "contender", "MB/s", "ratio"
+            "{:<case$}  {:<name$} {:>figure$}  {:<name$} {:>figure$} {:>7}",
+            "case", "baseline", self.unit, "contender", self.unit, "ratio"
         );
         let mbps = |m: &Measured| m.mb_per_s.map_or_else(|| "-".into(), |v| format!("{v:.0}"));
         for row in &self.rows {
@@ -98,7 +101,7 @@ impl Report {
             for m in &row.results[1..] {
                 let ratio = m.ratio_to_baseline.map_or_else(|| "-".into(), |r| format!("{r:.2}x"));
                 println!(
-                    "{:<case$}  {:<name$} {:>9}  {:<name$} {:>9} {:>7}",
+                    "{:<case$}  {:<name$} {:>figure$}  {:<name$} {:>figure$} {:>7}",
                     row.case,
                     base.contender,
                     mbps(base),

@@ -1,0 +1,219 @@
+//! The master over TCP against the same master called in-process: pipelined
+//! `GetReplicaList` requests per second, the master on one core.
+//!
+//! Both sides answer the same encoded requests: in-process, each is decoded, handled
+//! and its response encoded on one thread (the master's ceiling); over TCP, the whole
+//! `larder master` server (accept loop, connections and actor) runs on one
+//! current-thread runtime pinned to core 0, and a raw load generator pinned to the
+//! other core writes pre-encoded request frames on a few connections and counts the
+//! response frames.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Instant as StdInstant;
+
+use larder_engine::master::{Master, MasterConfig};
+use larder_engine::net::frame::write_frame;
+use larder_engine::net::{ClientConfig, ClusterName, FRAME_HEADER_LEN, FrameHeader, FrameKind, Hello, Role};
+use larder_engine::wire::{Message, Request, Response};
+use larder_engine::{Incarnation, Instant, KeyRef, NodeId, SegmentId};
+use larder_tokio::cluster::{Client, MasterServerConfig};
+
+/// Objects the master holds during the measurement.
+pub const OBJECTS: usize = 10_000;
+const NODE: NodeId = NodeId(1);
+const VALUE: u64 = 64 << 10;
+
+fn key(i: usize) -> String {
+    format!("model/rank0/prefix/{i:08}")
+}
+
+fn encode(m: &Message<'_>) -> Vec<u8> {
+    let mut out = vec![0u8; m.encoded_len().expect("bounded")];
+    let n = m.encode(&mut out).expect("sized");
+    out.truncate(n);
+    out
+}
+
+fn get_request(i: usize) -> Vec<u8> {
+    let k = key(i % OBJECTS);
+    encode(&Message::Request(Request::GetReplicaList {
+        key: KeyRef::new(k.as_bytes()).expect("a valid key"),
+    }))
+}
+
+/// Pins the calling thread to one CPU (best effort: false if the kernel refused).
+pub fn pin_to_cpu(cpu: usize) -> bool {
+    // SAFETY: `set` is a plain bitmask owned by this frame; sched_setaffinity(0, ..)
+    // only reads it and changes the calling thread's affinity.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+fn fill(master: &mut Master, now: Instant) {
+    let _ = master.handle_ping(now, NODE, Incarnation(1), false);
+    master.handle_mount_segment(now, NODE, SegmentId(1), 1 << 40).expect("mount");
+    for i in 0..OBJECTS {
+        let k = key(i);
+        let k = KeyRef::new(k.as_bytes()).expect("key");
+        let grant = master.handle_put_start(now, NODE, k, VALUE, 1).expect("put start");
+        master.handle_put_end(now, NODE, k, grant.version).expect("put end");
+    }
+}
+
+/// Requests per second (thousands) of decode + handle + encode on this thread.
+pub fn in_process(requests: usize) -> f64 {
+    let mut master = Master::new(MasterConfig::default()).expect("default config");
+    let now = Instant::from_nanos(1);
+    fill(&mut master, now);
+    let bodies: Vec<Vec<u8>> = (0..OBJECTS).map(get_request).collect();
+    let start = StdInstant::now();
+    let mut answered = 0usize;
+    for i in 0..requests {
+        let body = &bodies[i % OBJECTS];
+        let Ok(Message::Request(request)) = Message::decode(body) else { panic!("decodes") };
+        let response = master.handle_request(now, &request);
+        answered += usize::from(matches!(response, Response::GetReplicaList(Ok(_))));
+        std::hint::black_box(encode(&Message::Response(response)));
+    }
+    assert_eq!(answered, requests, "every object is found");
+    requests as f64 / start.elapsed().as_secs_f64() / 1e3
+}
+
+/// Starts a master on its own pinned thread; returns its address.
+fn start_master_on_core(cpu: usize) -> Result<SocketAddr, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(String::from("master"))
+        .spawn(move || {
+            pin_to_cpu(cpu);
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(async move {
+                let cluster = ClusterName::new(b"bench").expect("name");
+                let config = MasterServerConfig::new("127.0.0.1:0".parse().expect("addr"), cluster);
+                let server = larder_tokio::cluster::master::start(config).await.map_err(|e| e.to_string());
+                let _ = tx.send(server.map(|s| s.addr));
+                std::future::pending::<()>().await;
+            });
+        })
+        .map_err(|e| e.to_string())?;
+    rx.recv().map_err(|e| e.to_string())?
+}
+
+fn hello(node: u64) -> Hello {
+    Hello {
+        min_version: 1,
+        max_version: 1,
+        cluster: ClusterName::new(b"bench").expect("name"),
+        role: Role::Node,
+        node: NodeId(node),
+        incarnation: Incarnation(1),
+        serves: None,
+    }
+}
+
+/// Registers the node and puts every object through the tokio client.
+fn fill_over_tcp(addr: SocketAddr) -> Result<(), String> {
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(async move {
+        let (client, _) = Client::start(addr, ClientConfig::new(hello(NODE.0)));
+        client.wait_up(std::time::Duration::from_secs(30)).await.map_err(|e| e.to_string())?;
+        let ping = Request::Ping { node: NODE, incarnation: Incarnation(1), has_storage: false };
+        client.call(&ping).await.map_err(|e| e.to_string())?;
+        let mount = Request::MountSegment { node: NODE, segment: SegmentId(1), size: 1 << 40 };
+        client.call(&mount).await.map_err(|e| e.to_string())?;
+        for i in 0..OBJECTS {
+            let k = key(i);
+            let k = KeyRef::new(k.as_bytes()).map_err(|e| e.to_string())?;
+            let start = Request::PutStart { writer: NODE, key: k, size: VALUE, replicas: 1 };
+            let Response::PutStart(Ok(grant)) = client.call(&start).await.map_err(|e| e.to_string())? else {
+                return Err(String::from("put start refused"));
+            };
+            let end = Request::PutEnd { writer: NODE, key: k, version: grant.version };
+            client.call(&end).await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })
+}
+
+/// One raw connection: handshake, then `requests` pre-encoded frames written while a
+/// second thread counts the response frames. Returns when every response is in.
+fn raw_connection(addr: SocketAddr, node: u64, requests: usize, cpu: usize) -> Result<(), String> {
+    let mut stream = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut body = [0u8; Hello::MAX_LEN];
+    let n = hello(node).encode(&mut body).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    write_frame(&mut out, FrameKind::Hello, 0, &body[..n], u32::MAX).map_err(|e| e.to_string())?;
+    stream.write_all(&out).map_err(|e| e.to_string())?;
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    stream.read_exact(&mut header).map_err(|e| e.to_string())?;
+    let welcome = FrameHeader::decode(&header, u32::MAX).map_err(|e| e.to_string())?;
+    if welcome.kind != FrameKind::Welcome {
+        return Err(format!("expected a welcome, got {:?}", welcome.kind));
+    }
+    let mut skip = vec![0u8; welcome.body_len as usize];
+    stream.read_exact(&mut skip).map_err(|e| e.to_string())?;
+    let mut frames = Vec::new();
+    for i in 0..requests {
+        write_frame(&mut frames, FrameKind::Request, i as u64 + 1, &get_request(i), u32::MAX)
+            .map_err(|e| e.to_string())?;
+    }
+    let mut reader = stream.try_clone().map_err(|e| e.to_string())?;
+    let counter = std::thread::spawn(move || -> Result<(), String> {
+        pin_to_cpu(cpu);
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, &mut reader);
+        let mut body = Vec::new();
+        for _ in 0..requests {
+            reader.read_exact(&mut header).map_err(|e| e.to_string())?;
+            let h = FrameHeader::decode(&header, u32::MAX).map_err(|e| e.to_string())?;
+            if h.kind != FrameKind::Response {
+                return Err(format!("expected a response, got {:?}", h.kind));
+            }
+            body.resize(h.body_len as usize, 0);
+            reader.read_exact(&mut body).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    });
+    pin_to_cpu(cpu);
+    stream.write_all(&frames).map_err(|e| e.to_string())?;
+    counter.join().map_err(|_| String::from("counter panicked"))?
+}
+
+/// Requests per second (thousands) answered over TCP, `connections` connections
+/// pipelining `requests` each. The first call starts the master and fills it.
+#[derive(Debug)]
+pub struct OverTcp {
+    addr: SocketAddr,
+    next_node: u64,
+}
+
+impl OverTcp {
+    /// Starts the master on core 0 and fills it.
+    pub fn start() -> Result<Self, String> {
+        let addr = start_master_on_core(0)?;
+        fill_over_tcp(addr)?;
+        Ok(Self { addr, next_node: 100 })
+    }
+
+    /// One measured run.
+    pub fn run(&mut self, connections: usize, requests: usize) -> Result<f64, String> {
+        let start = StdInstant::now();
+        let handles: Vec<_> = (0..connections)
+            .map(|_| {
+                self.next_node += 1;
+                let (addr, node) = (self.addr, self.next_node);
+                std::thread::spawn(move || raw_connection(addr, node, requests, 1))
+            })
+            .collect();
+        for h in handles {
+            h.join().map_err(|_| String::from("a connection panicked"))??;
+        }
+        Ok((connections * requests) as f64 / start.elapsed().as_secs_f64() / 1e3)
+    }
+}
