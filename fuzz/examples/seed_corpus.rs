@@ -169,12 +169,98 @@ fn main() {
             ops.save(&bytes);
         }
     }
+    let net = net_seeds(&root);
     println!(
-        "wrote {} message, {} descriptor, {} bucket and {} master_ops seeds under {}",
+        "wrote {} message, {} descriptor, {} bucket, {} master_ops and {net} net seeds under {}",
         messages.count,
         descriptors.count,
         bucket.count,
         ops.count,
         root.display()
     );
+}
+
+/// Seeds for `net_decode`: handshake bodies, and streams as a real client and server
+/// send them (handshake, requests, heartbeats, commands), plus garbage.
+fn net_seeds(root: &Path) -> usize {
+    use larder_engine::Duration;
+    use larder_engine::net::frame::write_frame;
+    use larder_engine::net::{
+        ClusterName, FrameHeader, FrameKind, Hello, Refusal, RefusalReason, Role, Welcome,
+    };
+
+    let mut net = Corpus::new(root, "net_decode");
+    let cluster = ClusterName::new(b"larder").expect("name");
+    let hello = |role, serves: Option<std::net::SocketAddr>| Hello {
+        min_version: 1,
+        max_version: 1,
+        cluster,
+        role,
+        node: NodeId(7),
+        incarnation: Incarnation(3),
+        serves,
+    };
+    let hellos = [
+        hello(Role::Node, Some("127.0.0.1:4000".parse().expect("addr"))),
+        hello(Role::Client, None),
+        hello(Role::Peer, Some("[::1]:9".parse().expect("addr"))),
+    ];
+    let body = |h: &Hello| {
+        let mut b = [0u8; Hello::MAX_LEN];
+        let n = h.encode(&mut b).expect("hello");
+        b[..n].to_vec()
+    };
+    let with = |selector: u8, bytes: &[u8]| [&[selector][..], bytes].concat();
+    for h in &hellos {
+        net.save(&with(0, &body(h)));
+    }
+    let mut welcome = [0u8; Welcome::LEN];
+    let n = Welcome { version: 1, incarnation: Incarnation(9), node_ttl: Duration::from_secs(10) }
+        .encode(&mut welcome)
+        .expect("welcome");
+    net.save(&with(1, &welcome[..n]));
+    for reason in [RefusalReason::WrongCluster, RefusalReason::ProtocolViolation, RefusalReason::Unknown(77)]
+    {
+        let mut b = [0u8; Refusal::LEN];
+        let n = Refusal { reason, versions: (1, 1) }.encode(&mut b).expect("refusal");
+        net.save(&with(1, &b[..n]));
+    }
+    let frame = |kind, id, body: &[u8]| {
+        let mut out = Vec::new();
+        write_frame(&mut out, kind, id, body, u32::MAX).expect("frame");
+        out
+    };
+    let request = |id, r: Request<'_>| frame(FrameKind::Request, id, &encode(&Message::Request(r)));
+    let k = |s: &'static str| KeyRef::new(s.as_bytes()).expect("key");
+    let mut client_stream = frame(FrameKind::Hello, 0, &body(&hellos[0]));
+    client_stream.extend(request(
+        1,
+        Request::Ping { node: NodeId(7), incarnation: Incarnation(3), has_storage: true },
+    ));
+    client_stream.extend(request(2, Request::GetReplicaList { key: k("prefix/0") }));
+    client_stream.extend(frame(FrameKind::Heartbeat, 0, &[]));
+    client_stream.extend(frame(FrameKind::CommandAck, 5, &[]));
+    client_stream.extend(frame(FrameKind::Hello, 0, &body(&hellos[1])));
+    let mut server_stream = frame(FrameKind::Welcome, 0, &welcome[..n]);
+    server_stream.extend(frame(FrameKind::Response, 1, &encode(&Message::Response(Response::Exists(true)))));
+    server_stream.extend(frame(FrameKind::Command, 5, b"persist"));
+    server_stream.extend(frame(FrameKind::HeartbeatAck, 0, &[]));
+    let oversized = FrameHeader { kind: FrameKind::Request, id: 1, body_len: u32::MAX }.encode();
+    let garbage = b"GET /metrics HTTP/1.1\r\nHost: larder\r\n\r\n".to_vec();
+    // Selectors: 2/3 frame streams, 4..=6 a server connection, 7 a client connection;
+    // selector / 8 + 1 is the chunk size.
+    for (selector, stream) in [
+        (2u8, &client_stream),
+        (3 + 8 * 3, &server_stream),
+        (4, &client_stream),
+        (5 + 8 * 15, &client_stream),
+        (6 + 8 * 30, &client_stream),
+        (4 + 8 * 2, &garbage),
+        (5, &oversized.to_vec()),
+        (7, &server_stream),
+        (7 + 8 * 30, &server_stream),
+    ] {
+        net.save(&with(selector, stream));
+    }
+    net.count
 }

@@ -117,3 +117,132 @@ pub fn master_ops(data: &[u8]) {
         }
     }
 }
+
+/// The cluster a `net_decode` server connection accepts.
+pub const FUZZ_CLUSTER: &[u8] = b"larder";
+
+/// Decodes what a peer can send over a connection. The first byte picks the decoder
+/// (and, for streams, the chunk size the bytes arrive in):
+///
+/// - a Hello, Welcome or Refusal body: whatever decodes re-encodes to the same bytes;
+/// - a frame stream: the frames cut from it re-encode to exactly the bytes consumed,
+///   and after an error nothing more comes out;
+/// - a server connection fed the stream (accepting every Hello, answering every
+///   request): it never panics, what it sends is whole frames, and it holds no more
+///   than one frame's worth of the peer's bytes;
+/// - a client connection fed the stream after dialing: it never panics.
+pub fn net_decode(data: &[u8]) {
+    use larder_engine::net::frame::write_frame;
+    use larder_engine::net::{
+        ClientConfig, ClientConnection, ClusterName, Deframer, FRAME_HEADER_LEN, Hello, Refusal, Role,
+        ServerConfig, ServerConnection, ServerEvent, Welcome,
+    };
+    use larder_engine::{Duration, Incarnation, Instant};
+
+    const MAX_BODY: u32 = 4096;
+    let Some((&selector, rest)) = data.split_first() else { return };
+    let chunk = usize::from(selector / 8) + 1;
+    let cluster = ClusterName::new(FUZZ_CLUSTER).expect("a valid name");
+    match selector % 8 {
+        0 => {
+            if let Ok(h) = Hello::decode(rest) {
+                let mut buf = [0u8; Hello::MAX_LEN];
+                let n = h.encode(&mut buf).expect("a decoded hello encodes");
+                assert_eq!(&buf[..n], rest, "hello re-encoding differs");
+            }
+        }
+        1 => {
+            if let Ok(w) = Welcome::decode(rest) {
+                let mut buf = [0u8; Welcome::LEN];
+                let n = w.encode(&mut buf).expect("a decoded welcome encodes");
+                assert_eq!(&buf[..n], rest, "welcome re-encoding differs");
+            }
+            if let Ok(r) = Refusal::decode(rest) {
+                let mut buf = [0u8; Refusal::LEN];
+                let n = r.encode(&mut buf).expect("a decoded refusal encodes");
+                assert_eq!(&buf[..n], rest, "refusal re-encoding differs");
+            }
+        }
+        2 | 3 => {
+            let mut d = Deframer::new(MAX_BODY);
+            let mut out = Vec::new();
+            let mut failed = false;
+            for piece in rest.chunks(chunk) {
+                d.push(piece);
+                loop {
+                    match d.next_frame() {
+                        Ok(Some(f)) => {
+                            assert!(!failed, "a frame after an error");
+                            write_frame(&mut out, f.header.kind, f.header.id, &f.body, MAX_BODY)
+                                .expect("a decoded frame encodes");
+                        }
+                        Ok(None) => break,
+                        Err(_) => {
+                            failed = true;
+                            break;
+                        }
+                    }
+                }
+                assert!(d.buffered() < FRAME_HEADER_LEN + MAX_BODY as usize, "buffered past one frame");
+            }
+            assert_eq!(&out[..], &rest[..out.len()], "frames re-encode to other bytes");
+        }
+        4..=6 => {
+            let config = ServerConfig {
+                cluster,
+                versions: (1, 1),
+                incarnation: Incarnation(1),
+                node_ttl: Duration::from_secs(10),
+                roles: &[Role::Node, Role::Client],
+                handshake_timeout: Duration::from_secs(5),
+                idle_timeout: Duration::from_secs(10),
+                max_frame_body: MAX_BODY,
+            };
+            let mut s = ServerConnection::new(config, Instant::ZERO);
+            let mut sent = Vec::new();
+            for (i, piece) in rest.chunks(chunk).enumerate() {
+                let now = Instant::from_nanos(i as u64 * 1_000_000);
+                s.handle_bytes(now, piece);
+                while let Some(event) = s.poll_event() {
+                    match event {
+                        ServerEvent::Hello(_) => s.accept(now),
+                        ServerEvent::Request { id, body } => {
+                            s.send_response(id, &body).expect("an established connection answers")
+                        }
+                        _ => {}
+                    }
+                }
+                let _ = s.poll_transmit(&mut sent);
+                s.handle_timeout(now);
+            }
+            let mut d = Deframer::new(u32::MAX);
+            d.push(&sent);
+            while let Some(_frame) = d.next_frame().expect("the server sends whole frames") {}
+            assert_eq!(d.buffered(), 0, "the server sent a partial frame");
+        }
+        _ => {
+            let hello = Hello {
+                min_version: 1,
+                max_version: 1,
+                cluster,
+                role: Role::Node,
+                node: larder_engine::NodeId(1),
+                incarnation: Incarnation(1),
+                serves: None,
+            };
+            let mut config = ClientConfig::new(hello);
+            config.max_frame_body = MAX_BODY;
+            let mut c = ClientConnection::new(config, Instant::ZERO);
+            c.handle_connected(Instant::ZERO);
+            let mut sent = Vec::new();
+            for (i, piece) in rest.chunks(chunk).enumerate() {
+                let now = Instant::from_nanos(i as u64 * 1_000_000);
+                c.handle_bytes(now, piece);
+                while c.poll_event().is_some() {}
+                let _ = c.send_request(now, piece);
+                let _ = c.poll_transmit(&mut sent);
+                c.handle_timeout(now);
+            }
+        }
+    }
+}

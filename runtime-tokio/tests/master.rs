@@ -28,7 +28,7 @@ impl MasterProcess {
     /// Starts `larder master` and waits for it to print where it listens.
     fn start(listen: &str, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_larder"))
-            .args(["master", "--listen", listen, "--metrics", "127.0.0.1:0"])
+            .args(["master", "--listen", listen, "--metrics", "127.0.0.1:0", "--cluster", "larder"])
             .args(extra)
             .stdout(Stdio::piped())
             .spawn()
@@ -225,6 +225,13 @@ async fn bad_peers_get_a_clear_refusal_and_a_closed_connection_while_others_are_
     let frames = raw_exchange(master.addr, &impostor);
     assert_eq!(refusal(&frames), RefusalReason::ProtocolViolation);
     assert!(frames.iter().all(|(h, _)| h.kind != FrameKind::Response), "the request was not carried out");
+    // A ping for another run of the node than the handshake's.
+    let mut other_run = hello_bytes(&hello(9, 1));
+    other_run.extend(request_bytes(
+        1,
+        &Request::Ping { node: NodeId(9), incarnation: Incarnation(2), has_storage: false },
+    ));
+    assert_eq!(refusal(&raw_exchange(master.addr, &other_run)), RefusalReason::ProtocolViolation);
     // A request before any handshake.
     let early = request_bytes(1, &Request::Exists { key: key("x") });
     assert_eq!(refusal(&raw_exchange(master.addr, &early)), RefusalReason::ProtocolViolation);
@@ -292,7 +299,9 @@ async fn commands_are_pushed_to_their_node_and_replayed_until_acknowledged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_get_typed_errors_while_the_master_is_down_and_reconnect_when_it_is_back() {
-    let mut master = MasterProcess::start("127.0.0.1:0", &[]);
+    // A port outside the ephemeral range: no connection (the client's redials
+    // included) can take it while the master is down.
+    let mut master = MasterProcess::start(&format!("127.0.0.1:{}", unused_fixed_port()), &[]);
     let addr = master.addr;
     let (client, _) = node(addr, 5, 1, false).await;
     let LinkState::Up(before) = client.link() else { panic!("up") };
@@ -317,4 +326,12 @@ async fn clients_get_typed_errors_while_the_master_is_down_and_reconnect_when_it
         matches!(client.call(&ping).await.unwrap(), Response::Ping(p) if p.outcome == PingOutcome::Registered)
     );
     drop(restarted);
+}
+
+/// A free port below the kernel's ephemeral range.
+fn unused_fixed_port() -> u16 {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let low: u16 = range.split_whitespace().next().and_then(|p| p.parse().ok()).unwrap_or(32768);
+    let start = 20_000 + (std::process::id() % 5_000) as u16;
+    (start..low).find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()).expect("a free port")
 }

@@ -94,7 +94,9 @@ fn start_master_on_core(cpu: usize) -> Result<SocketAddr, String> {
                 tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             runtime.block_on(async move {
                 let cluster = ClusterName::new(b"bench").expect("name");
-                let config = MasterServerConfig::new("127.0.0.1:0".parse().expect("addr"), cluster);
+                let mut config = MasterServerConfig::new("127.0.0.1:0".parse().expect("addr"), cluster);
+                // The filling client leaves before the runs: its node and objects stay.
+                config.master.node_ttl = larder_engine::Duration::from_secs(24 * 3600);
                 let server = larder_tokio::cluster::master::start(config).await.map_err(|e| e.to_string());
                 let _ = tx.send(server.map(|s| s.addr));
                 std::future::pending::<()>().await;
@@ -177,6 +179,9 @@ fn raw_connection(addr: SocketAddr, node: u64, requests: usize, cpu: usize) -> R
             }
             body.resize(h.body_len as usize, 0);
             reader.read_exact(&mut body).map_err(|e| e.to_string())?;
+            if !matches!(Message::decode(&body), Ok(Message::Response(Response::GetReplicaList(Ok(_))))) {
+                return Err(String::from("a lookup over TCP did not find its object"));
+            }
         }
         Ok(())
     });

@@ -321,10 +321,11 @@ impl Master {
         o.lease_until = o.lease_until.max(now + lease_ttl);
         o.flags |= REFERENCED;
         let o = self.object(slot);
-        let mut replicas = smallvec::SmallVec::new();
-        replicas
-            .extend(o.memory.iter().map(|p| ReplicaDescriptor::Memory(self.segments.replica(*p, o.size))));
-        replicas.extend(o.readable_disk().map(|d| ReplicaDescriptor::Disk(*d)));
+        // At most what a message may carry: memory replicas first, then disk replicas
+        // (one per node, so a cluster of many nodes could otherwise hold more).
+        let memory = o.memory.iter().map(|p| ReplicaDescriptor::Memory(self.segments.replica(*p, o.size)));
+        let disk = o.readable_disk().map(|d| ReplicaDescriptor::Disk(*d));
+        let replicas = memory.chain(disk).take(MAX_REPLICAS).collect();
         Ok(ReplicaList { version: o.version, size: o.size, lease: lease_ttl, replicas })
     }
 

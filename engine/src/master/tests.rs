@@ -356,6 +356,22 @@ fn get_lists_memory_replicas_before_disk_replicas() {
 }
 
 #[test]
+fn a_replica_list_never_holds_more_than_a_message_can_carry() {
+    let mut m = with_storage();
+    let v = put(&mut m, at(1), "a", 100);
+    for n in 2..40 {
+        let node = NodeId(n);
+        m.handle_ping(at(1), node, Incarnation(1), true);
+        m.handle_add_disk_replica(at(1), k("a"), v, disk(node, 100), DiskReplicaOrigin::Persisted).unwrap();
+    }
+    let list = m.handle_get_replica_list(at(2), k("a")).unwrap();
+    assert_eq!(list.replicas.len(), crate::wire::MAX_REPLICAS);
+    assert!(matches!(list.replicas[0], ReplicaDescriptor::Memory(_)), "memory first");
+    let message = crate::wire::Message::Response(crate::wire::Response::GetReplicaList(Ok(list)));
+    assert!(message.encoded_len().is_ok(), "the answer encodes");
+}
+
+#[test]
 fn get_grants_a_lease_that_blocks_remove_until_it_expires() {
     let mut m = plain();
     put(&mut m, at(0), "a", 100);

@@ -26,6 +26,11 @@ use super::frame::{Deframer, FrameError, FrameKind, write_frame};
 use super::handshake::{Hello, Refusal, Welcome};
 use crate::time::{Duration, Instant};
 
+/// The longest body accepted before the handshake is answered: a Welcome or a
+/// Refusal.
+const HANDSHAKE_ANSWER_MAX: u32 =
+    if Welcome::LEN > Refusal::LEN { Welcome::LEN as u32 } else { Refusal::LEN as u32 };
+
 /// How a client connection behaves.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientConfig {
@@ -238,7 +243,7 @@ impl ClientConnection {
         let n = self.config.hello.encode(&mut body).unwrap_or(0);
         self.outgoing.clear();
         let _ = write_frame(&mut self.outgoing, FrameKind::Hello, 0, &body[..n], u32::MAX);
-        self.deframer = Deframer::new(self.config.max_frame_body);
+        self.deframer = Deframer::new(HANDSHAKE_ANSWER_MAX);
         self.state = ClientState::Handshaking { deadline };
         self.last_sent = now;
         self.last_received = now;
@@ -380,13 +385,18 @@ impl ClientConnection {
             let (kind, id) = (frame.header.kind, frame.header.id);
             match (self.state, kind) {
                 (ClientState::Handshaking { .. }, FrameKind::Welcome) => match Welcome::decode(&frame.body) {
-                    Ok(welcome) => {
+                    Ok(welcome)
+                        if (self.config.hello.min_version..=self.config.hello.max_version)
+                            .contains(&welcome.version) =>
+                    {
+                        self.deframer.set_max_body(self.config.max_frame_body);
                         self.state = ClientState::Established;
                         self.backoff = self.config.backoff_min;
                         self.welcome = Some(welcome);
                         self.events.push_back(ClientEvent::Established(welcome));
                     }
-                    Err(_) => return self.disconnect(now, DisconnectReason::ProtocolViolation),
+                    // Undecodable, or a version this side never offered.
+                    _ => return self.disconnect(now, DisconnectReason::ProtocolViolation),
                 },
                 (ClientState::Handshaking { .. } | ClientState::Established, FrameKind::Refuse) => {
                     let reason = match Refusal::decode(&frame.body) {

@@ -126,6 +126,8 @@ pub struct ServerConnection {
     deframer: Deframer,
     outgoing: Vec<u8>,
     events: VecDeque<ServerEvent>,
+    /// When the connection was accepted: the handshake deadline counts from here.
+    opened: Instant,
     last_received: Instant,
     closed_reported: bool,
 }
@@ -133,14 +135,17 @@ pub struct ServerConnection {
 impl ServerConnection {
     /// A connection accepted at `now`.
     pub fn new(config: ServerConfig, now: Instant) -> Self {
+        // Until the handshake is done, nothing longer than a Hello is accepted.
+        let handshake_body = u32::try_from(Hello::MAX_LEN).unwrap_or(u32::MAX).min(config.max_frame_body);
         Self {
-            deframer: Deframer::new(config.max_frame_body),
+            deframer: Deframer::new(handshake_body),
             config,
             state: ServerState::AwaitingHello,
             peer: None,
             version: 0,
             outgoing: Vec::new(),
             events: VecDeque::new(),
+            opened: now,
             last_received: now,
             closed_reported: false,
         }
@@ -191,7 +196,7 @@ impl ServerConnection {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             ServerState::AwaitingHello | ServerState::Deciding => {
-                Some(self.last_received + self.config.handshake_timeout)
+                Some(self.opened + self.config.handshake_timeout)
             }
             ServerState::Established => Some(self.last_received + self.config.idle_timeout),
             ServerState::Closed => None,
@@ -287,6 +292,7 @@ impl ServerConnection {
         let n = welcome.encode(&mut body).unwrap_or(0);
         let _ = write_frame(&mut self.outgoing, FrameKind::Welcome, 0, &body[..n], u32::MAX);
         self.state = ServerState::Established;
+        self.deframer.set_max_body(self.config.max_frame_body);
         self.last_received = now;
     }
 
@@ -315,6 +321,13 @@ impl ServerConnection {
         }
         write_frame(&mut self.outgoing, kind, id, body, self.config.max_frame_body)?;
         Ok(())
+    }
+
+    /// Bytes queued for the socket and not yet taken by
+    /// [`ServerConnection::poll_transmit`]. A driver stops reading while the peer
+    /// leaves too much unread (it would otherwise queue answers without bound).
+    pub fn pending_transmit(&self) -> usize {
+        self.outgoing.len()
     }
 
     /// Appends the bytes to write to the socket to `out`; false if there were none.

@@ -569,3 +569,47 @@ fn a_closed_client_fails_what_is_in_flight_and_never_redials() {
     p.client.handle_timeout(at(1_000_000));
     assert_eq!(client_events(&mut p.client), vec![]);
 }
+
+#[test]
+fn before_the_handshake_only_a_hello_sized_frame_is_accepted() {
+    let mut s = ServerConnection::new(server_config(), at(0));
+    let header = FrameHeader { kind: FrameKind::Hello, id: 0, body_len: Hello::MAX_LEN as u32 + 1 }.encode();
+    s.handle_bytes(at(0), &header);
+    let too_long = FrameError::TooLong { len: Hello::MAX_LEN as u32 + 1, max: Hello::MAX_LEN as u32 };
+    assert_eq!(server_events(&mut s), vec![ServerEvent::Closed(CloseReason::BadFrame(too_long))]);
+    // Once established, the configured maximum applies.
+    let mut p = Pair::connected(at(0));
+    p.client.send_request(at(0), &[7u8; 100_000]).unwrap();
+    p.pump(at(0), true);
+    assert!(
+        matches!(p.client_events.last(), Some(ClientEvent::Response { body, .. }) if body.len() == 100_000)
+    );
+}
+
+#[test]
+fn a_peer_trickling_bytes_does_not_stretch_the_handshake_deadline() {
+    let mut s = ServerConnection::new(server_config(), at(0));
+    let hello = hello_frame(&hello());
+    for (i, byte) in hello[..hello.len() - 1].iter().enumerate() {
+        let now = at(i as u64 * 1000);
+        s.handle_bytes(now, &[*byte]);
+        s.handle_timeout(now);
+        if s.is_closed() {
+            break;
+        }
+    }
+    assert_eq!(server_events(&mut s), vec![ServerEvent::Closed(CloseReason::HandshakeTimeout)]);
+}
+
+#[test]
+fn a_welcome_for_a_version_never_offered_is_a_protocol_violation() {
+    let mut c = ClientConnection::new(ClientConfig::new(hello()), at(0));
+    let _ = client_events(&mut c);
+    c.handle_connected(at(0));
+    let mut body = [0u8; Welcome::LEN];
+    Welcome { version: 9, incarnation: Incarnation(1), node_ttl: Duration::from_secs(1) }
+        .encode(&mut body)
+        .unwrap();
+    c.handle_bytes(at(0), &frame(FrameKind::Welcome, 0, &body));
+    assert_eq!(client_events(&mut c), vec![ClientEvent::Disconnected(DisconnectReason::ProtocolViolation)]);
+}

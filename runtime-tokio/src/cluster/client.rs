@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 
 use larder_engine::net::{
-    ClientConfig, ClientConnection, ClientEvent, DisconnectReason, RequestError, Welcome,
+    ClientConfig, ClientConnection, ClientEvent, ClientState, DisconnectReason, RequestError, Welcome,
 };
 use larder_engine::wire::{Message, Request, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -246,20 +246,24 @@ impl Driver {
             };
             let now = self.clock.now();
             match wake {
-                Wake::Dialed(Ok(stream)) => {
+                Wake::Dialed(Ok(stream)) if matches!(self.machine.state(), ClientState::Dialing { .. }) => {
                     self.dialing = None;
                     let _ = stream.set_nodelay(true);
                     let (reader, writer) = stream.into_split();
                     (self.reader, self.writer) = (Some(reader), Some(writer));
                     self.machine.handle_connected(now);
                 }
+                // A dial that finished after the machine gave up on it.
+                Wake::Dialed(Ok(_late)) => self.dialing = None,
                 Wake::Dialed(Err(e)) => {
                     self.dialing = None;
                     tracing::debug!("dialing {}: {e}", self.addr);
                     self.machine.handle_connect_failed(now);
                 }
                 Wake::Read(Ok(0) | Err(_)) | Wake::Wrote(Ok(0) | Err(_)) => {
-                    self.machine.handle_disconnected(now)
+                    self.machine.handle_disconnected(now);
+                    // Whatever the machine made of it, this socket is done.
+                    (self.reader, self.writer) = (None, None);
                 }
                 Wake::Read(Ok(n)) => self.machine.handle_bytes(now, &buf[..n]),
                 Wake::Wrote(Ok(n)) => self.written += n,
@@ -326,6 +330,7 @@ impl Driver {
                 ClientEvent::Disconnected(reason) => {
                     tracing::debug!("link to {} down: {reason:?}", self.addr);
                     (self.reader, self.writer) = (None, None);
+                    self.dialing = None;
                     self.out.clear();
                     self.written = 0;
                     for (_, reply) in self.waiting.drain(..) {

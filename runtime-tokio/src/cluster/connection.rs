@@ -1,7 +1,8 @@
 //! One accepted connection of the master: the socket and the engine's
 //! [`ServerConnection`], with requests handed to the master's actor in batches.
 
-use larder_engine::net::{Hello, RefusalReason, ServerConfig, ServerConnection, ServerEvent};
+use larder_engine::NodeId;
+use larder_engine::net::{Hello, RefusalReason, Role, ServerConfig, ServerConnection, ServerEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -23,8 +24,8 @@ pub(crate) enum ToActor {
     },
     /// Requests, in the order they arrived.
     Requests { conn: u64, batch: Vec<(u64, Vec<u8>)> },
-    /// The peer carried out a command.
-    CommandAck { conn: u64, id: u64 },
+    /// The node this connection speaks for carried out a command.
+    CommandAck { node: NodeId, id: u64 },
     /// The connection is gone.
     Closed { conn: u64 },
 }
@@ -39,6 +40,12 @@ pub(crate) enum Outbound {
     /// Refuse the peer and close (it broke the connection's binding).
     Refuse(RefusalReason),
 }
+
+/// How long a closed connection may take to write its last bytes.
+const CLOSE_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Bytes of answers waiting for a peer before it stops being read.
+const MAX_UNSENT: usize = 8 << 20;
 
 enum Wake {
     Read(std::io::Result<usize>),
@@ -64,6 +71,7 @@ pub(crate) async fn serve(
     let mut buf = vec![0u8; 256 << 10];
     let (mut out, mut written) = (Vec::new(), 0usize);
     let mut joined = false;
+    let mut drain_until = None;
     loop {
         let mut batch = Vec::new();
         while let Some(event) = machine.poll_event() {
@@ -85,7 +93,18 @@ pub(crate) async fn serve(
                 }
                 ServerEvent::Request { id, body } => batch.push((id, body)),
                 ServerEvent::CommandAck { id, .. } => {
-                    let _ = actor.send(ToActor::CommandAck { conn, id }).await;
+                    // Only a node acknowledges its commands, and in the order of its
+                    // frames: the requests before the ack go first.
+                    let Some(node) = machine.peer().filter(|h| h.role == Role::Node).map(|h| h.node) else {
+                        continue;
+                    };
+                    let earlier = std::mem::take(&mut batch);
+                    if !earlier.is_empty()
+                        && actor.send(ToActor::Requests { conn, batch: earlier }).await.is_err()
+                    {
+                        return;
+                    }
+                    let _ = actor.send(ToActor::CommandAck { node, id }).await;
                 }
                 ServerEvent::Closed(reason) => {
                     tracing::info!("connection from {peer:?} closed: {reason:?}");
@@ -101,12 +120,23 @@ pub(crate) async fn serve(
             written = 0;
             let _ = machine.poll_transmit(&mut out);
         }
-        if machine.is_closed() && written == out.len() {
-            break;
+        if machine.is_closed() {
+            if written == out.len() {
+                break;
+            }
+            // Closed: the actor forgets the session now; the rest is only the last
+            // bytes (a refusal), given a little while.
+            if joined {
+                joined = false;
+                let _ = actor.send(ToActor::Closed { conn }).await;
+            }
+            drain_until.get_or_insert_with(|| tokio::time::Instant::now() + CLOSE_DRAIN);
         }
-        let deadline = clock.deadline(machine.poll_timeout());
+        let deadline = drain_until.unwrap_or_else(|| clock.deadline(machine.poll_timeout()));
         let has_output = written < out.len();
-        let reading = !machine.is_closed();
+        // A peer that does not read its answers stops being read.
+        let unsent = out.len() - written + machine.pending_transmit();
+        let reading = !machine.is_closed() && unsent < MAX_UNSENT;
         let wake = tokio::select! {
             read = reader.read(&mut buf), if reading => Wake::Read(read),
             wrote = writer.write(&out[written..]), if has_output => Wake::Wrote(wrote),
@@ -127,6 +157,7 @@ pub(crate) async fn serve(
                 }
             }
             Wake::Outbound(None) => machine.handle_close(),
+            Wake::Timer if drain_until.is_some() => break,
             Wake::Timer => machine.handle_timeout(now),
         }
     }

@@ -64,6 +64,18 @@ pub struct MasterServer {
     pub metrics_addr: Option<SocketAddr>,
     /// This run's incarnation (in every Welcome).
     pub incarnation: Incarnation,
+    /// The actor; it ends only if it fails.
+    actor: tokio::task::JoinHandle<()>,
+}
+
+impl MasterServer {
+    /// Resolves if the actor stops (a bug: it never stops on its own), with why.
+    pub async fn failed(self) -> String {
+        match self.actor.await {
+            Ok(()) => String::from("the master's actor stopped"),
+            Err(e) => format!("the master's actor failed: {e}"),
+        }
+    }
 }
 
 /// Binds, starts the actor and the accept loop on the current runtime, and returns.
@@ -84,14 +96,15 @@ pub async fn start(config: MasterServerConfig) -> std::io::Result<MasterServer> 
         node_ttl,
         roles: MASTER_ROLES,
         handshake_timeout: config.handshake_timeout,
-        // A live peer heartbeats every second; one silent for a node TTL is gone.
-        idle_timeout: node_ttl,
+        // A live peer heartbeats every second; one silent for a node TTL (at least 3 s,
+        // three heartbeats) is gone.
+        idle_timeout: node_ttl.max(Duration::from_secs(3)),
         max_frame_body: DEFAULT_MAX_FRAME_BODY,
     };
     let (actor_tx, actor_rx) = mpsc::channel(1024);
     let connection_metrics = Arc::clone(&metrics);
     let actor = Actor::new(master, clock, metrics);
-    tokio::spawn(actor.run(actor_rx));
+    let actor = tokio::spawn(actor.run(actor_rx));
     tokio::spawn(async move {
         let mut next_conn = 0u64;
         loop {
@@ -115,7 +128,7 @@ pub async fn start(config: MasterServerConfig) -> std::io::Result<MasterServer> 
             }
         }
     });
-    Ok(MasterServer { addr, metrics_addr, incarnation })
+    Ok(MasterServer { addr, metrics_addr, incarnation, actor })
 }
 
 /// A connection that passed the handshake.
@@ -132,8 +145,9 @@ struct Actor {
     sessions: HashMap<u64, Session>,
     /// The connection each node speaks through (its newest).
     node_sessions: HashMap<NodeId, u64>,
-    /// Commands sent and not yet acknowledged, by node and id.
-    unacked: BTreeMap<NodeId, BTreeMap<u64, Vec<u8>>>,
+    /// Commands sent and not yet acknowledged, by node and id, with the incarnation of
+    /// the node they were for.
+    unacked: BTreeMap<NodeId, BTreeMap<u64, (Incarnation, Vec<u8>)>>,
     next_command: u64,
 }
 
@@ -170,11 +184,9 @@ impl Actor {
                 let _ = reply.send(self.admit(conn, hello, outbound));
             }
             ToActor::Requests { conn, batch } => self.answer(conn, batch),
-            ToActor::CommandAck { conn, id } => {
-                if let Some(node) = self.sessions.get(&conn).map(|s| s.hello.node) {
-                    if let Some(commands) = self.unacked.get_mut(&node) {
-                        commands.remove(&id);
-                    }
+            ToActor::CommandAck { node, id } => {
+                if let Some(commands) = self.unacked.get_mut(&node) {
+                    commands.remove(&id);
                 }
             }
             ToActor::Closed { conn } => {
@@ -197,19 +209,25 @@ impl Actor {
         hello: Hello,
         outbound: mpsc::UnboundedSender<Outbound>,
     ) -> Result<(), RefusalReason> {
-        if let Some(known) = self.master.node_incarnation(hello.node) {
-            if hello.incarnation < known {
-                return Err(RefusalReason::StaleIncarnation);
-            }
+        let known = self.master.node_incarnation(hello.node);
+        let connected = self.node_sessions.get(&hello.node).and_then(|c| self.sessions.get(c));
+        if known.is_some_and(|k| hello.incarnation < k)
+            || connected.is_some_and(|s| hello.incarnation < s.hello.incarnation)
+        {
+            return Err(RefusalReason::StaleIncarnation);
         }
         if hello.role == Role::Node {
             if let Some(old) = self.node_sessions.insert(hello.node, conn) {
                 if let Some(old) = self.sessions.remove(&old) {
-                    let _ = old.outbound.send(Outbound::Refuse(RefusalReason::ProtocolViolation));
+                    let _ = old.outbound.send(Outbound::Refuse(RefusalReason::StaleIncarnation));
                 }
             }
-            for (id, body) in self.unacked.get(&hello.node).into_iter().flatten() {
-                let _ = outbound.send(Outbound::Command(*id, body.clone()));
+            // Commands for this run of the node come again; those for an earlier run
+            // are void (its memory is gone) and are dropped once the node re-registers.
+            for (id, (incarnation, body)) in self.unacked.get(&hello.node).into_iter().flatten() {
+                if *incarnation == hello.incarnation {
+                    let _ = outbound.send(Outbound::Command(*id, body.clone()));
+                }
             }
         }
         self.sessions.insert(conn, Session { hello, outbound });
@@ -218,7 +236,7 @@ impl Actor {
 
     fn answer(&mut self, conn: u64, batch: Vec<(u64, Vec<u8>)>) {
         let Some(session) = self.sessions.get(&conn) else { return };
-        let bound = session.hello.node;
+        let (bound, incarnation) = (session.hello.node, session.hello.incarnation);
         let now = self.clock.now();
         let mut responses = Vec::with_capacity(batch.len());
         for (id, body) in batch {
@@ -226,12 +244,19 @@ impl Actor {
                 Ok(Message::Request(request)) => request,
                 _ => return self.refuse(conn, RefusalReason::ProtocolViolation),
             };
-            if request.node().is_some_and(|node| node != bound) {
+            let other_run = matches!(request, Request::Ping { incarnation: i, .. } if i != incarnation);
+            if other_run || request.node().is_some_and(|node| node != bound) {
                 return self.refuse(conn, RefusalReason::ProtocolViolation);
             }
             let response = self.master.handle_request(now, &request);
             self.metrics.request(op_name(&request), failed(&response));
-            responses.push((id, encode(&Message::Response(response))));
+            match encode(&Message::Response(response)) {
+                Ok(body) => responses.push((id, body)),
+                Err(e) => {
+                    tracing::error!("a response to {} does not encode: {e}", op_name(&request));
+                    return self.refuse(conn, RefusalReason::ProtocolViolation);
+                }
+            }
         }
         if let Some(session) = self.sessions.get(&conn) {
             let _ = session.outbound.send(Outbound::Responses(responses));
@@ -251,14 +276,34 @@ impl Actor {
     fn drain_master(&mut self) {
         while let Some(command) = self.master.poll_command() {
             let node = command.node();
+            let Some(incarnation) = self.master.node_incarnation(node) else { continue };
+            let body = match encode(&Message::Command(command)) {
+                Ok(body) => body,
+                Err(e) => {
+                    tracing::error!("a command for node {node} does not encode: {e}");
+                    continue;
+                }
+            };
             let id = self.next_command;
             self.next_command += 1;
-            let body = encode(&Message::Command(command));
             if let Some(session) = self.node_sessions.get(&node).and_then(|c| self.sessions.get(c)) {
                 let _ = session.outbound.send(Outbound::Command(id, body.clone()));
             }
-            self.unacked.entry(node).or_default().insert(id, body);
+            self.unacked.entry(node).or_default().insert(id, (incarnation, body));
         }
+        // Commands for a run of a node the master no longer knows are void.
+        let master = &self.master;
+        self.unacked.retain(|node, commands| {
+            let current = master.node_incarnation(*node);
+            // Ids grow and a node's incarnations only grow with them: when the first
+            // and last are current, all are.
+            let first = commands.first_key_value().map(|(_, (i, _))| *i);
+            let last = commands.last_key_value().map(|(_, (i, _))| *i);
+            if first != current || last != current {
+                commands.retain(|_, (incarnation, _)| Some(*incarnation) == current);
+            }
+            !commands.is_empty()
+        });
         while let Some(event) = self.master.poll_event() {
             if let MasterEvent::ObjectDropped { reason, .. } = event {
                 self.metrics.dropped(reason);
@@ -269,12 +314,11 @@ impl Actor {
     }
 }
 
-fn encode(message: &Message<'_>) -> Vec<u8> {
-    let len = message.encoded_len().expect("the master's messages are within the wire's bounds");
-    let mut body = vec![0u8; len];
-    let n = message.encode(&mut body).expect("sized by encoded_len");
+fn encode(message: &Message<'_>) -> Result<Vec<u8>, larder_engine::codec::EncodeError> {
+    let mut body = vec![0u8; message.encoded_len()?];
+    let n = message.encode(&mut body)?;
     body.truncate(n);
-    body
+    Ok(body)
 }
 
 /// The operation's name in metrics.
@@ -331,6 +375,8 @@ pub async fn run_until(config: MasterServerConfig, stop: impl Future<Output = ()
     if let Some(metrics) = server.metrics_addr {
         println!("larder master metrics on http://{metrics}/metrics");
     }
-    stop.await;
-    Ok(())
+    tokio::select! {
+        () = stop => Ok(()),
+        why = server.failed() => Err(std::io::Error::other(why)),
+    }
 }

@@ -23,7 +23,7 @@ pub(crate) struct MasterArgs {
     /// Where to serve Prometheus `/metrics` and `/health` (off unless given).
     #[arg(long, env = "LARDER_METRICS")]
     metrics: Option<SocketAddr>,
-    /// The cluster's name; peers of another cluster are refused [default: larder].
+    /// The cluster's name; peers of another cluster are refused [default: default, as the embedded store's directory].
     #[arg(long, env = "LARDER_CLUSTER")]
     cluster: Option<String>,
     /// How long a read keeps an object from eviction and plain removal [default: 10s].
@@ -72,7 +72,7 @@ pub(crate) fn resolve(args: MasterArgs) -> Result<MasterServerConfig, String> {
     };
     let listen =
         args.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("a valid address"));
-    let cluster_name = args.cluster.or(file.cluster).unwrap_or_else(|| String::from("larder"));
+    let cluster_name = args.cluster.or(file.cluster).unwrap_or_else(|| String::from("default"));
     let cluster =
         ClusterName::new(cluster_name.as_bytes()).map_err(|e| format!("cluster {cluster_name:?}: {e}"))?;
     let mut master = MasterConfig::default();
