@@ -7,6 +7,8 @@
 //! caller-owned buffer and, when the buffer is too small, reports how many bytes the
 //! whole encoding needs.
 
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
 use crate::key::{KeyRef, MAX_KEY_LEN};
 
 /// Why bytes could not be decoded.
@@ -205,6 +207,29 @@ impl<'a> Reader<'a> {
         Ok(count)
     }
 
+    /// Reads an optional socket address: a family byte (0 none, 4, 6), the address and
+    /// a non-zero port.
+    pub fn socket_addr(&mut self) -> Result<Option<SocketAddr>, DecodeError> {
+        let ip = match self.u8("address family")? {
+            0 => return Ok(None),
+            4 => {
+                let b = self.bytes(4, "ipv4 address")?;
+                IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+            }
+            6 => {
+                let mut octets = [0u8; 16];
+                octets.copy_from_slice(self.bytes(16, "ipv6 address")?);
+                IpAddr::V6(Ipv6Addr::from(octets))
+            }
+            tag => return Err(DecodeError::UnknownTag { what: "address family", tag }),
+        };
+        let port = self.u16("port")?;
+        if port == 0 {
+            return Err(DecodeError::InvalidValue { what: "port" });
+        }
+        Ok(Some(SocketAddr::new(ip, port)))
+    }
+
     /// Fails unless the whole input has been read.
     pub fn finish(&self, what: &'static str) -> Result<(), DecodeError> {
         match self.remaining() {
@@ -271,6 +296,23 @@ impl<'a> Writer<'a> {
         // A KeyRef is at most MAX_KEY_LEN (4096) bytes, which fits in a u16.
         self.u16(key.len() as u16);
         self.bytes(key.as_bytes());
+    }
+
+    /// Writes an optional socket address in the form [`Reader::socket_addr`] reads.
+    pub fn socket_addr(&mut self, addr: Option<SocketAddr>) {
+        match addr {
+            None => self.u8(0),
+            Some(SocketAddr::V4(a)) => {
+                self.u8(4);
+                self.bytes(&a.ip().octets());
+                self.u16(a.port());
+            }
+            Some(SocketAddr::V6(a)) => {
+                self.u8(6);
+                self.bytes(&a.ip().octets());
+                self.u16(a.port());
+            }
+        }
     }
 
     /// Appends a list count, checking it against the bound the decoder enforces.

@@ -1,10 +1,8 @@
 //! `larder master` as a user runs it: a real process on 127.0.0.1, real sockets, real
 //! peers good and bad, killed with SIGKILL and started again.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration as StdDuration;
 
 use larder_engine::net::frame::write_frame;
 use larder_engine::net::{
@@ -15,48 +13,9 @@ use larder_engine::{Incarnation, KeyRef, NodeId, ObjectVersion, SegmentId};
 use larder_tokio::cluster::{CallError, Client, LinkState, PushedCommand};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-/// Only a guard against a hung test; no assertion depends on it.
-const HANG_GUARD: StdDuration = StdDuration::from_secs(60);
+mod common;
 
-struct MasterProcess {
-    child: Child,
-    addr: SocketAddr,
-    metrics: SocketAddr,
-}
-
-impl MasterProcess {
-    /// Starts `larder master` and waits for it to print where it listens.
-    fn start(listen: &str, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_larder"))
-            .args(["master", "--listen", listen, "--metrics", "127.0.0.1:0", "--cluster", "larder"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("larder master starts");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let (mut addr, mut metrics) = (None, None);
-        while addr.is_none() || metrics.is_none() {
-            let line = lines.next().expect("the master prints its addresses").unwrap();
-            if let Some(a) = line.strip_prefix("larder master listening on ") {
-                addr = Some(a.parse().unwrap());
-            } else if let Some(m) = line.strip_prefix("larder master metrics on http://") {
-                metrics = Some(m.trim_end_matches("/metrics").parse().unwrap());
-            }
-        }
-        Self { child, addr: addr.unwrap(), metrics: metrics.unwrap() }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for MasterProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use common::{HANG_GUARD, MasterProcess, http_get, unused_fixed_port};
 
 fn cluster() -> ClusterName {
     ClusterName::new(b"larder").unwrap()
@@ -147,15 +106,6 @@ fn refusal(frames: &[(FrameHeader, Vec<u8>)]) -> RefusalReason {
     let (header, body) = frames.last().expect("the master said why it closed");
     assert_eq!(header.kind, FrameKind::Refuse, "{frames:?}");
     Refusal::decode(body).unwrap().reason
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(HANG_GUARD)).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: larder\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,12 +276,4 @@ async fn clients_get_typed_errors_while_the_master_is_down_and_reconnect_when_it
         matches!(client.call(&ping).await.unwrap(), Response::Ping(p) if p.outcome == PingOutcome::Registered)
     );
     drop(restarted);
-}
-
-/// A free port below the kernel's ephemeral range.
-fn unused_fixed_port() -> u16 {
-    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
-    let low: u16 = range.split_whitespace().next().and_then(|p| p.parse().ok()).unwrap_or(32768);
-    let start = 20_000 + (std::process::id() % 5_000) as u16;
-    (start..low).find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()).expect("a free port")
 }

@@ -70,12 +70,21 @@ enum Command {
     /// The master over TCP (one core, pipelined GetReplicaList on a few connections)
     /// against the same master called in-process on one thread.
     Net {
-        /// Requests per connection per run.
+        /// Master requests per connection per run.
         #[arg(long, default_value_t = 200_000)]
         requests: usize,
-        /// Connections pipelining at once.
+        /// Master connections pipelining at once.
         #[arg(long, default_value_t = 4)]
         connections: usize,
+        /// Value sizes of the transfer rows, in bytes.
+        #[arg(long, value_delimiter = ',', default_values_t = [1 << 20, 256 << 10])]
+        values: Vec<usize>,
+        /// Bytes put (and got) per transfer run.
+        #[arg(long, default_value_t = 512 << 20)]
+        size: u64,
+        /// Concurrent tasks (Larder) and connections (Redis) of the transfer rows.
+        #[arg(long, default_value_t = 4)]
+        tasks: usize,
     },
     /// Reopening a node directory of many records (cold page cache) to a usable
     /// index, against only reading the same trailers and footers.
@@ -121,9 +130,18 @@ fn main() {
         Command::Store { size } => {
             emit(compare_store(&cli.dir, cli.runs, size), cli.json, Report::print_table)
         }
-        Command::Net { requests, connections } => {
-            emit(compare_net(cli.runs, requests, connections), cli.json, Report::print_table)
-        }
+        Command::Net { requests, connections, ref values, size, tasks } => emit(
+            compare_net(cli.runs, requests, connections, values, size, tasks),
+            cli.json,
+            |reports: &Vec<Report>| {
+                for (i, r) in reports.iter().enumerate() {
+                    if i > 0 {
+                        println!();
+                    }
+                    r.print_table();
+                }
+            },
+        ),
         Command::Recovery { records, value } => {
             emit(compare_recovery(&cli.dir, cli.runs, records, value), cli.json, print_recovery)
         }
@@ -202,22 +220,30 @@ fn compare_io(dir: &std::path::Path, runs: usize, size: u64, depth: u32) -> Resu
     })
 }
 
-fn compare_net(runs: usize, requests: usize, connections: usize) -> Result<Report, String> {
+fn compare_net(
+    runs: usize,
+    requests: usize,
+    connections: usize,
+    values: &[usize],
+    size: u64,
+    tasks: usize,
+) -> Result<Vec<Report>, String> {
     use larder_benches::compare::net;
+    let transfers = compare_transfers(runs, values, size, tasks)?;
     let mut tcp = net::OverTcp::start()?;
     let (mut in_process, mut over_tcp) = (vec![], vec![]);
     for _ in 0..runs {
         in_process.push(net::in_process(connections * requests));
         over_tcp.push(tcp.run(connections, requests)?);
     }
-    let row = Row::new(
+    let master = Row::new(
         format!("get_replica_list ({} objects)", net::OBJECTS),
         vec![
             Measured::from_runs("master in-process, 1 thread", in_process),
             Measured::from_runs(&format!("larder master TCP, {connections} conns"), over_tcp),
         ],
     );
-    Ok(Report {
+    let master = Report {
         title: String::from("The master over TCP against itself in-process"),
         setup: vec![
             format!(
@@ -228,8 +254,79 @@ fn compare_net(runs: usize, requests: usize, connections: usize) -> Result<Repor
             String::from("in-process: decode + handle + encode of the same request bytes, one thread"),
         ],
         unit: String::from("k requests/s"),
-        rows: vec![row],
+        rows: vec![master],
         notes: vec![],
+    };
+    Ok(vec![transfers, master])
+}
+
+/// Puts and gets through a cluster beside a raw TCP stream and Redis.
+fn compare_transfers(runs: usize, values: &[usize], size: u64, tasks: usize) -> Result<Report, String> {
+    use larder_benches::compare::net;
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    let mut cluster = net::LarderCluster::start(size + (64 << 20))?;
+    for &value in values {
+        let count = (size / value as u64).max(1) as usize;
+        let (mut raw, mut redis_set, mut redis_get, mut put, mut get) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for _ in 0..runs {
+            raw.push(net::raw_stream(size, value)?);
+            match net::redis(value, count, tasks) {
+                Ok((set, got)) => {
+                    redis_set.push(set);
+                    redis_get.push(got);
+                }
+                Err(e) if notes.is_empty() => notes.push(format!("redis not measured: {e}")),
+                Err(_) => {}
+            }
+            let (p, g) = cluster.run(value, count, tasks)?;
+            put.push(p);
+            get.push(g);
+        }
+        let label = human_size(value as u64);
+        let redis = |name: &str, runs: &[f64]| {
+            if runs.is_empty() {
+                Measured::missing(name, "redis-server not installed")
+            } else {
+                Measured::from_runs(name, runs.to_vec())
+            }
+        };
+        for (op, redis_name, redis_runs, larder_runs) in
+            [("put", "redis SET", &redis_set, &put), ("get", "redis GET", &redis_get, &get)]
+        {
+            let larder = || Measured::from_runs(&format!("larder 2 nodes {op}"), larder_runs.clone());
+            rows.push(Row::new(
+                format!("{op} {label}"),
+                vec![
+                    Measured::from_runs("raw TCP stream", raw.clone()),
+                    redis(redis_name, redis_runs),
+                    larder(),
+                ],
+            ));
+            rows.push(Row::new(
+                format!("{op} {label} vs redis"),
+                vec![redis(redis_name, redis_runs), larder()],
+            ));
+        }
+        eprintln!("  measured transfers of {label}");
+    }
+    Ok(Report {
+        title: String::from("Transfers over loopback: a raw TCP stream, Redis, Larder (master + 2 nodes)"),
+        setup: vec![
+            format!(
+                "{} per run and value size, {tasks} tasks (Larder) / connections (Redis), median of {runs} runs",
+                human_size(size)
+            ),
+            String::from("raw TCP stream: one connection, the same bytes written in value-sized writes"),
+            String::from("redis: redis-server with persistence off, redis-benchmark -t set,get"),
+            String::from(
+                "larder: master and 2 nodes in-process; the client holds no memory, every byte crosses to a node; gets verified",
+            ),
+        ],
+        unit: String::from("MB/s"),
+        rows,
+        notes,
     })
 }
 

@@ -222,3 +222,176 @@ impl OverTcp {
         Ok((connections * requests) as f64 / start.elapsed().as_secs_f64() / 1e3)
     }
 }
+
+/// MB/s of one plain loopback TCP stream moving `total` bytes, written in `chunk`s and
+/// read into a buffer: the physical limit of the transfers measured beside it.
+pub fn raw_stream(total: u64, chunk: usize) -> Result<f64, String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let reader = std::thread::spawn(move || -> Result<(), String> {
+        let (mut socket, _) = listener.accept().map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; chunk];
+        let mut left = total;
+        while left > 0 {
+            let n = socket.read(&mut buf).map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err(String::from("the stream ended early"));
+            }
+            left -= n as u64;
+        }
+        Ok(())
+    });
+    let mut socket = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    let data = vec![0x5au8; chunk];
+    let start = StdInstant::now();
+    let mut sent = 0u64;
+    while sent < total {
+        let n = chunk.min((total - sent) as usize);
+        socket.write_all(&data[..n]).map_err(|e| e.to_string())?;
+        sent += n as u64;
+    }
+    reader.join().map_err(|_| String::from("reader panicked"))??;
+    Ok(total as f64 / start.elapsed().as_secs_f64() / 1e6)
+}
+
+/// Redis on loopback (its own `redis-server`, persistence off): SET then GET MB/s of
+/// `count` values of `value` bytes from `clients` connections, by `redis-benchmark`.
+pub fn redis(value: usize, count: usize, clients: usize) -> Result<(f64, f64), String> {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        l.local_addr().map_err(|e| e.to_string())?.port()
+    };
+    let mut server = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("redis-server: {e} (apt-get install redis-server)"))?;
+    let result = (|| {
+        // Wait until it answers.
+        let mut up = false;
+        for _ in 0..200 {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                up = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        if !up {
+            return Err(String::from("redis-server did not start"));
+        }
+        let out = std::process::Command::new("redis-benchmark")
+            .args(["-p", &port.to_string(), "-t", "set,get", "-q"])
+            .args(["-n", &count.to_string(), "-d", &value.to_string(), "-c", &clients.to_string()])
+            .output()
+            .map_err(|e| format!("redis-benchmark: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let rps = |op: &str| -> Result<f64, String> {
+            let line =
+                text.lines().rev().find(|l| l.contains(op)).ok_or_else(|| format!("no {op} in {text}"))?;
+            let after = line.rsplit(&format!("{op}: ")).next().unwrap_or("");
+            after
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .ok_or_else(|| format!("cannot read {op} in {line:?}"))
+        };
+        Ok((rps("SET")? * value as f64 / 1e6, rps("GET")? * value as f64 / 1e6))
+    })();
+    let _ = server.kill();
+    let _ = server.wait();
+    result
+}
+
+/// A master and two nodes in this process, with a client that contributes no memory:
+/// every byte it puts or gets crosses a loopback connection to a node.
+#[derive(Debug)]
+pub struct LarderCluster {
+    runtime: tokio::runtime::Runtime,
+    store: std::sync::Arc<larder_tokio::cluster::RemoteStore>,
+    next: u64,
+}
+
+impl LarderCluster {
+    /// Starts the master and two nodes of `memory` bytes each.
+    pub fn start(memory: u64) -> Result<Self, String> {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+        let store = runtime.block_on(async {
+            let cluster = ClusterName::new(b"bench").expect("name");
+            let config = MasterServerConfig::new("127.0.0.1:0".parse().expect("addr"), cluster);
+            let master = larder_tokio::cluster::master::start(config).await.map_err(|e| e.to_string())?;
+            for _ in 0..2 {
+                let node = larder_tokio::cluster::NodeServerConfig {
+                    master: master.addr,
+                    listen: "127.0.0.1:0".parse().expect("addr"),
+                    cluster,
+                    memory_bytes: memory,
+                    node_dir: None,
+                };
+                larder_tokio::cluster::node::start(node).await.map_err(|e| e.to_string())?;
+            }
+            let timeout = std::time::Duration::from_secs(30);
+            let store = larder_tokio::cluster::RemoteStore::connect(master.addr, cluster, timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+            // Wait until both segments are mounted: a put then finds room.
+            let probe = vec![1u8; 1];
+            while store.put(b"probe", &probe, 2).await.is_err() {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Ok::<_, String>(std::sync::Arc::new(store))
+        })?;
+        Ok(Self { runtime, store, next: 0 })
+    }
+
+    /// Puts `count` values of `value` bytes with `tasks` tasks at once, then gets them
+    /// all back (verified); returns (put MB/s, get MB/s).
+    pub fn run(&mut self, value: usize, count: usize, tasks: usize) -> Result<(f64, f64), String> {
+        let run = self.next;
+        self.next += 1;
+        let data = std::sync::Arc::new(vec![0xa5u8; value]);
+        let store = std::sync::Arc::clone(&self.store);
+        self.runtime.block_on(async move {
+            let keys: Vec<String> = (0..count).map(|i| format!("run{run}/value{i}")).collect();
+            let timed = |get: bool| {
+                let (keys, store, data) =
+                    (keys.clone(), std::sync::Arc::clone(&store), std::sync::Arc::clone(&data));
+                async move {
+                    let start = StdInstant::now();
+                    let chunks: Vec<Vec<String>> =
+                        keys.chunks(count.div_ceil(tasks)).map(<[String]>::to_vec).collect();
+                    let handles: Vec<_> = chunks
+                        .into_iter()
+                        .map(|chunk| {
+                            let (store, data) = (std::sync::Arc::clone(&store), std::sync::Arc::clone(&data));
+                            tokio::spawn(async move {
+                                for k in chunk {
+                                    if get {
+                                        let got = store.get(k.as_bytes()).await.map_err(|e| e.to_string())?;
+                                        if got != *data {
+                                            return Err(String::from("a get returned other bytes"));
+                                        }
+                                    } else {
+                                        store.put(k.as_bytes(), &data, 1).await.map_err(|e| e.to_string())?;
+                                    }
+                                }
+                                Ok::<(), String>(())
+                            })
+                        })
+                        .collect();
+                    for h in handles {
+                        h.await.map_err(|e| e.to_string())??;
+                    }
+                    Ok::<f64, String>((count * value) as f64 / start.elapsed().as_secs_f64() / 1e6)
+                }
+            };
+            let put = timed(false).await?;
+            let get = timed(true).await?;
+            // Make room for the next run.
+            for k in &keys {
+                store.remove(k.as_bytes(), true).await.map_err(|e| e.to_string())?;
+            }
+            Ok((put, get))
+        })
+    }
+}

@@ -4,7 +4,7 @@ use alloc::boxed::Box;
 
 use super::Master;
 use crate::time::Instant;
-use crate::wire::{Request, Response};
+use crate::wire::{Location, MasterError, Request, Response};
 
 impl Master {
     /// Answers a decoded wire request (batch forms included).
@@ -64,6 +64,11 @@ impl Master {
             Request::BatchRemove { force, keys } => {
                 Response::BatchRemove(keys.iter().map(|k| self.handle_remove(now, *k, *force)).collect())
             }
+            Request::Locate { segment } => Response::Locate(
+                self.segment_owner(*segment)
+                    .map(|node| Location { node, serves: None })
+                    .ok_or(MasterError::SegmentNotFound),
+            ),
         }
     }
 }

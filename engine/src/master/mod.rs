@@ -65,7 +65,7 @@ use objects::{Object, ObjectTable, Placement, Placements, REFERENCED};
 use segments::Segments;
 
 use crate::descriptor::{MemoryReplica, ReplicaDescriptor, ReplicaStatus};
-use crate::ids::{Incarnation, NodeId, ObjectVersion};
+use crate::ids::{Incarnation, NodeId, ObjectVersion, SegmentId};
 use crate::key::{Key, KeyRef};
 use crate::time::Instant;
 use crate::wire::{MAX_REPLICAS, NodeCommand, PersistReason, PutGrant, ReplicaList};
@@ -412,6 +412,11 @@ impl Master {
     #[must_use]
     pub fn poll_event(&mut self) -> Option<MasterEvent> {
         self.events.pop_front()
+    }
+
+    /// The node that mounted `segment`, if it is mounted.
+    pub fn segment_owner(&self, segment: SegmentId) -> Option<NodeId> {
+        self.segments.find(segment).map(|slot| self.segments.get(slot).node)
     }
 
     /// The incarnation the master knows `node` by, if the node is registered.

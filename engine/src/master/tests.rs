@@ -372,6 +372,16 @@ fn a_replica_list_never_holds_more_than_a_message_can_carry() {
 }
 
 #[test]
+fn locate_names_the_node_that_mounted_a_segment() {
+    let mut m = plain();
+    let located = m.handle_request(at(1), &crate::wire::Request::Locate { segment: SEG_A });
+    let owner = crate::wire::Location { node: A, serves: None };
+    assert_eq!(located, crate::wire::Response::Locate(Ok(owner)));
+    let unknown = m.handle_request(at(1), &crate::wire::Request::Locate { segment: SEG_B });
+    assert_eq!(unknown, crate::wire::Response::Locate(Err(MasterError::SegmentNotFound)));
+}
+
+#[test]
 fn get_grants_a_lease_that_blocks_remove_until_it_expires() {
     let mut m = plain();
     put(&mut m, at(0), "a", 100);

@@ -10,7 +10,7 @@
 //! are little-endian and fixed-width; decoding is strict (every length bounded, no
 //! trailing bytes) and allocates nothing.
 
-use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use core::net::SocketAddr;
 
 use crate::codec::{DecodeError, EncodeError, Reader, Writer};
 use crate::ids::{Incarnation, NodeId};
@@ -194,7 +194,7 @@ impl Hello {
         w.u64(self.incarnation.0);
         w.u8(self.cluster.len);
         w.bytes(self.cluster.as_bytes());
-        write_addr(&mut w, self.serves);
+        w.socket_addr(self.serves);
         w.finish()
     }
 
@@ -214,7 +214,7 @@ impl Hello {
         let name = r.bytes(len, "cluster name")?;
         let cluster =
             ClusterName::new(name).map_err(|_| DecodeError::InvalidValue { what: "cluster name" })?;
-        let serves = read_addr(&mut r)?;
+        let serves = r.socket_addr()?;
         r.finish("hello")?;
         Ok(Self { min_version, max_version, cluster, role, node, incarnation, serves })
     }
@@ -277,41 +277,4 @@ impl Refusal {
         r.finish("refusal")?;
         Ok(Self { reason, versions })
     }
-}
-
-fn write_addr(w: &mut Writer<'_>, addr: Option<SocketAddr>) {
-    match addr {
-        None => w.u8(0),
-        Some(SocketAddr::V4(a)) => {
-            w.u8(4);
-            w.bytes(&a.ip().octets());
-            w.u16(a.port());
-        }
-        Some(SocketAddr::V6(a)) => {
-            w.u8(6);
-            w.bytes(&a.ip().octets());
-            w.u16(a.port());
-        }
-    }
-}
-
-fn read_addr(r: &mut Reader<'_>) -> Result<Option<SocketAddr>, DecodeError> {
-    let ip = match r.u8("address family")? {
-        0 => return Ok(None),
-        4 => {
-            let b = r.bytes(4, "ipv4 address")?;
-            IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
-        }
-        6 => {
-            let mut octets = [0u8; 16];
-            octets.copy_from_slice(r.bytes(16, "ipv6 address")?);
-            IpAddr::V6(Ipv6Addr::from(octets))
-        }
-        tag => return Err(DecodeError::UnknownTag { what: "address family", tag }),
-    };
-    let port = r.u16("port")?;
-    if port == 0 {
-        return Err(DecodeError::InvalidValue { what: "port" });
-    }
-    Ok(Some(SocketAddr::new(ip, port)))
 }

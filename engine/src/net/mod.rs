@@ -8,13 +8,16 @@
 //! - [`ClientConnection`]: the connecting side (dial with backoff, handshake, a
 //!   pipelining window, request timeouts, heartbeats, commands in);
 //! - [`ServerConnection`]: the accepting side (handshake checks, requests in, responses
-//!   and commands out, heartbeats answered, silent peers dropped).
+//!   and commands out, heartbeats answered, silent peers dropped);
+//! - [`data`]: the data plane's bodies (read and write a range of a node's segment) and
+//!   the [`data::Extents`] fence that keeps stale writers out of reused ranges.
 //!
 //! The machines hold no socket and read no clock: the runtime crates own the sockets
 //! and feed bytes and `now` in; what to write comes out of `poll_transmit`. Message
 //! bodies are opaque here: the master's requests are [`crate::wire`] messages.
 
 pub mod client;
+pub mod data;
 pub mod frame;
 pub mod handshake;
 pub mod server;

@@ -74,6 +74,17 @@ pub struct ReplicaList {
     pub replicas: SmallVec<[ReplicaDescriptor; 2]>,
 }
 
+/// Where a segment lives: the node that mounted it, and the address it serves its
+/// segments on (filled in by the server, which knows it from the node's handshake; the
+/// master state machine knows only the owner).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    /// The owning node.
+    pub node: crate::ids::NodeId,
+    /// Where it serves data, if it serves it.
+    pub serves: Option<core::net::SocketAddr>,
+}
+
 /// What a remove-all did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RemoveAllSummary {

@@ -27,6 +27,7 @@ pub(super) const TAG_BATCH_PUT_REVOKE: u8 = 16;
 pub(super) const TAG_BATCH_GET_REPLICA_LIST: u8 = 17;
 pub(super) const TAG_BATCH_EXISTS: u8 = 18;
 pub(super) const TAG_BATCH_REMOVE: u8 = 19;
+pub(super) const TAG_LOCATE: u8 = 20;
 
 /// Smallest encoded key: a two-byte length and one byte.
 const MIN_KEY_LEN: usize = 3;
@@ -180,6 +181,11 @@ pub enum Request<'a> {
         /// The keys.
         keys: Vec<KeyRef<'a>>,
     },
+    /// Which node owns a segment, and where it serves it.
+    Locate {
+        /// The segment.
+        segment: SegmentId,
+    },
 }
 
 impl<'a> Request<'a> {
@@ -205,7 +211,8 @@ impl<'a> Request<'a> {
             | Request::RemoveAll { .. }
             | Request::BatchGetReplicaList { .. }
             | Request::BatchExists { .. }
-            | Request::BatchRemove { .. } => None,
+            | Request::BatchRemove { .. }
+            | Request::Locate { .. } => None,
         }
     }
 
@@ -318,6 +325,10 @@ impl<'a> Request<'a> {
                 w.bool(*force);
                 write_keys(w, keys)?;
             }
+            Request::Locate { segment } => {
+                write_header(w, KIND_REQUEST, TAG_LOCATE);
+                w.u64(segment.0);
+            }
         }
         Ok(())
     }
@@ -397,6 +408,7 @@ impl<'a> Request<'a> {
                 let force = r.bool("force")?;
                 Request::BatchRemove { force, keys: read_keys(&mut r)? }
             }
+            TAG_LOCATE => Request::Locate { segment: SegmentId(r.u64("segment")?) },
             tag => {
                 return Err(DecodeError::UnknownTag { what: "request", tag });
             }

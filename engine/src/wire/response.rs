@@ -7,12 +7,12 @@ use smallvec::SmallVec;
 use super::MasterError;
 use super::request::*;
 use super::{
-    KIND_RESPONSE, MAX_BATCH, MAX_REPLICAS, PingOutcome, PingReply, PutGrant, RemoveAllSummary, ReplicaList,
-    measure, read_duration, read_header, write_duration, write_header,
+    KIND_RESPONSE, Location, MAX_BATCH, MAX_REPLICAS, PingOutcome, PingReply, PutGrant, RemoveAllSummary,
+    ReplicaList, measure, read_duration, read_header, write_duration, write_header,
 };
 use crate::codec::{DecodeError, EncodeError, Reader, Writer};
 use crate::descriptor::{MemoryReplica, ReplicaDescriptor};
-use crate::ids::ObjectVersion;
+use crate::ids::{NodeId, ObjectVersion};
 
 /// The master's answer to a [`Request`](super::Request) with the same name.
 ///
@@ -41,6 +41,7 @@ pub enum Response {
     BatchGetReplicaList(Vec<Result<Box<ReplicaList>, MasterError>>),
     BatchExists(Vec<bool>),
     BatchRemove(Vec<Result<(), MasterError>>),
+    Locate(Result<Location, MasterError>),
 }
 
 type Unit = Result<(), MasterError>;
@@ -115,6 +116,14 @@ impl Response {
                 })?;
             }
             Response::BatchRemove(rs) => write_unit_batch(w, TAG_BATCH_REMOVE, rs)?,
+            Response::Locate(r) => {
+                write_header(w, KIND_RESPONSE, TAG_LOCATE);
+                write_result(w, r, |w, l| {
+                    w.u64(l.node.0);
+                    w.socket_addr(l.serves);
+                    Ok(())
+                })?;
+            }
         }
         Ok(())
     }
@@ -162,6 +171,9 @@ impl Response {
             }
             TAG_BATCH_EXISTS => Response::BatchExists(read_batch(&mut r, 1, |r| r.bool("exists"))?),
             TAG_BATCH_REMOVE => Response::BatchRemove(read_batch(&mut r, STATUS_LEN, read_unit)?),
+            TAG_LOCATE => Response::Locate(read_result(&mut r, |r| {
+                Ok(Location { node: NodeId(r.u64("node")?), serves: r.socket_addr()? })
+            })?),
             tag => {
                 return Err(DecodeError::UnknownTag { what: "response", tag });
             }

@@ -61,6 +61,7 @@ fn requests() -> Vec<Request<'static>> {
         Request::BatchGetReplicaList { keys: vec![a, b] },
         Request::BatchExists { keys: vec![] },
         Request::BatchRemove { force: true, keys: vec![a] },
+        Request::Locate { segment: SegmentId(77) },
     ]
 }
 
@@ -88,6 +89,10 @@ fn responses() -> Vec<Response> {
         Response::BatchGetReplicaList(vec![Ok(Box::new(list())), Err(MasterError::ReplicaNotReady)]),
         Response::BatchExists(vec![true, false, true]),
         Response::BatchRemove(vec![Err(e), Ok(())]),
+        Response::Locate(Ok(Location { node: NodeId(3), serves: Some("10.1.2.3:4000".parse().unwrap()) })),
+        Response::Locate(Ok(Location { node: NodeId(3), serves: Some("[fe80::1]:9".parse().unwrap()) })),
+        Response::Locate(Ok(Location { node: NodeId(3), serves: None })),
+        Response::Locate(Err(MasterError::SegmentNotFound)),
     ]
 }
 

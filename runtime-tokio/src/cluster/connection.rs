@@ -1,33 +1,44 @@
-//! One accepted connection of the master: the socket and the engine's
-//! [`ServerConnection`], with requests handed to the master's actor in batches.
+//! One accepted connection of a server (the master, or a node's data server): the
+//! socket and the engine's [`ServerConnection`], with requests handed to the server's
+//! [`Service`] in batches.
 
 use larder_engine::NodeId;
-use larder_engine::net::{Hello, RefusalReason, Role, ServerConfig, ServerConnection, ServerEvent};
+use larder_engine::net::{
+    CloseReason, Hello, RefusalReason, Role, ServerConfig, ServerConnection, ServerEvent,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use std::sync::Arc;
 
 use super::clock::EngineClock;
-use super::metrics::MasterMetrics;
 
-/// What a connection tells the actor.
-#[derive(Debug)]
-pub(crate) enum ToActor {
-    /// A Hello that passed the connection's checks: may the node join?
-    Hello {
+/// What a server does with its connections' traffic: the master hands it to its actor,
+/// a node answers data requests itself. Answers go back through the connection's
+/// outbound channel, given with the Hello.
+pub(crate) trait Service: Send + Sync + 'static {
+    /// May this peer join? `outbound` reaches the connection from now on.
+    fn hello(
+        &self,
         conn: u64,
         hello: Hello,
         outbound: mpsc::UnboundedSender<Outbound>,
-        reply: oneshot::Sender<Result<(), RefusalReason>>,
-    },
-    /// Requests, in the order they arrived.
-    Requests { conn: u64, batch: Vec<(u64, Vec<u8>)> },
-    /// The node this connection speaks for carried out a command.
-    CommandAck { node: NodeId, id: u64 },
-    /// The connection is gone.
-    Closed { conn: u64 },
+    ) -> impl Future<Output = Result<(), RefusalReason>> + Send;
+
+    /// Requests, in the order they arrived; false ends the connection.
+    fn requests(&self, conn: u64, batch: Vec<(u64, Vec<u8>)>) -> impl Future<Output = bool> + Send;
+
+    /// The node this connection speaks for carried out command `id`.
+    fn command_ack(&self, node: NodeId, id: u64) -> impl Future<Output = ()> + Send;
+
+    /// A joined connection is gone.
+    fn closed(&self, conn: u64) -> impl Future<Output = ()> + Send;
+
+    /// A connection closed, refused or not (for metrics).
+    fn close_reason(&self, reason: CloseReason) {
+        let _ = reason;
+    }
 }
 
 /// What the actor tells a connection.
@@ -54,14 +65,36 @@ enum Wake {
     Timer,
 }
 
+/// Accepts connections for ever, each served by its own task.
+pub(crate) async fn accept_loop<S: Service>(
+    listener: tokio::net::TcpListener,
+    config: ServerConfig,
+    clock: EngineClock,
+    service: Arc<S>,
+) {
+    let mut next_conn = 0u64;
+    loop {
+        match listener.accept().await {
+            Ok((socket, _)) => {
+                next_conn += 1;
+                tokio::spawn(serve(socket, next_conn, config, clock, Arc::clone(&service)));
+            }
+            Err(e) => {
+                // Out of descriptors, usually: give the others a moment to close.
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
 /// Serves one connection until it closes.
-pub(crate) async fn serve(
+pub(crate) async fn serve<S: Service>(
     socket: TcpStream,
     conn: u64,
     config: ServerConfig,
     clock: EngineClock,
-    actor: mpsc::Sender<ToActor>,
-    metrics: Arc<MasterMetrics>,
+    service: Arc<S>,
 ) {
     let _ = socket.set_nodelay(true);
     let peer = socket.peer_addr().ok();
@@ -76,21 +109,13 @@ pub(crate) async fn serve(
         let mut batch = Vec::new();
         while let Some(event) = machine.poll_event() {
             match event {
-                ServerEvent::Hello(hello) => {
-                    let (reply, answer) = oneshot::channel();
-                    let outbound = outbound_tx.clone();
-                    if actor.send(ToActor::Hello { conn, hello, outbound, reply }).await.is_err() {
-                        return;
+                ServerEvent::Hello(hello) => match service.hello(conn, hello, outbound_tx.clone()).await {
+                    Ok(()) => {
+                        joined = true;
+                        machine.accept(clock.now());
                     }
-                    match answer.await {
-                        Ok(Ok(())) => {
-                            joined = true;
-                            machine.accept(clock.now());
-                        }
-                        Ok(Err(reason)) => machine.refuse(reason),
-                        Err(_) => return,
-                    }
-                }
+                    Err(reason) => machine.refuse(reason),
+                },
                 ServerEvent::Request { id, body } => batch.push((id, body)),
                 ServerEvent::CommandAck { id, .. } => {
                     // Only a node acknowledges its commands, and in the order of its
@@ -99,20 +124,18 @@ pub(crate) async fn serve(
                         continue;
                     };
                     let earlier = std::mem::take(&mut batch);
-                    if !earlier.is_empty()
-                        && actor.send(ToActor::Requests { conn, batch: earlier }).await.is_err()
-                    {
+                    if !earlier.is_empty() && !service.requests(conn, earlier).await {
                         return;
                     }
-                    let _ = actor.send(ToActor::CommandAck { node, id }).await;
+                    service.command_ack(node, id).await;
                 }
                 ServerEvent::Closed(reason) => {
                     tracing::info!("connection from {peer:?} closed: {reason:?}");
-                    metrics.closed(reason);
+                    service.close_reason(reason);
                 }
             }
         }
-        if !batch.is_empty() && actor.send(ToActor::Requests { conn, batch }).await.is_err() {
+        if !batch.is_empty() && !service.requests(conn, batch).await {
             return;
         }
         if written == out.len() {
@@ -128,7 +151,7 @@ pub(crate) async fn serve(
             // bytes (a refusal), given a little while.
             if joined {
                 joined = false;
-                let _ = actor.send(ToActor::Closed { conn }).await;
+                service.closed(conn).await;
             }
             drain_until.get_or_insert_with(|| tokio::time::Instant::now() + CLOSE_DRAIN);
         }
@@ -163,7 +186,7 @@ pub(crate) async fn serve(
     }
     let _ = writer.shutdown().await;
     if joined {
-        let _ = actor.send(ToActor::Closed { conn }).await;
+        service.closed(conn).await;
     }
 }
 

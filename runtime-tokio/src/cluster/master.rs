@@ -16,12 +16,12 @@ use larder_engine::net::{
     ClusterName, DEFAULT_MAX_FRAME_BODY, Hello, PROTOCOL_VERSIONS, RefusalReason, Role, ServerConfig,
 };
 use larder_engine::wire::{Message, Request, Response};
-use larder_engine::{Duration, Incarnation, NodeId};
+use larder_engine::{Duration, Incarnation, NodeId, ObjectVersion};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::clock::EngineClock;
-use super::connection::{self, Outbound, ToActor};
+use super::connection::{self, Outbound, Service};
 use super::metrics::{self, MasterMetrics};
 
 /// Roles the master accepts.
@@ -43,15 +43,17 @@ pub struct MasterServerConfig {
 }
 
 impl MasterServerConfig {
-    /// Listens on `listen` for cluster `cluster`, with the master's defaults.
+    /// Listens on `listen` for cluster `cluster`, with the master's defaults. Versions
+    /// start at the wall clock (in nanoseconds), so that a restarted master hands out
+    /// versions newer than any its nodes hold.
     pub fn new(listen: SocketAddr, cluster: ClusterName) -> Self {
-        Self {
-            listen,
-            metrics: None,
-            cluster,
-            master: MasterConfig::default(),
-            handshake_timeout: Duration::from_secs(5),
-        }
+        let wall =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos());
+        let master = MasterConfig {
+            first_version: ObjectVersion(u64::try_from(wall).unwrap_or(u64::MAX).max(1)),
+            ..MasterConfig::default()
+        };
+        Self { listen, metrics: None, cluster, master, handshake_timeout: Duration::from_secs(5) }
     }
 }
 
@@ -102,33 +104,67 @@ pub async fn start(config: MasterServerConfig) -> std::io::Result<MasterServer> 
         max_frame_body: DEFAULT_MAX_FRAME_BODY,
     };
     let (actor_tx, actor_rx) = mpsc::channel(1024);
-    let connection_metrics = Arc::clone(&metrics);
+    let service = Arc::new(ActorService { actor: actor_tx, metrics: Arc::clone(&metrics) });
     let actor = Actor::new(master, clock, metrics);
     let actor = tokio::spawn(actor.run(actor_rx));
-    tokio::spawn(async move {
-        let mut next_conn = 0u64;
-        loop {
-            match listener.accept().await {
-                Ok((socket, _)) => {
-                    next_conn += 1;
-                    let metrics = Arc::clone(&connection_metrics);
-                    tokio::spawn(connection::serve(
-                        socket,
-                        next_conn,
-                        server_config,
-                        clock,
-                        actor_tx.clone(),
-                        metrics,
-                    ));
-                }
-                Err(e) => {
-                    tracing::warn!("accept: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
-            }
-        }
-    });
+    tokio::spawn(connection::accept_loop(listener, server_config, clock, service));
     Ok(MasterServer { addr, metrics_addr, incarnation, actor })
+}
+
+/// What a connection tells the actor.
+#[derive(Debug)]
+enum ToActor {
+    /// A Hello that passed the connection's checks: may the node join?
+    Hello {
+        conn: u64,
+        hello: Hello,
+        outbound: mpsc::UnboundedSender<Outbound>,
+        reply: oneshot::Sender<Result<(), RefusalReason>>,
+    },
+    /// Requests, in the order they arrived.
+    Requests { conn: u64, batch: Vec<(u64, Vec<u8>)> },
+    /// The node carried out a command.
+    CommandAck { node: NodeId, id: u64 },
+    /// The connection is gone.
+    Closed { conn: u64 },
+}
+
+/// The master's connections hand everything to the actor.
+#[derive(Debug)]
+struct ActorService {
+    actor: mpsc::Sender<ToActor>,
+    metrics: Arc<MasterMetrics>,
+}
+
+impl Service for ActorService {
+    async fn hello(
+        &self,
+        conn: u64,
+        hello: Hello,
+        outbound: mpsc::UnboundedSender<Outbound>,
+    ) -> Result<(), RefusalReason> {
+        let (reply, answer) = oneshot::channel();
+        if self.actor.send(ToActor::Hello { conn, hello, outbound, reply }).await.is_err() {
+            return Err(RefusalReason::ProtocolViolation);
+        }
+        answer.await.unwrap_or(Err(RefusalReason::ProtocolViolation))
+    }
+
+    async fn requests(&self, conn: u64, batch: Vec<(u64, Vec<u8>)>) -> bool {
+        self.actor.send(ToActor::Requests { conn, batch }).await.is_ok()
+    }
+
+    async fn command_ack(&self, node: NodeId, id: u64) {
+        let _ = self.actor.send(ToActor::CommandAck { node, id }).await;
+    }
+
+    async fn closed(&self, conn: u64) {
+        let _ = self.actor.send(ToActor::Closed { conn }).await;
+    }
+
+    fn close_reason(&self, reason: larder_engine::net::CloseReason) {
+        self.metrics.closed(reason);
+    }
 }
 
 /// A connection that passed the handshake.
@@ -248,7 +284,11 @@ impl Actor {
             if other_run || request.node().is_some_and(|node| node != bound) {
                 return self.refuse(conn, RefusalReason::ProtocolViolation);
             }
-            let response = self.master.handle_request(now, &request);
+            let mut response = self.master.handle_request(now, &request);
+            if let Response::Locate(Ok(location)) = &mut response {
+                // The master knows the owner; where it serves, its handshake said.
+                location.serves = self.node_address(location.node);
+            }
             self.metrics.request(op_name(&request), failed(&response));
             match encode(&Message::Response(response)) {
                 Ok(body) => responses.push((id, body)),
@@ -261,6 +301,10 @@ impl Actor {
         if let Some(session) = self.sessions.get(&conn) {
             let _ = session.outbound.send(Outbound::Responses(responses));
         }
+    }
+
+    fn node_address(&self, node: NodeId) -> Option<SocketAddr> {
+        self.node_sessions.get(&node).and_then(|c| self.sessions.get(c)).and_then(|s| s.hello.serves)
     }
 
     fn refuse(&mut self, conn: u64, reason: RefusalReason) {
@@ -343,6 +387,7 @@ fn op_name(request: &Request<'_>) -> &'static str {
         Request::BatchGetReplicaList { .. } => "batch_get_replica_list",
         Request::BatchExists { .. } => "batch_exists",
         Request::BatchRemove { .. } => "batch_remove",
+        Request::Locate { .. } => "locate",
     }
 }
 
@@ -360,6 +405,7 @@ fn failed(response: &Response) -> bool {
         | Response::RemoveDiskReplica(r)
         | Response::PersistFailed(r) => r.is_err(),
         Response::Exists(_) | Response::RemoveAll(_) | Response::Ping(_) | Response::BatchExists(_) => false,
+        Response::Locate(r) => r.is_err(),
         Response::BatchPutStart(items) => items.iter().any(Result::is_err),
         Response::BatchGetReplicaList(items) => items.iter().any(Result::is_err),
         Response::BatchPutEnd(items) | Response::BatchPutRevoke(items) | Response::BatchRemove(items) => {

@@ -1,6 +1,7 @@
 //! The distributed mode's socket loops on tokio: the master's TCP server (one actor
-//! owning the engine's master) and the client connection every node and application
-//! uses to reach it. The protocol logic is the engine's ([`larder_engine::net`]); this
+//! owning the engine's master), the node that contributes and serves a memory segment,
+//! the client connection every node and application uses, and a client of the whole
+//! cluster ([`RemoteStore`]). The protocol logic is the engine's ([`larder_engine::net`]); this
 //! module only owns sockets, tasks and timers.
 
 pub mod client;
@@ -8,6 +9,10 @@ mod clock;
 mod connection;
 pub mod master;
 mod metrics;
+pub mod node;
+pub mod remote;
 
 pub use client::{CallError, Client, LinkState, PushedCommand};
 pub use master::{MasterServer, MasterServerConfig};
+pub use node::{NodeServer, NodeServerConfig};
+pub use remote::{RemoteError, RemoteStore};

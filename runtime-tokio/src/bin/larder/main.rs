@@ -3,11 +3,13 @@
 //! `larder bench` runs the embedded store through its main job: a working set larger
 //! than memory is written (eviction pushes it to SSD), read back and verified byte for
 //! byte, then the store is closed and reopened and everything is read back again.
-//! `larder master` runs the distributed mode's master: metadata only, over TCP.
+//! `larder master` runs the distributed mode's master: metadata only, over TCP;
+//! `larder node` contributes a memory segment to it and serves it.
 
 mod bench;
 mod config;
 mod master_cmd;
+mod node_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +30,9 @@ enum Command {
     /// Run the cluster's master: object metadata, placement, leases, node liveness
     /// (no values pass through it), behind a TCP server, with Prometheus metrics.
     Master(master_cmd::MasterArgs),
+    /// Contribute a memory segment to a cluster and serve it to the other nodes and
+    /// clients (its id is kept in the node directory, so a restart is the same node).
+    Node(node_cmd::NodeArgs),
 }
 
 fn main() {
@@ -48,6 +53,13 @@ fn main() {
                 .build()
                 .map_err(|e| format!("starting the runtime: {e}"))?;
             runtime.block_on(master_cmd::run(c))
+        }),
+        Command::Node(args) => node_cmd::resolve(args).and_then(|c| {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("starting the runtime: {e}"))?;
+            runtime.block_on(node_cmd::run(c))
         }),
     };
     if let Err(e) = result {

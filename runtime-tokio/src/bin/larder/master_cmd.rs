@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Args;
-use larder_engine::master::MasterConfig;
 use larder_engine::net::ClusterName;
 use larder_tokio::cluster::MasterServerConfig;
 use serde::Deserialize;
@@ -75,7 +74,8 @@ pub(crate) fn resolve(args: MasterArgs) -> Result<MasterServerConfig, String> {
     let cluster_name = args.cluster.or(file.cluster).unwrap_or_else(|| String::from("default"));
     let cluster =
         ClusterName::new(cluster_name.as_bytes()).map_err(|e| format!("cluster {cluster_name:?}: {e}"))?;
-    let mut master = MasterConfig::default();
+    let mut config = MasterServerConfig::new(listen, cluster);
+    let mut master = config.master.clone();
     if let Some(t) = args.lease_ttl.or(file.lease_ttl) {
         master.lease_ttl = parse_duration("lease_ttl", &t)?;
     }
@@ -89,20 +89,29 @@ pub(crate) fn resolve(args: MasterArgs) -> Result<MasterServerConfig, String> {
         master.low_watermark = l;
     }
     larder_engine::master::Master::new(master.clone()).map_err(|e| format!("master settings: {e}"))?;
-    let mut config = MasterServerConfig::new(listen, cluster);
     config.master = master;
     config.metrics = args.metrics.or(file.metrics);
     Ok(config)
 }
 
-/// Runs until ctrl-c or SIGTERM.
-pub(crate) async fn run(config: MasterServerConfig) -> Result<(), String> {
-    let stop = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            () = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+/// Resolves at ctrl-c or SIGTERM.
+pub(crate) async fn stopped() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let terminated = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending().await,
         }
     };
-    larder_tokio::cluster::master::run_until(config, stop).await.map_err(|e| format!("master: {e}"))
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminated => {}
+    }
+}
+
+/// Runs until ctrl-c or SIGTERM.
+pub(crate) async fn run(config: MasterServerConfig) -> Result<(), String> {
+    larder_tokio::cluster::master::run_until(config, stopped()).await.map_err(|e| format!("master: {e}"))
 }

@@ -1,0 +1,487 @@
+//! The data plane: reading and writing byte ranges of a node's memory segment, and
+//! the fence that keeps a stale writer out of a range given to a newer object.
+//!
+//! Values never pass through the master: a writer copies its value into the range the
+//! master granted, on whichever node holds it, with a [`DataRequest::Write`]; a reader
+//! fetches a replica with a [`DataRequest::Read`]. Both name the object version the
+//! master handed out, and the owning node keeps, per segment, the [`Extents`] written:
+//!
+//! - a write is refused when it overlaps an extent of a *newer* version (versions only
+//!   grow, so the writer's put was discarded or preempted and its range given to
+//!   someone else): a late write can never land in another object's bytes;
+//! - a read is answered only from an extent of exactly that offset, length and version,
+//!   with the CRC32C the node computed when the bytes arrived; the reader checks the
+//!   bytes it received against it. A range that holds anything else is refused, never
+//!   returned as the object.
+//!
+//! Bodies travel in [`super::FrameKind::Request`] / [`super::FrameKind::Response`]
+//! frames. Each starts `[DATA_FORMAT_VERSION, tag]`; integers are little-endian; the
+//! value bytes are the rest of the body (the frame's length bounds them).
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use crate::codec::{DecodeError, Reader, Writer};
+use crate::ids::{ObjectVersion, SegmentId};
+
+/// The format byte that starts every data-plane body.
+pub const DATA_FORMAT_VERSION: u8 = 1;
+
+/// Bytes of a write request before its value.
+pub const WRITE_HEADER_LEN: usize = 2 + 8 + 8 + 8;
+/// Bytes of a read answer before its value.
+pub const READ_ANSWER_HEADER_LEN: usize = 2 + 4;
+
+const TAG_WRITE: u8 = 1;
+const TAG_READ: u8 = 2;
+const TAG_WRITTEN: u8 = 1;
+const TAG_READ_ANSWER: u8 = 2;
+const TAG_REFUSED: u8 = 3;
+
+/// A request to the node that owns a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataRequest<'a> {
+    /// Copy `bytes` into the segment at `offset`, for object `version`.
+    Write {
+        /// The segment.
+        segment: SegmentId,
+        /// Where in it.
+        offset: u64,
+        /// The version the master granted the range to.
+        version: ObjectVersion,
+        /// The value (never empty).
+        bytes: &'a [u8],
+    },
+    /// Send back `len` bytes at `offset`, if they are object `version`'s.
+    Read {
+        /// The segment.
+        segment: SegmentId,
+        /// Where in it.
+        offset: u64,
+        /// How many bytes (never zero).
+        len: u64,
+        /// The version the reader's replica list names.
+        version: ObjectVersion,
+    },
+}
+
+/// The owning node's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataResponse<'a> {
+    /// The write is in the segment.
+    Written,
+    /// The bytes asked for, and their CRC32C as computed when they were written.
+    Read {
+        /// CRC32C of `bytes` when they arrived; check it.
+        crc32c: u32,
+        /// The value.
+        bytes: &'a [u8],
+    },
+    /// Refused.
+    Refused(DataError),
+}
+
+/// Why a node refused a data request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataError {
+    /// The node serves no segment with that id.
+    #[error("no such segment on this node")]
+    UnknownSegment,
+    /// The range does not lie inside the segment, or is empty.
+    #[error("range outside the segment")]
+    OutOfBounds,
+    /// A newer object holds (part of) the range: this writer's put is void.
+    #[error("the range belongs to a newer object")]
+    Fenced,
+    /// The range does not hold that version (never written, overwritten, or another
+    /// length).
+    #[error("the range does not hold that object version")]
+    NotHeld,
+    /// The bytes received do not match their CRC32C.
+    #[error("the bytes do not match their checksum")]
+    Corrupted,
+    /// A code this build does not know.
+    #[error("unknown data error code {0}")]
+    Unknown(u16),
+}
+
+impl DataError {
+    const fn code(self) -> u16 {
+        match self {
+            DataError::UnknownSegment => 1,
+            DataError::OutOfBounds => 2,
+            DataError::Fenced => 3,
+            DataError::NotHeld => 4,
+            DataError::Corrupted => 5,
+            DataError::Unknown(code) => code,
+        }
+    }
+
+    fn from_code(code: u16) -> Self {
+        match code {
+            1 => DataError::UnknownSegment,
+            2 => DataError::OutOfBounds,
+            3 => DataError::Fenced,
+            4 => DataError::NotHeld,
+            5 => DataError::Corrupted,
+            other => DataError::Unknown(other),
+        }
+    }
+}
+
+impl<'a> DataRequest<'a> {
+    /// Appends the encoded request to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match *self {
+            DataRequest::Write { segment, offset, version, bytes } => {
+                write_header(out, WRITE_HEADER_LEN, |w| {
+                    w.u8(DATA_FORMAT_VERSION);
+                    w.u8(TAG_WRITE);
+                    w.u64(segment.0);
+                    w.u64(offset);
+                    w.u64(version.0);
+                });
+                out.extend_from_slice(bytes);
+            }
+            DataRequest::Read { segment, offset, len, version } => {
+                write_header(out, 2 + 32, |w| {
+                    w.u8(DATA_FORMAT_VERSION);
+                    w.u8(TAG_READ);
+                    w.u64(segment.0);
+                    w.u64(offset);
+                    w.u64(len);
+                    w.u64(version.0);
+                });
+            }
+        }
+    }
+
+    /// Decodes a whole request body.
+    pub fn decode(body: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        r.version("data request", DATA_FORMAT_VERSION)?;
+        match r.u8("data request tag")? {
+            TAG_WRITE => {
+                let segment = SegmentId(r.u64("segment")?);
+                let offset = r.u64("offset")?;
+                let version = ObjectVersion(r.u64("version")?);
+                let bytes = r.bytes(r.remaining(), "value")?;
+                if bytes.is_empty() {
+                    return Err(DecodeError::InvalidValue { what: "empty value" });
+                }
+                Ok(DataRequest::Write { segment, offset, version, bytes })
+            }
+            TAG_READ => {
+                let segment = SegmentId(r.u64("segment")?);
+                let offset = r.u64("offset")?;
+                let len = r.u64("length")?;
+                let version = ObjectVersion(r.u64("version")?);
+                r.finish("data request")?;
+                if len == 0 {
+                    return Err(DecodeError::InvalidValue { what: "empty read" });
+                }
+                Ok(DataRequest::Read { segment, offset, len, version })
+            }
+            tag => Err(DecodeError::UnknownTag { what: "data request", tag }),
+        }
+    }
+}
+
+impl<'a> DataResponse<'a> {
+    /// Appends the encoded response to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match *self {
+            DataResponse::Written => out.extend_from_slice(&[DATA_FORMAT_VERSION, TAG_WRITTEN]),
+            DataResponse::Read { crc32c, bytes } => {
+                Self::encode_read_header(out, crc32c);
+                out.extend_from_slice(bytes);
+            }
+            DataResponse::Refused(e) => {
+                out.extend_from_slice(&[DATA_FORMAT_VERSION, TAG_REFUSED]);
+                out.extend_from_slice(&e.code().to_le_bytes());
+            }
+        }
+    }
+
+    /// Appends only the header of a read answer (its value follows, written by the
+    /// caller straight from the segment).
+    pub fn encode_read_header(out: &mut Vec<u8>, crc32c: u32) {
+        out.extend_from_slice(&[DATA_FORMAT_VERSION, TAG_READ_ANSWER]);
+        out.extend_from_slice(&crc32c.to_le_bytes());
+    }
+
+    /// Decodes a whole response body. An unknown refusal code decodes as
+    /// [`DataError::Unknown`].
+    pub fn decode(body: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        r.version("data response", DATA_FORMAT_VERSION)?;
+        let response = match r.u8("data response tag")? {
+            TAG_WRITTEN => DataResponse::Written,
+            TAG_READ_ANSWER => {
+                let crc32c = r.u32("crc32c")?;
+                let bytes = r.bytes(r.remaining(), "value")?;
+                return Ok(DataResponse::Read { crc32c, bytes });
+            }
+            TAG_REFUSED => DataResponse::Refused(DataError::from_code(r.u16("data error")?)),
+            tag => return Err(DecodeError::UnknownTag { what: "data response", tag }),
+        };
+        r.finish("data response")?;
+        Ok(response)
+    }
+}
+
+fn write_header(out: &mut Vec<u8>, len: usize, write: impl FnOnce(&mut Writer<'_>)) {
+    let start = out.len();
+    out.resize(start + len, 0);
+    let mut w = Writer::new(&mut out[start..]);
+    write(&mut w);
+    debug_assert_eq!(w.finish(), Ok(len));
+}
+
+/// One write that landed in a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// Its length.
+    pub len: u64,
+    /// The object version that wrote it.
+    pub version: ObjectVersion,
+    /// CRC32C of the bytes as they arrived.
+    pub crc32c: u32,
+}
+
+/// What a node knows of the writes into one of its segments: which version wrote which
+/// range. Extents never overlap: a write replaces every extent it overlaps.
+#[derive(Debug, Clone, Default)]
+pub struct Extents {
+    size: u64,
+    by_offset: BTreeMap<u64, Extent>,
+}
+
+impl Extents {
+    /// A segment of `size` bytes with nothing written.
+    pub fn new(size: u64) -> Self {
+        Self { size, by_offset: BTreeMap::new() }
+    }
+
+    /// The segment's size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Extents recorded.
+    pub fn len(&self) -> usize {
+        self.by_offset.len()
+    }
+
+    /// True if nothing is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.by_offset.is_empty()
+    }
+
+    /// Forgets every write (the master that granted them is gone).
+    pub fn clear(&mut self) {
+        self.by_offset.clear();
+    }
+
+    fn in_bounds(&self, offset: u64, len: u64) -> Result<u64, DataError> {
+        match offset.checked_add(len) {
+            Some(end) if len > 0 && end <= self.size => Ok(end),
+            _ => Err(DataError::OutOfBounds),
+        }
+    }
+
+    /// The extents overlapping `offset..end`, latest offset first.
+    fn overlapping(&self, offset: u64, end: u64) -> impl Iterator<Item = (&u64, &Extent)> {
+        // Extents are disjoint and sorted, so going down from `end`, once one ends at
+        // or before `offset` so do all below it.
+        self.by_offset.range(..end).rev().take_while(move |(start, e)| **start + e.len > offset)
+    }
+
+    /// May `version` write `len` bytes at `offset`?
+    pub fn check_write(&self, offset: u64, len: u64, version: ObjectVersion) -> Result<(), DataError> {
+        let end = self.in_bounds(offset, len)?;
+        if self.overlapping(offset, end).any(|(_, e)| e.version > version) {
+            return Err(DataError::Fenced);
+        }
+        Ok(())
+    }
+
+    /// Records a write that [`Extents::check_write`] allowed and that has landed.
+    pub fn record_write(&mut self, offset: u64, len: u64, version: ObjectVersion, crc32c: u32) {
+        let Ok(end) = self.in_bounds(offset, len) else { return };
+        let replaced: Vec<u64> = self.overlapping(offset, end).map(|(start, _)| *start).collect();
+        for start in replaced {
+            self.by_offset.remove(&start);
+        }
+        self.by_offset.insert(offset, Extent { len, version, crc32c });
+    }
+
+    /// The CRC32C of object `version`'s `len` bytes at `offset`, if that is exactly what
+    /// the range holds.
+    pub fn check_read(&self, offset: u64, len: u64, version: ObjectVersion) -> Result<u32, DataError> {
+        self.in_bounds(offset, len)?;
+        match self.by_offset.get(&offset) {
+            Some(e) if e.len == len && e.version == version => Ok(e.crc32c),
+            _ => Err(DataError::NotHeld),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SEG: SegmentId = SegmentId(4);
+    const V1: ObjectVersion = ObjectVersion(1);
+    const V2: ObjectVersion = ObjectVersion(2);
+
+    fn round_trip_request(r: DataRequest<'_>) {
+        let mut out = Vec::new();
+        r.encode(&mut out);
+        assert_eq!(DataRequest::decode(&out), Ok(r));
+    }
+
+    fn round_trip_response(r: DataResponse<'_>) {
+        let mut out = Vec::new();
+        r.encode(&mut out);
+        assert_eq!(DataResponse::decode(&out), Ok(r));
+    }
+
+    #[test]
+    fn bodies_round_trip() {
+        round_trip_request(DataRequest::Write { segment: SEG, offset: 4096, version: V2, bytes: b"value" });
+        round_trip_request(DataRequest::Read { segment: SEG, offset: 8, len: 5, version: V1 });
+        round_trip_response(DataResponse::Written);
+        round_trip_response(DataResponse::Read { crc32c: 0xdead_beef, bytes: b"value" });
+        round_trip_response(DataResponse::Read { crc32c: 0, bytes: b"" });
+        for e in [
+            DataError::UnknownSegment,
+            DataError::OutOfBounds,
+            DataError::Fenced,
+            DataError::NotHeld,
+            DataError::Corrupted,
+            DataError::Unknown(999),
+        ] {
+            round_trip_response(DataResponse::Refused(e));
+        }
+        let mut write = Vec::new();
+        DataRequest::Write { segment: SEG, offset: 0, version: V1, bytes: b"x" }.encode(&mut write);
+        assert_eq!(write.len(), WRITE_HEADER_LEN + 1);
+    }
+
+    #[test]
+    fn decoding_is_strict() {
+        let mut empty_write = Vec::new();
+        DataRequest::Write { segment: SEG, offset: 0, version: V1, bytes: b"x" }.encode(&mut empty_write);
+        empty_write.pop();
+        assert_eq!(DataRequest::decode(&empty_write), Err(DecodeError::InvalidValue { what: "empty value" }));
+        let mut read = Vec::new();
+        DataRequest::Read { segment: SEG, offset: 0, len: 1, version: V1 }.encode(&mut read);
+        read.push(0);
+        assert_eq!(
+            DataRequest::decode(&read),
+            Err(DecodeError::TrailingBytes { what: "data request", count: 1 })
+        );
+        let mut zero = Vec::new();
+        DataRequest::Read { segment: SEG, offset: 0, len: 0, version: V1 }.encode(&mut zero);
+        assert_eq!(DataRequest::decode(&zero), Err(DecodeError::InvalidValue { what: "empty read" }));
+        assert_eq!(
+            DataRequest::decode(&[1, 9]),
+            Err(DecodeError::UnknownTag { what: "data request", tag: 9 })
+        );
+        assert!(matches!(DataResponse::decode(&[2, 1]), Err(DecodeError::UnsupportedVersion { .. })));
+    }
+
+    #[test]
+    fn a_stale_writer_cannot_write_into_a_newer_objects_range() {
+        let mut x = Extents::new(1 << 20);
+        x.check_write(0, 100, V2).unwrap();
+        x.record_write(0, 100, V2, 7);
+        assert_eq!(x.check_write(50, 100, V1), Err(DataError::Fenced), "overlapping the end");
+        assert_eq!(x.check_write(0, 1, V1), Err(DataError::Fenced), "its first byte");
+        assert_eq!(x.check_write(100, 10, V1), Ok(()), "right after it");
+        assert_eq!(x.check_write(0, 100, ObjectVersion(3)), Ok(()), "a newer object may reuse it");
+    }
+
+    #[test]
+    fn ranges_outside_the_segment_are_refused_without_overflow() {
+        let x = Extents::new(4096);
+        assert_eq!(x.check_write(4096, 1, V1), Err(DataError::OutOfBounds));
+        assert_eq!(x.check_write(0, 4097, V1), Err(DataError::OutOfBounds));
+        assert_eq!(x.check_write(u64::MAX, 2, V1), Err(DataError::OutOfBounds));
+        assert_eq!(x.check_write(0, 0, V1), Err(DataError::OutOfBounds));
+        assert_eq!(x.check_read(4000, u64::MAX, V1), Err(DataError::OutOfBounds));
+        assert_eq!(x.check_write(0, 4096, V1), Ok(()));
+    }
+
+    #[test]
+    fn a_read_is_answered_only_for_exactly_what_was_written() {
+        let mut x = Extents::new(1 << 20);
+        x.record_write(4096, 100, V1, 42);
+        assert_eq!(x.check_read(4096, 100, V1), Ok(42));
+        assert_eq!(x.check_read(4096, 100, V2), Err(DataError::NotHeld), "another version");
+        assert_eq!(x.check_read(4096, 99, V1), Err(DataError::NotHeld), "another length");
+        assert_eq!(x.check_read(4097, 99, V1), Err(DataError::NotHeld), "inside it");
+        x.record_write(4100, 10, V2, 43);
+        assert_eq!(x.check_read(4096, 100, V1), Err(DataError::NotHeld), "overwritten in part");
+        x.clear();
+        assert_eq!(x.check_read(4100, 10, V2), Err(DataError::NotHeld));
+    }
+
+    /// A write the model has seen succeed.
+    #[derive(Debug, Clone, Copy)]
+    struct Landed {
+        offset: u64,
+        len: u64,
+        version: u64,
+        crc: u32,
+    }
+
+    fn overlaps(a: &Landed, offset: u64, len: u64) -> bool {
+        a.offset < offset + len && offset < a.offset + a.len
+    }
+
+    /// The writes still readable: those no later successful write overlapped.
+    fn readable(landed: &[Landed]) -> Vec<Landed> {
+        landed
+            .iter()
+            .enumerate()
+            .filter(|(i, w)| !landed[i + 1..].iter().any(|later| overlaps(later, w.offset, w.len)))
+            .map(|(_, w)| *w)
+            .collect()
+    }
+
+    proptest! {
+        /// Against a model that keeps every successful write: a write is fenced exactly
+        /// when it overlaps something readable of a newer version, and a read is
+        /// answered exactly for what is readable, with its CRC.
+        #[test]
+        fn extents_follow_the_model(ops in proptest::collection::vec((0u64..64, 1u64..16, 1u64..8), 1..60)) {
+            let mut x = Extents::new(64);
+            let mut landed: Vec<Landed> = Vec::new();
+            for (i, (offset, len, version)) in ops.into_iter().enumerate() {
+                let live = readable(&landed);
+                let expected = if offset + len > 64 {
+                    Err(DataError::OutOfBounds)
+                } else if live.iter().any(|w| overlaps(w, offset, len) && w.version > version) {
+                    Err(DataError::Fenced)
+                } else {
+                    Ok(())
+                };
+                prop_assert_eq!(x.check_write(offset, len, ObjectVersion(version)), expected);
+                if expected.is_ok() {
+                    let crc = i as u32;
+                    x.record_write(offset, len, ObjectVersion(version), crc);
+                    landed.push(Landed { offset, len, version, crc });
+                }
+                let live = readable(&landed);
+                prop_assert_eq!(x.len(), live.len());
+                for w in &live {
+                    prop_assert_eq!(x.check_read(w.offset, w.len, ObjectVersion(w.version)), Ok(w.crc));
+                }
+            }
+        }
+    }
+}

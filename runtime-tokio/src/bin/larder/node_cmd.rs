@@ -1,0 +1,81 @@
+//! `larder node`: settings (defaults, then a TOML file, then `LARDER_*` variables, then
+//! flags) and the run.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+use larder_engine::net::ClusterName;
+use larder_tokio::cluster::NodeServerConfig;
+use larder_tokio::parse_size;
+use serde::Deserialize;
+
+/// Flags of `larder node` (each also readable from the environment).
+#[derive(Args, Debug)]
+pub(crate) struct NodeArgs {
+    /// A TOML file with any of: master, listen, memory, root, cluster.
+    #[arg(long, env = "LARDER_CONFIG")]
+    config: Option<PathBuf>,
+    /// The master's address [default: 127.0.0.1:50051].
+    #[arg(long, env = "LARDER_MASTER")]
+    master: Option<SocketAddr>,
+    /// Where to serve the segment to other nodes and clients; port 0 picks a free one,
+    /// reported to the master [default: 127.0.0.1:0].
+    #[arg(long, env = "LARDER_NODE_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Memory contributed (e.g. 4GiB) [default: 512MiB].
+    #[arg(long, env = "LARDER_MEMORY_BYTES")]
+    memory: Option<String>,
+    /// The node directory; holds the stable node id (`node-id`). Without it the node
+    /// gets a new id every run.
+    #[arg(long, env = "LARDER_STORAGE_ROOT")]
+    root: Option<PathBuf>,
+    /// The cluster's name [default: default].
+    #[arg(long, env = "LARDER_CLUSTER")]
+    cluster: Option<String>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct NodeFile {
+    master: Option<SocketAddr>,
+    listen: Option<SocketAddr>,
+    memory: Option<String>,
+    root: Option<PathBuf>,
+    cluster: Option<String>,
+}
+
+pub(crate) fn resolve(args: NodeArgs) -> Result<NodeServerConfig, String> {
+    let file: NodeFile = match &args.config {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => NodeFile::default(),
+    };
+    let master =
+        args.master.or(file.master).unwrap_or_else(|| "127.0.0.1:50051".parse().expect("an address"));
+    let listen = args.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:0".parse().expect("an address"));
+    let memory_bytes = match args.memory.or(file.memory) {
+        Some(m) => parse_size("memory", &m).map_err(|e| e.to_string())?,
+        None => 512 << 20,
+    };
+    if memory_bytes == 0 {
+        return Err(String::from("memory must be at least 1 byte"));
+    }
+    let cluster_name = args.cluster.or(file.cluster).unwrap_or_else(|| String::from("default"));
+    let cluster =
+        ClusterName::new(cluster_name.as_bytes()).map_err(|e| format!("cluster {cluster_name:?}: {e}"))?;
+    let root = args.root.or(file.root);
+    let node_dir = root.map(|r| r.join(&cluster_name).join("node"));
+    Ok(NodeServerConfig { master, listen, cluster, memory_bytes, node_dir })
+}
+
+/// Runs until ctrl-c or SIGTERM.
+pub(crate) async fn run(config: NodeServerConfig) -> Result<(), String> {
+    let node = larder_tokio::cluster::node::start(config).await.map_err(|e| format!("node: {e}"))?;
+    println!("larder node {} serving on {}", node.node, node.data_addr);
+    crate::master_cmd::stopped().await;
+    Ok(())
+}

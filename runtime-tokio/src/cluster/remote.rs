@@ -1,0 +1,238 @@
+//! A client of the cluster: puts and gets whose metadata goes to the master and whose
+//! bytes go straight to (and from) the nodes holding the replicas, verified by CRC32C.
+//!
+//! A put asks the master for ranges (`PutStart`), writes the value into each on its
+//! owner, and ends the put (`PutEnd`); if any write fails the put is revoked. A get
+//! asks the master for the replica list and reads the first memory replica that
+//! answers with bytes matching their checksum; it never returns other bytes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+
+use larder_engine::net::data::{DataError, DataRequest, DataResponse};
+use larder_engine::net::{ClientConfig, ClusterName, Hello, PROTOCOL_VERSIONS, Role};
+use larder_engine::wire::{MasterError, Request, Response};
+use larder_engine::{
+    Incarnation, KeyRef, MemoryReplica, NodeId, ObjectVersion, ReplicaDescriptor, SegmentId,
+};
+
+use super::client::{CallError, Client};
+
+/// Why a cluster operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RemoteError {
+    /// No object has this key (or none of its replicas is left).
+    #[error("object not found")]
+    NotFound,
+    /// The key holds an object already.
+    #[error("object already exists")]
+    AlreadyExists,
+    /// The master refused the request.
+    #[error("the master refused: {0}")]
+    Master(MasterError),
+    /// A node refused a transfer.
+    #[error("a node refused the transfer: {0}")]
+    Data(DataError),
+    /// Bytes did not match their checksum.
+    #[error("the bytes read do not match their checksum")]
+    Corrupted,
+    /// The master or a node could not be reached.
+    #[error(transparent)]
+    Unreachable(#[from] CallError),
+    /// The key is not a valid key.
+    #[error("invalid key")]
+    InvalidKey,
+    /// An answer of the wrong kind.
+    #[error("unexpected answer: {0}")]
+    Protocol(String),
+}
+
+/// A connection to a cluster's master and, as needed, to its nodes.
+#[derive(Debug)]
+pub struct RemoteStore {
+    master: Client,
+    cluster: ClusterName,
+    writer: NodeId,
+    incarnation: Incarnation,
+    peers: Mutex<HashMap<SocketAddr, Client>>,
+    locations: Mutex<HashMap<SegmentId, SocketAddr>>,
+}
+
+impl RemoteStore {
+    /// Connects to the master at `addr` (waiting up to `timeout` for the handshake).
+    pub async fn connect(
+        addr: SocketAddr,
+        cluster: ClusterName,
+        timeout: std::time::Duration,
+    ) -> Result<Self, RemoteError> {
+        let writer = NodeId(rand::random::<u64>() | 1);
+        let incarnation = Incarnation(1);
+        let (master, _commands) = Client::start(addr, ClientConfig::new(hello(cluster, writer, incarnation)));
+        master.wait_up(timeout).await?;
+        Ok(Self {
+            master,
+            cluster,
+            writer,
+            incarnation,
+            peers: Mutex::default(),
+            locations: Mutex::default(),
+        })
+    }
+
+    /// Stores `value` under `key` with `replicas` memory replicas on distinct segments.
+    pub async fn put(&self, key: &[u8], value: &[u8], replicas: u8) -> Result<(), RemoteError> {
+        let key = KeyRef::new(key).map_err(|_| RemoteError::InvalidKey)?;
+        let start = Request::PutStart { writer: self.writer, key, size: value.len() as u64, replicas };
+        let grant = match self.master.call(&start).await? {
+            Response::PutStart(Ok(grant)) => grant,
+            Response::PutStart(Err(e)) => return Err(master_error(e)),
+            other => return Err(RemoteError::Protocol(format!("{other:?}"))),
+        };
+        for replica in &grant.replicas {
+            if let Err(e) = self.write(replica, grant.version, value).await {
+                let revoke = Request::PutRevoke { writer: self.writer, key, version: grant.version };
+                let _ = self.master.call(&revoke).await;
+                return Err(e);
+            }
+        }
+        let end = Request::PutEnd { writer: self.writer, key, version: grant.version };
+        match self.master.call(&end).await? {
+            Response::PutEnd(Ok(())) => Ok(()),
+            Response::PutEnd(Err(e)) => Err(master_error(e)),
+            other => Err(RemoteError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// The value under `key`, read from the first replica that gives verified bytes.
+    pub async fn get(&self, key: &[u8]) -> Result<Vec<u8>, RemoteError> {
+        let key = KeyRef::new(key).map_err(|_| RemoteError::InvalidKey)?;
+        let list = match self.master.call(&Request::GetReplicaList { key }).await? {
+            Response::GetReplicaList(Ok(list)) => list,
+            Response::GetReplicaList(Err(e)) => return Err(master_error(e)),
+            other => return Err(RemoteError::Protocol(format!("{other:?}"))),
+        };
+        let mut last = RemoteError::NotFound;
+        for replica in &list.replicas {
+            let ReplicaDescriptor::Memory(memory) = replica else { continue };
+            match self.read(memory, list.version).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Whether `key` holds a complete object.
+    pub async fn exists(&self, key: &[u8]) -> Result<bool, RemoteError> {
+        let key = KeyRef::new(key).map_err(|_| RemoteError::InvalidKey)?;
+        match self.master.call(&Request::Exists { key }).await? {
+            Response::Exists(e) => Ok(e),
+            other => Err(RemoteError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Removes the object under `key` (`force`: even while a reader holds a lease).
+    pub async fn remove(&self, key: &[u8], force: bool) -> Result<(), RemoteError> {
+        let key = KeyRef::new(key).map_err(|_| RemoteError::InvalidKey)?;
+        match self.master.call(&Request::Remove { key, force }).await? {
+            Response::Remove(Ok(())) => Ok(()),
+            Response::Remove(Err(e)) => Err(master_error(e)),
+            other => Err(RemoteError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    async fn write(
+        &self,
+        replica: &MemoryReplica,
+        version: ObjectVersion,
+        value: &[u8],
+    ) -> Result<(), RemoteError> {
+        let peer = self.peer(replica.segment).await?;
+        let mut body = Vec::with_capacity(value.len() + 32);
+        DataRequest::Write { segment: replica.segment, offset: replica.offset, version, bytes: value }
+            .encode(&mut body);
+        let answer = peer.call_raw(body).await?;
+        match DataResponse::decode(&answer) {
+            Ok(DataResponse::Written) => Ok(()),
+            Ok(DataResponse::Refused(e)) => Err(RemoteError::Data(e)),
+            other => Err(RemoteError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    async fn read(&self, replica: &MemoryReplica, version: ObjectVersion) -> Result<Vec<u8>, RemoteError> {
+        let peer = self.peer(replica.segment).await?;
+        let mut body = Vec::new();
+        DataRequest::Read { segment: replica.segment, offset: replica.offset, len: replica.len, version }
+            .encode(&mut body);
+        let answer = peer.call_raw(body).await?;
+        match DataResponse::decode(&answer) {
+            Ok(DataResponse::Read { crc32c, bytes }) => {
+                if bytes.len() as u64 != replica.len || larder_engine::checksum::crc32c(bytes) != crc32c {
+                    return Err(RemoteError::Corrupted);
+                }
+                Ok(bytes.to_vec())
+            }
+            Ok(DataResponse::Refused(e)) => Err(RemoteError::Data(e)),
+            other => Err(RemoteError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// The connection to the node serving `segment`.
+    async fn peer(&self, segment: SegmentId) -> Result<Client, RemoteError> {
+        let known =
+            self.locations.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&segment).copied();
+        let addr = match known {
+            Some(addr) => addr,
+            None => {
+                let addr = match self.master.call(&Request::Locate { segment }).await? {
+                    Response::Locate(Ok(location)) => location.serves.ok_or(RemoteError::NotFound)?,
+                    Response::Locate(Err(e)) => return Err(master_error(e)),
+                    other => return Err(RemoteError::Protocol(format!("{other:?}"))),
+                };
+                self.locations
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(segment, addr);
+                addr
+            }
+        };
+        let existing =
+            self.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&addr).cloned();
+        let client = match existing {
+            Some(client) => client,
+            None => {
+                let hello = Hello { role: Role::Peer, ..hello(self.cluster, self.writer, self.incarnation) };
+                let (client, _) = Client::start(addr, ClientConfig::new(hello));
+                self.peers
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(addr, client.clone());
+                client
+            }
+        };
+        client.wait_up(std::time::Duration::from_secs(5)).await?;
+        Ok(client)
+    }
+}
+
+fn hello(cluster: ClusterName, node: NodeId, incarnation: Incarnation) -> Hello {
+    Hello {
+        min_version: PROTOCOL_VERSIONS.0,
+        max_version: PROTOCOL_VERSIONS.1,
+        cluster,
+        role: Role::Client,
+        node,
+        incarnation,
+        serves: None,
+    }
+}
+
+fn master_error(e: MasterError) -> RemoteError {
+    match e {
+        MasterError::ObjectNotFound => RemoteError::NotFound,
+        MasterError::ObjectAlreadyExists => RemoteError::AlreadyExists,
+        other => RemoteError::Master(other),
+    }
+}
