@@ -28,6 +28,15 @@ fn value(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Compares bytes without printing megabytes when they differ.
+#[track_caller]
+fn assert_same(got: &[u8], want: &[u8], what: &str) {
+    if got != want {
+        let first = got.iter().zip(want).position(|(a, b)| a != b);
+        panic!("{what}: {} bytes read, {} put, first difference at {first:?}", got.len(), want.len());
+    }
+}
+
 async fn store(master: &MasterProcess) -> RemoteStore {
     RemoteStore::connect(master.addr, cluster(), HANG_GUARD).await.expect("the master takes the client")
 }
@@ -55,12 +64,12 @@ async fn values_put_through_the_cluster_read_back_byte_identical() {
     assert!(client.exists(b"prefix/0").await.unwrap());
     assert_eq!(client.get(b"missing").await, Err(RemoteError::NotFound));
     assert_eq!(client.put(b"prefix/0", b"again", 1).await, Err(RemoteError::AlreadyExists));
-    assert_eq!(client.get(b"prefix/0").await.unwrap(), value(0, sizes[0]), "the first value stays");
+    assert_same(&client.get(b"prefix/0").await.unwrap(), &value(0, sizes[0]), "the first value stays");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_takes_only_what_it_alone_held_and_nothing_reads_wrong() {
-    let master = MasterProcess::start("127.0.0.1:0", &["--node-ttl", "2s"]);
+    let master = MasterProcess::start("127.0.0.1:0", &["--node-ttl", "5s"]);
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let mut nodes: Vec<NodeProcess> =
         dirs.iter().map(|d| NodeProcess::start(master.addr, "64MiB", d.path())).collect();
@@ -75,7 +84,7 @@ async fn a_killed_node_takes_only_what_it_alone_held_and_nothing_reads_wrong() {
     let mut lost = 0;
     for i in 0..12u64 {
         match client.get(format!("k/{i}").as_bytes()).await {
-            Ok(bytes) => assert_eq!(bytes, value(i, 300_000), "object {i} read back other bytes"),
+            Ok(bytes) => assert_same(&bytes, &value(i, 300_000), "an object on the surviving node"),
             Err(RemoteError::NotFound) => {
                 assert!(i >= 6, "object {i} had a replica on the surviving node");
                 lost += 1;
@@ -86,7 +95,7 @@ async fn a_killed_node_takes_only_what_it_alone_held_and_nothing_reads_wrong() {
     assert!(lost > 0 && lost < 6, "placement spreads single replicas over both nodes: {lost} lost");
     // The cluster goes on with the node that is left.
     client.put(b"after", &value(99, 1000), 1).await.unwrap();
-    assert_eq!(client.get(b"after").await.unwrap(), value(99, 1000));
+    assert_same(&client.get(b"after").await.unwrap(), &value(99, 1000), "a put after the loss");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,7 +111,7 @@ async fn a_restarted_node_keeps_its_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_master_restart_the_nodes_register_again_and_the_cluster_serves() {
+async fn a_client_gets_typed_errors_while_the_master_is_down_and_goes_on_after_its_restart() {
     let listen = format!("127.0.0.1:{}", unused_fixed_port());
     let mut master = MasterProcess::start(&listen, &[]);
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
@@ -111,6 +120,7 @@ async fn after_a_master_restart_the_nodes_register_again_and_the_cluster_serves(
     master.wait_for_metric("larder_master_segments", 2.0);
     let client = store(&master).await;
     client.put(b"before", &value(1, 5000), 1).await.unwrap();
+    client.flush().await.unwrap();
     master.kill();
     // While it is down a call fails with a typed error instead of hanging.
     match client.get(b"before").await {
@@ -119,11 +129,15 @@ async fn after_a_master_restart_the_nodes_register_again_and_the_cluster_serves(
     }
     let master = MasterProcess::start(&listen, &[]);
     master.wait_for_metric("larder_master_segments", 2.0);
-    let client = store(&master).await;
-    // The new master knows nothing of the old objects (memory only); new ones work.
-    assert_eq!(client.get(b"before").await, Err(RemoteError::NotFound));
+    master.wait_for_metric("larder_master_objects", 1.0);
+    // The same client, reconnected: the flushed object is back, new puts work.
+    let mut link = client.master_link();
+    while !matches!(*link.borrow_and_update(), larder_tokio::cluster::LinkState::Up(_)) {
+        link.changed().await.unwrap();
+    }
+    assert_same(&client.get(b"before").await.unwrap(), &value(1, 5000), "the flushed object");
     client.put(b"after", &value(2, 70_000), 2).await.unwrap();
-    assert_eq!(client.get(b"after").await.unwrap(), value(2, 70_000));
+    assert_same(&client.get(b"after").await.unwrap(), &value(2, 70_000), "a put after the restart");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,22 +169,80 @@ async fn a_late_write_of_an_older_version_is_refused_by_the_node() {
     // A writer of an older put, arriving late, is fenced out of the range.
     let (to_node, _) = Client::start(node.addr, ClientConfig::new(Hello { role: Role::Peer, ..hello }));
     to_node.wait_up(HANG_GUARD).await.unwrap();
+    let larder_tokio::cluster::LinkState::Up(welcome) = to_master.link() else { panic!("up") };
+    let epoch = welcome.incarnation.0;
+    let junk = [0xee; 8192];
+    let crc = larder_engine::checksum::crc32c(&junk);
+    let (segment, offset) = (replica.segment, replica.offset);
+    let write = |version, epoch, crc32c| {
+        let mut body = Vec::new();
+        DataRequest::Write { segment, offset, version, epoch, crc32c, bytes: &junk }.encode(&mut body);
+        body
+    };
     let stale = larder_engine::ObjectVersion(list.version.0 - 1);
-    let mut body = Vec::new();
-    DataRequest::Write {
-        segment: replica.segment,
-        offset: replica.offset,
-        version: stale,
-        bytes: &[0xee; 8192],
-    }
-    .encode(&mut body);
-    let answer = to_node.call_raw(body).await.unwrap();
+    let answer = to_node.call_raw(write(stale, epoch, crc)).await.unwrap();
     assert_eq!(DataResponse::decode(&answer), Ok(DataResponse::Refused(DataError::Fenced)));
+    // A grant of another master run is fenced too, and bytes damaged on the way are
+    // refused.
+    let newer = list.version.next();
+    let answer = to_node.call_raw(write(newer, epoch ^ 1, crc)).await.unwrap();
+    assert_eq!(DataResponse::decode(&answer), Ok(DataResponse::Refused(DataError::Fenced)));
+    let answer = to_node.call_raw(write(newer, epoch, crc ^ 1)).await.unwrap();
+    assert_eq!(DataResponse::decode(&answer), Ok(DataResponse::Refused(DataError::Corrupted)));
     // A read naming another version is refused too; the object reads back intact.
     let mut body = Vec::new();
     DataRequest::Read { segment: replica.segment, offset: replica.offset, len: replica.len, version: stale }
         .encode(&mut body);
     let answer = to_node.call_raw(body).await.unwrap();
     assert_eq!(DataResponse::decode(&answer), Ok(DataResponse::Refused(DataError::NotHeld)));
-    assert_eq!(client.get(b"current").await.unwrap(), value(5, 8192));
+    assert_same(&client.get(b"current").await.unwrap(), &value(5, 8192), "the object fenced against");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_serves_its_flushed_objects_again_without_a_re_put() {
+    let master = MasterProcess::start("127.0.0.1:0", &[]);
+    let root = tempfile::tempdir().unwrap();
+    let mut node = NodeProcess::start(master.addr, "64MiB", root.path());
+    master.wait_for_metric("larder_master_segments", 1.0);
+    let client = store(&master).await;
+    for i in 0..12u64 {
+        client.put(format!("flushed/{i}").as_bytes(), &value(i, 300_000 + i as usize), 1).await.unwrap();
+    }
+    client.flush().await.expect("everything put is durable");
+    node.kill();
+    let restarted = NodeProcess::start(master.addr, "64MiB", root.path());
+    assert_eq!(restarted.node, node.node);
+    assert_eq!(restarted.recovered, 12, "its SSD tier recovered every flushed object");
+    // The master drops what the old run held, then takes the records registered again.
+    master.wait_for_metric(r#"larder_master_dropped_objects_total{reason="node_lost"}"#, 12.0);
+    master.wait_for_metric("larder_master_objects", 12.0);
+    for i in 0..12u64 {
+        let got = client.get(format!("flushed/{i}").as_bytes()).await.unwrap();
+        assert_same(&got, &value(i, 300_000 + i as usize), "an object read from the node's SSD");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_master_restart_every_flushed_object_is_readable() {
+    let listen = format!("127.0.0.1:{}", unused_fixed_port());
+    let mut master = MasterProcess::start(&listen, &[]);
+    let roots = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let _nodes: Vec<NodeProcess> =
+        roots.iter().map(|r| NodeProcess::start(master.addr, "32MiB", r.path())).collect();
+    master.wait_for_metric("larder_master_segments", 2.0);
+    let client = store(&master).await;
+    for i in 0..8u64 {
+        client.put(format!("durable/{i}").as_bytes(), &value(100 + i, 200_000), 1).await.unwrap();
+    }
+    client.flush().await.unwrap();
+    master.kill();
+    let master = MasterProcess::start(&listen, &[]);
+    // The nodes come back and register their segments and their disk records.
+    master.wait_for_metric("larder_master_segments", 2.0);
+    master.wait_for_metric("larder_master_objects", 8.0);
+    let client = store(&master).await;
+    for i in 0..8u64 {
+        let got = client.get(format!("durable/{i}").as_bytes()).await.unwrap();
+        assert_same(&got, &value(100 + i, 200_000), "a flushed object after the master's restart");
+    }
 }

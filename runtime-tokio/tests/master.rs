@@ -204,7 +204,9 @@ async fn a_node_of_an_earlier_run_is_refused() {
     let frames = raw_exchange(master.addr, &hello_bytes(&hello(4, 7)));
     assert_eq!(refusal(&frames), RefusalReason::StaleIncarnation);
     let (late, _) = Client::start(master.addr, ClientConfig::new(hello(4, 7)));
-    let state = late.link_changed().await.unwrap();
+    let mut link = late.link_watch();
+    link.changed().await.unwrap();
+    let state = *link.borrow();
     let refused = Refusal { reason: RefusalReason::StaleIncarnation, versions: (1, 1) };
     assert_eq!(state, LinkState::Down(Some(larder_engine::net::DisconnectReason::Refused(refused))));
 }

@@ -326,7 +326,7 @@ impl LarderCluster {
                     listen: "127.0.0.1:0".parse().expect("addr"),
                     cluster,
                     memory_bytes: memory,
-                    node_dir: None,
+                    storage_root: None,
                 };
                 larder_tokio::cluster::node::start(node).await.map_err(|e| e.to_string())?;
             }

@@ -148,6 +148,13 @@ impl Tier {
         Ok((Tier { shared, reader: Some(reader), writer: Some(writer) }, records))
     }
 
+    /// Every record the tier holds now, as the master registers them (after a restart
+    /// of the master, a node registers them all again).
+    pub fn records(&self) -> Vec<RecoveredRecord> {
+        let index = self.shared.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        recovered_records(&index, self.shared.config.node)
+    }
+
     /// The node directory.
     pub fn dir(&self) -> &std::path::Path {
         self.shared.dir.path()

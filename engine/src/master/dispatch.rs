@@ -69,6 +69,14 @@ impl Master {
                     .map(|node| Location { node, serves: None })
                     .ok_or(MasterError::SegmentNotFound),
             ),
+            Request::LocateNode { node } => Response::LocateNode(match self.node_incarnation(*node) {
+                Some(_) => Ok(Location { node: *node, serves: None }),
+                None => Err(MasterError::NodeNotRegistered),
+            }),
+            Request::Flush => Response::Flush(self.handle_flush(now).barrier()),
+            Request::FlushStatus { barrier } => {
+                Response::FlushStatus(self.flush_status(&super::FlushTicket::from_barrier(*barrier)))
+            }
         }
     }
 }

@@ -37,21 +37,19 @@ pub struct FlushTicket {
     barrier: ObjectVersion,
 }
 
-/// Where a flush stands ([`Master::flush_status`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FlushStatus {
-    /// Every object acknowledged before the flush has a disk record, or was removed.
-    Durable,
-    /// Some of them are still being persisted.
-    Pending,
-    /// This many of them are not durable: their persist failed, and was asked for
-    /// again when the flush began and failed again (or no node can persist them). They
-    /// stay in memory and are retried.
-    NotDurable {
-        /// How many.
-        objects: u64,
-    },
+impl FlushTicket {
+    /// The barrier: every object acknowledged before the flush has a version below it.
+    pub fn barrier(&self) -> ObjectVersion {
+        self.barrier
+    }
+
+    /// The ticket of a flush whose barrier a remote caller holds.
+    pub fn from_barrier(barrier: ObjectVersion) -> Self {
+        Self { barrier }
+    }
 }
+
+pub use crate::wire::FlushStatus;
 
 /// A persist that failed and will be asked for again.
 #[derive(Debug, Clone, Copy)]

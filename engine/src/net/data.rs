@@ -23,17 +23,19 @@ use alloc::vec::Vec;
 
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::ids::{ObjectVersion, SegmentId};
+use crate::key::KeyRef;
 
 /// The format byte that starts every data-plane body.
 pub const DATA_FORMAT_VERSION: u8 = 1;
 
 /// Bytes of a write request before its value.
-pub const WRITE_HEADER_LEN: usize = 2 + 8 + 8 + 8;
+pub const WRITE_HEADER_LEN: usize = 2 + 8 + 8 + 8 + 8 + 4;
 /// Bytes of a read answer before its value.
 pub const READ_ANSWER_HEADER_LEN: usize = 2 + 4;
 
 const TAG_WRITE: u8 = 1;
 const TAG_READ: u8 = 2;
+const TAG_READ_DISK: u8 = 3;
 const TAG_WRITTEN: u8 = 1;
 const TAG_READ_ANSWER: u8 = 2;
 const TAG_REFUSED: u8 = 3;
@@ -49,6 +51,11 @@ pub enum DataRequest<'a> {
         offset: u64,
         /// The version the master granted the range to.
         version: ObjectVersion,
+        /// The run of the master that granted it (its Welcome's incarnation): a node
+        /// takes writes only for the master run it mounted its segment with.
+        epoch: u64,
+        /// CRC32C of `bytes` as the writer computed it; checked on arrival.
+        crc32c: u32,
         /// The value (never empty).
         bytes: &'a [u8],
     },
@@ -60,6 +67,13 @@ pub enum DataRequest<'a> {
         offset: u64,
         /// How many bytes (never zero).
         len: u64,
+        /// The version the reader's replica list names.
+        version: ObjectVersion,
+    },
+    /// Send back the value of `key` from your SSD tier, if it holds `version`.
+    ReadDisk {
+        /// The key.
+        key: KeyRef<'a>,
         /// The version the reader's replica list names.
         version: ObjectVersion,
     },
@@ -91,8 +105,9 @@ pub enum DataError {
     /// The range does not lie inside the segment, or is empty.
     #[error("range outside the segment")]
     OutOfBounds,
-    /// A newer object holds (part of) the range: this writer's put is void.
-    #[error("the range belongs to a newer object")]
+    /// A newer object holds (part of) the range, or the write was granted by another
+    /// run of the master than the one the segment is mounted with: this put is void.
+    #[error("the range belongs to a newer object or another master run")]
     Fenced,
     /// The range does not hold that version (never written, overwritten, or another
     /// length).
@@ -101,6 +116,9 @@ pub enum DataError {
     /// The bytes received do not match their CRC32C.
     #[error("the bytes do not match their checksum")]
     Corrupted,
+    /// The node has no SSD tier, or its tier could not read the record.
+    #[error("the node's SSD tier cannot serve it")]
+    DiskUnavailable,
     /// A code this build does not know.
     #[error("unknown data error code {0}")]
     Unknown(u16),
@@ -114,6 +132,7 @@ impl DataError {
             DataError::Fenced => 3,
             DataError::NotHeld => 4,
             DataError::Corrupted => 5,
+            DataError::DiskUnavailable => 6,
             DataError::Unknown(code) => code,
         }
     }
@@ -125,6 +144,7 @@ impl DataError {
             3 => DataError::Fenced,
             4 => DataError::NotHeld,
             5 => DataError::Corrupted,
+            6 => DataError::DiskUnavailable,
             other => DataError::Unknown(other),
         }
     }
@@ -134,15 +154,25 @@ impl<'a> DataRequest<'a> {
     /// Appends the encoded request to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         match *self {
-            DataRequest::Write { segment, offset, version, bytes } => {
+            DataRequest::Write { segment, offset, version, epoch, crc32c, bytes } => {
                 write_header(out, WRITE_HEADER_LEN, |w| {
                     w.u8(DATA_FORMAT_VERSION);
                     w.u8(TAG_WRITE);
                     w.u64(segment.0);
                     w.u64(offset);
                     w.u64(version.0);
+                    w.u64(epoch);
+                    w.u32(crc32c);
                 });
                 out.extend_from_slice(bytes);
+            }
+            DataRequest::ReadDisk { key, version } => {
+                write_header(out, 2 + 8 + 2 + key.len(), |w| {
+                    w.u8(DATA_FORMAT_VERSION);
+                    w.u8(TAG_READ_DISK);
+                    w.u64(version.0);
+                    w.key(key);
+                });
             }
             DataRequest::Read { segment, offset, len, version } => {
                 write_header(out, 2 + 32, |w| {
@@ -166,11 +196,13 @@ impl<'a> DataRequest<'a> {
                 let segment = SegmentId(r.u64("segment")?);
                 let offset = r.u64("offset")?;
                 let version = ObjectVersion(r.u64("version")?);
+                let epoch = r.u64("epoch")?;
+                let crc32c = r.u32("crc32c")?;
                 let bytes = r.bytes(r.remaining(), "value")?;
                 if bytes.is_empty() {
                     return Err(DecodeError::InvalidValue { what: "empty value" });
                 }
-                Ok(DataRequest::Write { segment, offset, version, bytes })
+                Ok(DataRequest::Write { segment, offset, version, epoch, crc32c, bytes })
             }
             TAG_READ => {
                 let segment = SegmentId(r.u64("segment")?);
@@ -182,6 +214,12 @@ impl<'a> DataRequest<'a> {
                     return Err(DecodeError::InvalidValue { what: "empty read" });
                 }
                 Ok(DataRequest::Read { segment, offset, len, version })
+            }
+            TAG_READ_DISK => {
+                let version = ObjectVersion(r.u64("version")?);
+                let key = r.key()?;
+                r.finish("data request")?;
+                Ok(DataRequest::ReadDisk { key, version })
             }
             tag => Err(DecodeError::UnknownTag { what: "data request", tag }),
         }
@@ -351,8 +389,16 @@ mod tests {
 
     #[test]
     fn bodies_round_trip() {
-        round_trip_request(DataRequest::Write { segment: SEG, offset: 4096, version: V2, bytes: b"value" });
+        round_trip_request(DataRequest::Write {
+            segment: SEG,
+            offset: 4096,
+            version: V2,
+            epoch: 7,
+            crc32c: 9,
+            bytes: b"value",
+        });
         round_trip_request(DataRequest::Read { segment: SEG, offset: 8, len: 5, version: V1 });
+        round_trip_request(DataRequest::ReadDisk { key: KeyRef::new(b"prefix/0").unwrap(), version: V2 });
         round_trip_response(DataResponse::Written);
         round_trip_response(DataResponse::Read { crc32c: 0xdead_beef, bytes: b"value" });
         round_trip_response(DataResponse::Read { crc32c: 0, bytes: b"" });
@@ -362,19 +408,22 @@ mod tests {
             DataError::Fenced,
             DataError::NotHeld,
             DataError::Corrupted,
+            DataError::DiskUnavailable,
             DataError::Unknown(999),
         ] {
             round_trip_response(DataResponse::Refused(e));
         }
         let mut write = Vec::new();
-        DataRequest::Write { segment: SEG, offset: 0, version: V1, bytes: b"x" }.encode(&mut write);
+        DataRequest::Write { segment: SEG, offset: 0, version: V1, epoch: 1, crc32c: 0, bytes: b"x" }
+            .encode(&mut write);
         assert_eq!(write.len(), WRITE_HEADER_LEN + 1);
     }
 
     #[test]
     fn decoding_is_strict() {
         let mut empty_write = Vec::new();
-        DataRequest::Write { segment: SEG, offset: 0, version: V1, bytes: b"x" }.encode(&mut empty_write);
+        DataRequest::Write { segment: SEG, offset: 0, version: V1, epoch: 1, crc32c: 0, bytes: b"x" }
+            .encode(&mut empty_write);
         empty_write.pop();
         assert_eq!(DataRequest::decode(&empty_write), Err(DecodeError::InvalidValue { what: "empty value" }));
         let mut read = Vec::new();

@@ -85,6 +85,22 @@ pub struct Location {
     pub serves: Option<core::net::SocketAddr>,
 }
 
+/// Where a flush stands (the master's [`crate::master::Master::flush_status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushStatus {
+    /// Every object acknowledged before the flush has a disk record, or was removed.
+    Durable,
+    /// Some of them are still being persisted.
+    Pending,
+    /// This many of them are not durable: their persist failed, and was asked for
+    /// again when the flush began and failed again (or no node can persist them). They
+    /// stay in memory and are retried.
+    NotDurable {
+        /// How many.
+        objects: u64,
+    },
+}
+
 /// What a remove-all did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RemoveAllSummary {

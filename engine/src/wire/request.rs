@@ -28,6 +28,9 @@ pub(super) const TAG_BATCH_GET_REPLICA_LIST: u8 = 17;
 pub(super) const TAG_BATCH_EXISTS: u8 = 18;
 pub(super) const TAG_BATCH_REMOVE: u8 = 19;
 pub(super) const TAG_LOCATE: u8 = 20;
+pub(super) const TAG_FLUSH: u8 = 21;
+pub(super) const TAG_FLUSH_STATUS: u8 = 22;
+pub(super) const TAG_LOCATE_NODE: u8 = 23;
 
 /// Smallest encoded key: a two-byte length and one byte.
 const MIN_KEY_LEN: usize = 3;
@@ -186,6 +189,19 @@ pub enum Request<'a> {
         /// The segment.
         segment: SegmentId,
     },
+    /// Begin a flush: the answer is its barrier (every object acknowledged before it
+    /// has a lower version), to ask about with [`Request::FlushStatus`].
+    Flush,
+    /// Where the flush with this barrier stands.
+    FlushStatus {
+        /// The barrier [`Request::Flush`] answered.
+        barrier: ObjectVersion,
+    },
+    /// Where a node serves (to read a disk replica through its owner).
+    LocateNode {
+        /// The node.
+        node: NodeId,
+    },
 }
 
 impl<'a> Request<'a> {
@@ -212,7 +228,10 @@ impl<'a> Request<'a> {
             | Request::BatchGetReplicaList { .. }
             | Request::BatchExists { .. }
             | Request::BatchRemove { .. }
-            | Request::Locate { .. } => None,
+            | Request::Locate { .. }
+            | Request::Flush
+            | Request::FlushStatus { .. }
+            | Request::LocateNode { .. } => None,
         }
     }
 
@@ -329,6 +348,15 @@ impl<'a> Request<'a> {
                 write_header(w, KIND_REQUEST, TAG_LOCATE);
                 w.u64(segment.0);
             }
+            Request::Flush => write_header(w, KIND_REQUEST, TAG_FLUSH),
+            Request::FlushStatus { barrier } => {
+                write_header(w, KIND_REQUEST, TAG_FLUSH_STATUS);
+                w.u64(barrier.0);
+            }
+            Request::LocateNode { node } => {
+                write_header(w, KIND_REQUEST, TAG_LOCATE_NODE);
+                w.u64(node.0);
+            }
         }
         Ok(())
     }
@@ -409,6 +437,9 @@ impl<'a> Request<'a> {
                 Request::BatchRemove { force, keys: read_keys(&mut r)? }
             }
             TAG_LOCATE => Request::Locate { segment: SegmentId(r.u64("segment")?) },
+            TAG_FLUSH => Request::Flush,
+            TAG_FLUSH_STATUS => Request::FlushStatus { barrier: ObjectVersion(r.u64("barrier")?) },
+            TAG_LOCATE_NODE => Request::LocateNode { node: NodeId(r.u64("node")?) },
             tag => {
                 return Err(DecodeError::UnknownTag { what: "request", tag });
             }

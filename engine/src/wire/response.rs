@@ -7,8 +7,8 @@ use smallvec::SmallVec;
 use super::MasterError;
 use super::request::*;
 use super::{
-    KIND_RESPONSE, Location, MAX_BATCH, MAX_REPLICAS, PingOutcome, PingReply, PutGrant, RemoveAllSummary,
-    ReplicaList, measure, read_duration, read_header, write_duration, write_header,
+    FlushStatus, KIND_RESPONSE, Location, MAX_BATCH, MAX_REPLICAS, PingOutcome, PingReply, PutGrant,
+    RemoveAllSummary, ReplicaList, measure, read_duration, read_header, write_duration, write_header,
 };
 use crate::codec::{DecodeError, EncodeError, Reader, Writer};
 use crate::descriptor::{MemoryReplica, ReplicaDescriptor};
@@ -42,6 +42,10 @@ pub enum Response {
     BatchExists(Vec<bool>),
     BatchRemove(Vec<Result<(), MasterError>>),
     Locate(Result<Location, MasterError>),
+    /// The flush's barrier.
+    Flush(ObjectVersion),
+    FlushStatus(FlushStatus),
+    LocateNode(Result<Location, MasterError>),
 }
 
 type Unit = Result<(), MasterError>;
@@ -118,11 +122,26 @@ impl Response {
             Response::BatchRemove(rs) => write_unit_batch(w, TAG_BATCH_REMOVE, rs)?,
             Response::Locate(r) => {
                 write_header(w, KIND_RESPONSE, TAG_LOCATE);
-                write_result(w, r, |w, l| {
-                    w.u64(l.node.0);
-                    w.socket_addr(l.serves);
-                    Ok(())
-                })?;
+                write_result(w, r, write_location)?;
+            }
+            Response::LocateNode(r) => {
+                write_header(w, KIND_RESPONSE, TAG_LOCATE_NODE);
+                write_result(w, r, write_location)?;
+            }
+            Response::Flush(barrier) => {
+                write_header(w, KIND_RESPONSE, TAG_FLUSH);
+                w.u64(barrier.0);
+            }
+            Response::FlushStatus(status) => {
+                write_header(w, KIND_RESPONSE, TAG_FLUSH_STATUS);
+                match status {
+                    FlushStatus::Durable => w.u8(1),
+                    FlushStatus::Pending => w.u8(2),
+                    FlushStatus::NotDurable { objects } => {
+                        w.u8(3);
+                        w.u64(*objects);
+                    }
+                }
             }
         }
         Ok(())
@@ -171,9 +190,15 @@ impl Response {
             }
             TAG_BATCH_EXISTS => Response::BatchExists(read_batch(&mut r, 1, |r| r.bool("exists"))?),
             TAG_BATCH_REMOVE => Response::BatchRemove(read_batch(&mut r, STATUS_LEN, read_unit)?),
-            TAG_LOCATE => Response::Locate(read_result(&mut r, |r| {
-                Ok(Location { node: NodeId(r.u64("node")?), serves: r.socket_addr()? })
-            })?),
+            TAG_LOCATE => Response::Locate(read_result(&mut r, read_location)?),
+            TAG_LOCATE_NODE => Response::LocateNode(read_result(&mut r, read_location)?),
+            TAG_FLUSH => Response::Flush(ObjectVersion(r.u64("barrier")?)),
+            TAG_FLUSH_STATUS => Response::FlushStatus(match r.u8("flush status")? {
+                1 => FlushStatus::Durable,
+                2 => FlushStatus::Pending,
+                3 => FlushStatus::NotDurable { objects: r.u64("objects")? },
+                tag => return Err(DecodeError::UnknownTag { what: "flush status", tag }),
+            }),
             tag => {
                 return Err(DecodeError::UnknownTag { what: "response", tag });
             }
@@ -181,6 +206,16 @@ impl Response {
         r.finish("response")?;
         Ok(response)
     }
+}
+
+fn write_location(w: &mut Writer<'_>, l: &Location) -> Result<(), EncodeError> {
+    w.u64(l.node.0);
+    w.socket_addr(l.serves);
+    Ok(())
+}
+
+fn read_location(r: &mut Reader<'_>) -> Result<Location, DecodeError> {
+    Ok(Location { node: NodeId(r.u64("node")?), serves: r.socket_addr()? })
 }
 
 fn write_result<T>(

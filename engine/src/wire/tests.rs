@@ -62,6 +62,9 @@ fn requests() -> Vec<Request<'static>> {
         Request::BatchExists { keys: vec![] },
         Request::BatchRemove { force: true, keys: vec![a] },
         Request::Locate { segment: SegmentId(77) },
+        Request::Flush,
+        Request::FlushStatus { barrier: ObjectVersion(12) },
+        Request::LocateNode { node: NodeId(5) },
     ]
 }
 
@@ -93,6 +96,12 @@ fn responses() -> Vec<Response> {
         Response::Locate(Ok(Location { node: NodeId(3), serves: Some("[fe80::1]:9".parse().unwrap()) })),
         Response::Locate(Ok(Location { node: NodeId(3), serves: None })),
         Response::Locate(Err(MasterError::SegmentNotFound)),
+        Response::LocateNode(Ok(Location { node: NodeId(5), serves: Some("127.0.0.1:80".parse().unwrap()) })),
+        Response::LocateNode(Err(MasterError::NodeNotRegistered)),
+        Response::Flush(ObjectVersion(99)),
+        Response::FlushStatus(FlushStatus::Durable),
+        Response::FlushStatus(FlushStatus::Pending),
+        Response::FlushStatus(FlushStatus::NotDurable { objects: 3 }),
     ]
 }
 

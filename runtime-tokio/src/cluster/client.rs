@@ -119,11 +119,13 @@ impl Client {
         }
     }
 
-    /// Waits for the next change of the link.
-    pub async fn link_changed(&self) -> Result<LinkState, CallError> {
+    /// A receiver of the link's changes, with the present state already seen: its
+    /// `changed()` resolves at the next change. Keep it across waits (a fresh one per
+    /// wait would miss nothing, but one kept marks what it has seen).
+    pub fn link_watch(&self) -> watch::Receiver<LinkState> {
         let mut link = self.link.clone();
-        link.changed().await.map_err(|_| CallError::Closed)?;
-        Ok(*link.borrow())
+        link.borrow_and_update();
+        link
     }
 
     /// Sends an encoded request and awaits its encoded response.

@@ -58,6 +58,9 @@ const CLOSE_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 /// Bytes of answers waiting for a peer before it stops being read.
 const MAX_UNSENT: usize = 8 << 20;
 
+/// Requests handed to the service at once (a data read may answer up to a frame).
+const MAX_BATCH: usize = 16;
+
 enum Wake {
     Read(std::io::Result<usize>),
     Wrote(std::io::Result<usize>),
@@ -107,7 +110,10 @@ pub(crate) async fn serve<S: Service>(
     let mut drain_until = None;
     loop {
         let mut batch = Vec::new();
-        while let Some(event) = machine.poll_event() {
+        // A bounded batch, and none while the peer leaves answers unread: requests not
+        // taken stay undecoded in the machine, and the socket is not read meanwhile.
+        while batch.len() < MAX_BATCH && out.len() - written + machine.pending_transmit() < MAX_UNSENT {
+            let Some(event) = machine.poll_event() else { break };
             match event {
                 ServerEvent::Hello(hello) => match service.hello(conn, hello, outbound_tx.clone()).await {
                     Ok(()) => {

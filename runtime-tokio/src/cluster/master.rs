@@ -285,7 +285,7 @@ impl Actor {
                 return self.refuse(conn, RefusalReason::ProtocolViolation);
             }
             let mut response = self.master.handle_request(now, &request);
-            if let Response::Locate(Ok(location)) = &mut response {
+            if let Response::Locate(Ok(location)) | Response::LocateNode(Ok(location)) = &mut response {
                 // The master knows the owner; where it serves, its handshake said.
                 location.serves = self.node_address(location.node);
             }
@@ -388,6 +388,9 @@ fn op_name(request: &Request<'_>) -> &'static str {
         Request::BatchExists { .. } => "batch_exists",
         Request::BatchRemove { .. } => "batch_remove",
         Request::Locate { .. } => "locate",
+        Request::LocateNode { .. } => "locate_node",
+        Request::Flush => "flush",
+        Request::FlushStatus { .. } => "flush_status",
     }
 }
 
@@ -405,7 +408,9 @@ fn failed(response: &Response) -> bool {
         | Response::RemoveDiskReplica(r)
         | Response::PersistFailed(r) => r.is_err(),
         Response::Exists(_) | Response::RemoveAll(_) | Response::Ping(_) | Response::BatchExists(_) => false,
-        Response::Locate(r) => r.is_err(),
+        Response::Locate(r) | Response::LocateNode(r) => r.is_err(),
+        Response::Flush(_) => false,
+        Response::FlushStatus(s) => matches!(s, larder_engine::wire::FlushStatus::NotDurable { .. }),
         Response::BatchPutStart(items) => items.iter().any(Result::is_err),
         Response::BatchGetReplicaList(items) => items.iter().any(Result::is_err),
         Response::BatchPutEnd(items) | Response::BatchPutRevoke(items) | Response::BatchRemove(items) => {

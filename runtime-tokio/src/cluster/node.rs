@@ -1,34 +1,44 @@
-//! `larder node`: a process that contributes a memory segment to the cluster and serves
-//! it over TCP.
+//! `larder node`: a process that contributes a memory segment and an SSD tier to the
+//! cluster and serves both over TCP.
 //!
-//! It keeps one link to the master (registering, pinging, mounting its segment again
-//! whenever the master does not know it: a master restart, or an expiry while it was
-//! cut off) and answers data requests from writers and readers on its own listener.
-//! What was written where is the engine's [`Extents`]: a writer whose put the master
-//! discarded cannot write into a range since given to a newer object, and a reader gets
-//! bytes only for exactly the version it asks for, with their CRC32C.
+//! It keeps one link to the master (registering, pinging, mounting its segment and
+//! registering its disk records again whenever the master does not know it: a master
+//! restart, or an expiry while it was cut off), carries out the master's commands
+//! (persist a range to SSD, drop a record, wipe), and answers data requests from
+//! writers and readers on its own listener. What was written where in memory is the
+//! engine's [`Extents`]: a writer whose put the master discarded cannot write into a
+//! range since given to a newer object, and a reader gets bytes only for exactly the
+//! version it asks for, with their CRC32C. Disk records are read through the tier,
+//! which checks each value's CRC.
 //!
-//! Its node id is stable: kept in `<node dir>/node-id`, so a restarted node is the same
-//! node; its incarnation is the wall clock at start, so every run is newer than the
-//! last.
+//! Its node id is stable (kept in `<root>/<cluster>/node-id`), so a restarted node is
+//! the same node and its flushed records come back; its incarnation is the wall clock
+//! at start, so every run is newer than the last.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
+use bytes::Bytes;
+use larder_engine::disk::{Tier, TierConfig, TierEvent};
+use larder_engine::embedded::{FdWatch, Runtime};
 use larder_engine::net::data::{DataError, DataRequest, DataResponse, Extents};
 use larder_engine::net::{
     ClientConfig, ClusterName, DEFAULT_MAX_FRAME_BODY, Hello, PROTOCOL_VERSIONS, RefusalReason, Role,
     ServerConfig,
 };
-use larder_engine::wire::{PingOutcome, Request, Response};
-use larder_engine::{Duration, Incarnation, NodeId, SegmentId};
+use larder_engine::uring::Notifier;
+use larder_engine::wire::{
+    DiskReplicaOrigin, MasterError, Message, NodeCommand, PingOutcome, Request, Response,
+};
+use larder_engine::{Duration, Incarnation, MemoryReplica, NodeId, ObjectVersion, SegmentId};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use super::client::{Client, LinkState};
 use super::clock::EngineClock;
 use super::connection::{self, Outbound, Service};
+use crate::TokioRuntime;
 
 /// How `larder node` runs.
 #[derive(Debug, Clone)]
@@ -37,12 +47,13 @@ pub struct NodeServerConfig {
     pub master: SocketAddr,
     /// Where to serve the segment (port 0: any free port, reported to the master).
     pub listen: SocketAddr,
-    /// The cluster's name.
+    /// The cluster's name (also the cluster directory under the storage root).
     pub cluster: ClusterName,
     /// Bytes of memory contributed.
     pub memory_bytes: u64,
-    /// The node directory holding the node id; `None`: a new id every run.
-    pub node_dir: Option<PathBuf>,
+    /// The storage root: the node's id is kept in `<root>/<cluster>/node-id` and its SSD
+    /// tier in `<root>/<cluster>/<node>/`. `None`: memory only, a new id every run.
+    pub storage_root: Option<PathBuf>,
 }
 
 /// A running node.
@@ -54,6 +65,8 @@ pub struct NodeServer {
     pub incarnation: Incarnation,
     /// Where it serves its segment.
     pub data_addr: SocketAddr,
+    /// Records its SSD tier recovered at start.
+    pub recovered: usize,
 }
 
 /// A node's segment: its bytes and what was written where.
@@ -62,6 +75,54 @@ struct Segment {
     id: SegmentId,
     bytes: Vec<u8>,
     extents: Extents,
+    /// The master run the segment is mounted with: writes granted by any other are
+    /// refused. `None` until mounted.
+    epoch: Option<u64>,
+}
+
+/// The SSD tier and the eventfd its events are signalled on.
+#[derive(Debug)]
+struct NodeTier {
+    tier: Tier,
+    notifier: Arc<Notifier>,
+}
+
+/// What the node's tasks share.
+#[derive(Debug)]
+struct NodeState {
+    segment: RwLock<Segment>,
+    tier: Option<NodeTier>,
+}
+
+impl NodeState {
+    /// A copy of object `version`'s replica in the segment, if the range holds exactly
+    /// it and its bytes still match their CRC32C.
+    fn copy_replica(&self, replica: &MemoryReplica, version: ObjectVersion) -> Result<Bytes, DataError> {
+        let s = self.segment.read().unwrap_or_else(PoisonError::into_inner);
+        if replica.segment != s.id {
+            return Err(DataError::UnknownSegment);
+        }
+        let crc = s.extents.check_read(replica.offset, replica.len, version)?;
+        let bytes = s.range(replica.offset, replica.len).to_vec();
+        drop(s);
+        if larder_engine::checksum::crc32c(&bytes) != crc {
+            return Err(DataError::Corrupted);
+        }
+        Ok(Bytes::from(bytes))
+    }
+}
+
+impl Segment {
+    /// The bytes of a range that [`Extents`] accepted (so it lies inside the segment).
+    fn range(&self, offset: u64, len: u64) -> &[u8] {
+        let start = usize::try_from(offset).expect("inside the segment");
+        &self.bytes[start..start + usize::try_from(len).expect("inside the segment")]
+    }
+
+    fn range_mut(&mut self, offset: u64, len: u64) -> &mut [u8] {
+        let start = usize::try_from(offset).expect("inside the segment");
+        &mut self.bytes[start..start + usize::try_from(len).expect("inside the segment")]
+    }
 }
 
 /// Reads or creates the stable node id in `dir`.
@@ -94,19 +155,44 @@ fn wall_clock_incarnation() -> Incarnation {
     Incarnation(u64::try_from(nanos).unwrap_or(u64::MAX).max(1))
 }
 
-/// Starts the node on the current runtime: binds, links to the master, and returns.
+/// Opens the node's SSD tier under `root`.
+fn open_tier(root: &Path, cluster: &ClusterName, node: NodeId) -> std::io::Result<(NodeTier, usize)> {
+    let notifier = Arc::new(Notifier::new()?);
+    let mut config = TierConfig::new(root, cluster.as_str(), node);
+    config.event_signal = Some(Arc::clone(&notifier));
+    // The master learns of every persist, failure and drop through these events.
+    config.events = true;
+    let (tier, recovered) = Tier::open(config).map_err(std::io::Error::other)?;
+    Ok((NodeTier { tier, notifier }, recovered.len()))
+}
+
+/// Starts the node on the current runtime: opens its tier, binds, links to the master,
+/// and returns.
 pub async fn start(config: NodeServerConfig) -> std::io::Result<NodeServer> {
-    let node = node_id(config.node_dir.as_deref())?;
+    let cluster_dir = config.storage_root.as_ref().map(|r| r.join(config.cluster.as_str()));
+    let node = node_id(cluster_dir.as_deref())?;
     let incarnation = wall_clock_incarnation();
+    let (tier, recovered) = match &config.storage_root {
+        Some(root) => {
+            let (tier, recovered) = open_tier(root, &config.cluster, node)?;
+            (Some(tier), recovered)
+        }
+        None => {
+            tracing::warn!("node {node}: no storage root, so memory only: nothing it holds survives it");
+            (None, 0)
+        }
+    };
     let listener = TcpListener::bind(config.listen).await?;
     let data_addr = listener.local_addr()?;
     let size = usize::try_from(config.memory_bytes).map_err(|_| std::io::Error::other("memory too large"))?;
     // Zeroed pages are only touched as values arrive.
-    let segment = Arc::new(RwLock::new(Segment {
+    let segment = Segment {
         id: SegmentId(node.0),
         bytes: vec![0u8; size],
         extents: Extents::new(config.memory_bytes),
-    }));
+        epoch: None,
+    };
+    let state = Arc::new(NodeState { segment: RwLock::new(segment), tier });
     let clock = EngineClock::new();
     let server_config = ServerConfig {
         cluster: config.cluster,
@@ -118,7 +204,7 @@ pub async fn start(config: NodeServerConfig) -> std::io::Result<NodeServer> {
         idle_timeout: Duration::from_secs(30),
         max_frame_body: DEFAULT_MAX_FRAME_BODY,
     };
-    let service = Arc::new(DataService { segment: Arc::clone(&segment), outbound: Default::default() });
+    let service = Arc::new(DataService { state: Arc::clone(&state), outbound: Default::default() });
     tokio::spawn(connection::accept_loop(listener, server_config, clock, service));
     let hello = Hello {
         min_version: PROTOCOL_VERSIONS.0,
@@ -129,79 +215,272 @@ pub async fn start(config: NodeServerConfig) -> std::io::Result<NodeServer> {
         incarnation,
         serves: Some(data_addr),
     };
-    tokio::spawn(keep_registered(config.master, hello, config.memory_bytes, segment));
-    Ok(NodeServer { node, incarnation, data_addr })
+    tokio::spawn(keep_registered(config.master, hello, config.memory_bytes, state));
+    Ok(NodeServer { node, incarnation, data_addr, recovered })
 }
 
-/// Registers with the master and keeps it so: pings every second, and mounts the
-/// segment again (empty: the master that knew its objects is gone, or forgot them)
-/// whenever a ping finds the master does not know this run.
-async fn keep_registered(master: SocketAddr, hello: Hello, size: u64, segment: Arc<RwLock<Segment>>) {
+/// Registers with the master and keeps it so, and carries out its commands.
+///
+/// Pings every second; whenever a ping finds that the master does not know this run
+/// (a first contact, a master restart, an expiry while cut off) the segment is
+/// mounted again, empty (the master that knew its objects is gone or forgot them), and
+/// every record of the SSD tier is registered again. Persist commands copy the range
+/// (checked against its version and CRC) into the tier; the tier's events register the
+/// disk replicas or report the failures.
+async fn keep_registered(master: SocketAddr, hello: Hello, size: u64, state: Arc<NodeState>) {
     let (client, mut commands) = Client::start(master, ClientConfig::new(hello));
-    let (node, incarnation) = (hello.node, hello.incarnation);
-    let segment_id = segment.read().unwrap_or_else(std::sync::PoisonError::into_inner).id;
-    loop {
-        if !matches!(client.link(), LinkState::Up(_)) {
-            tokio::select! {
-                changed = client.link_changed() => if changed.is_err() { return },
-                // A memory-only node has no command to carry out; acknowledge and go on.
-                Some(command) = commands.recv() => { let _ = client.ack(command.id, Vec::new()).await; }
-            }
-            continue;
-        }
-        let ping = Request::Ping { node, incarnation, has_storage: false };
-        match client.call(&ping).await {
-            Ok(Response::Ping(reply)) if reply.outcome != PingOutcome::Refreshed => {
-                segment.write().unwrap_or_else(std::sync::PoisonError::into_inner).extents.clear();
-                let mount = Request::MountSegment { node, segment: segment_id, size };
-                match client.call(&mount).await {
-                    Ok(Response::MountSegment(Ok(()))) => {
-                        tracing::info!("node {node}: segment {segment_id} mounted")
-                    }
-                    other => tracing::warn!("node {node}: mounting segment {segment_id}: {other:?}"),
+    let events = match &state.tier {
+        Some(tier) => {
+            match TokioRuntime::current().watch_fd(tier.notifier.try_clone_fd().expect("an eventfd dup")) {
+                Ok(watch) => Some(watch),
+                Err(e) => {
+                    tracing::error!("watching the SSD tier's events: {e}");
+                    None
                 }
             }
-            Ok(_) => {}
-            Err(e) => tracing::debug!("node {node}: ping: {e}"),
         }
+        None => None,
+    };
+    let mut link = client.link_watch();
+    let mut agent = Agent {
+        client: client.clone(),
+        node: hello.node,
+        incarnation: hello.incarnation,
+        size,
+        state,
+        registration: Registration::Unknown,
+        ping_every: std::time::Duration::from_secs(1),
+    };
+    loop {
         tokio::select! {
-            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-            Some(command) = commands.recv() => { let _ = client.ack(command.id, Vec::new()).await; }
+            () = tokio::time::sleep(agent.ping_every) => agent.keep_registered().await,
+            changed = link.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let up = matches!(*link.borrow_and_update(), LinkState::Up(_));
+                if up {
+                    agent.keep_registered().await;
+                }
+            }
+            Some(command) = commands.recv() => {
+                agent.carry_out(&command.body).await;
+                let _ = client.ack(command.id, Vec::new()).await;
+            }
+            ready = async { events.as_ref().expect("guarded").readable().await }, if events.is_some() => {
+                if ready.is_ok() {
+                    agent.report_tier_events().await;
+                }
+            }
         }
     }
 }
 
-/// Answers data requests from the segment.
+/// How far the node's registration with the present master run has got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Registration {
+    /// The master may not know this run: ping first.
+    Unknown,
+    /// Known (a ping said so); the segment is not mounted yet.
+    Pinged,
+    /// Mounted; the disk records are not all registered yet.
+    Mounted,
+    /// Everything registered: pings only keep it alive.
+    Done,
+}
+
+/// What [`keep_registered`] works with.
+struct Agent {
+    client: Client,
+    node: NodeId,
+    incarnation: Incarnation,
+    size: u64,
+    state: Arc<NodeState>,
+    registration: Registration,
+    ping_every: std::time::Duration,
+}
+
+impl Agent {
+    async fn call(&self, request: &Request<'_>) -> Option<Response> {
+        match self.client.call(request).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::debug!("node {}: {request:?}: {e}", self.node);
+                None
+            }
+        }
+    }
+
+    /// Pings, and carries the registration on as far as it goes; a step that fails is
+    /// tried again at the next ping.
+    async fn keep_registered(&mut self) {
+        let LinkState::Up(welcome) = self.client.link() else { return };
+        let has_storage = self.state.tier.is_some();
+        let ping = Request::Ping { node: self.node, incarnation: self.incarnation, has_storage };
+        let Some(Response::Ping(reply)) = self.call(&ping).await else { return };
+        // Three pings per TTL: one lost or slow ping does not expire the node.
+        let ttl: std::time::Duration = reply.node_ttl.into();
+        self.ping_every =
+            (ttl / 3).clamp(std::time::Duration::from_millis(50), std::time::Duration::from_secs(1));
+        if reply.outcome != PingOutcome::Refreshed {
+            // The master does not know this run (first contact, restart, expiry): what
+            // it granted in the segment before is void.
+            let mut s = self.state.segment.write().unwrap_or_else(PoisonError::into_inner);
+            s.extents.clear();
+            s.epoch = None;
+            self.registration = Registration::Pinged;
+        }
+        if self.registration == Registration::Unknown {
+            self.registration = Registration::Pinged;
+        }
+        if self.registration == Registration::Pinged {
+            let segment = self.state.segment.read().unwrap_or_else(PoisonError::into_inner).id;
+            let mount = Request::MountSegment { node: self.node, segment, size: self.size };
+            match self.call(&mount).await {
+                Some(Response::MountSegment(Ok(()) | Err(MasterError::SegmentAlreadyMounted))) => {
+                    self.state.segment.write().unwrap_or_else(PoisonError::into_inner).epoch =
+                        Some(welcome.incarnation.0);
+                    tracing::info!("node {}: segment {segment} mounted", self.node);
+                    self.registration = Registration::Mounted;
+                }
+                other => return tracing::warn!("node {}: mounting segment {segment}: {other:?}", self.node),
+            }
+        }
+        if self.registration == Registration::Mounted {
+            if let Some(tier) = &self.state.tier {
+                let records = tier.tier.records();
+                let count = records.len();
+                for record in records {
+                    let add = Request::AddDiskReplica {
+                        key: record.key.as_ref(),
+                        version: record.version,
+                        replica: record.replica,
+                        origin: DiskReplicaOrigin::Recovered,
+                    };
+                    if self.call(&add).await.is_none() {
+                        return; // unreachable: all of them again at the next ping
+                    }
+                }
+                tracing::info!("node {}: {count} disk replicas registered", self.node);
+            }
+            self.registration = Registration::Done;
+        }
+    }
+
+    /// Carries out one of the master's commands.
+    async fn carry_out(&self, body: &[u8]) {
+        let Ok(Message::Command(command)) = Message::decode(body) else {
+            return tracing::warn!("node {}: an undecodable command", self.node);
+        };
+        let node = self.node;
+        match command {
+            NodeCommand::Persist { key, version, source, .. } => {
+                let copied = self.state.copy_replica(&source, version);
+                let handed = match (copied, &self.state.tier) {
+                    (Ok(bytes), Some(_)) => {
+                        let (state, key) = (Arc::clone(&self.state), key.clone());
+                        let put = tokio::task::spawn_blocking(move || {
+                            state.tier.as_ref().expect("checked").tier.put(key.as_ref(), version, bytes)
+                        });
+                        matches!(put.await, Ok(Ok(())))
+                    }
+                    _ => false,
+                };
+                if !handed {
+                    let _ = self.call(&Request::PersistFailed { node, key: key.as_ref(), version }).await;
+                }
+            }
+            NodeCommand::DropDiskReplica { key, version, .. } => {
+                if self.state.tier.is_some() {
+                    let (state, k) = (Arc::clone(&self.state), key.clone());
+                    let _ = tokio::task::spawn_blocking(move || {
+                        state.tier.as_ref().expect("checked").tier.remove_version(k.as_ref(), version)
+                    })
+                    .await;
+                }
+                let _ = self.call(&Request::RemoveDiskReplica { node, key: key.as_ref(), version }).await;
+            }
+            NodeCommand::WipeDisk { .. } => {
+                if self.state.tier.is_some() {
+                    let state = Arc::clone(&self.state);
+                    let wiped = tokio::task::spawn_blocking(move || {
+                        state.tier.as_ref().expect("checked").tier.remove_all()
+                    })
+                    .await;
+                    if !matches!(wiped, Ok(Ok(_))) {
+                        tracing::error!("node {node}: wiping the SSD tier failed: {wiped:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tells the master what the tier made durable, failed or dropped.
+    async fn report_tier_events(&self) {
+        let Some(tier) = &self.state.tier else { return };
+        tier.notifier.reset();
+        while let Some(event) = tier.tier.poll_event() {
+            let node = self.node;
+            let request = match &event {
+                TierEvent::Persisted { key, version, replica } => Request::AddDiskReplica {
+                    key: key.as_ref(),
+                    version: *version,
+                    replica: *replica,
+                    origin: DiskReplicaOrigin::Persisted,
+                },
+                TierEvent::PersistFailed { key, version, .. } => {
+                    Request::PersistFailed { node, key: key.as_ref(), version: *version }
+                }
+                TierEvent::Dropped { key, version, .. } => {
+                    Request::RemoveDiskReplica { node, key: key.as_ref(), version: *version }
+                }
+                _ => continue,
+            };
+            let _ = self.call(&request).await;
+        }
+    }
+}
+
+/// Answers data requests from the segment and the SSD tier.
 #[derive(Debug)]
 struct DataService {
-    segment: Arc<RwLock<Segment>>,
+    state: Arc<NodeState>,
     outbound: std::sync::Mutex<std::collections::HashMap<u64, mpsc::UnboundedSender<Outbound>>>,
 }
 
 impl DataService {
-    fn answer(&self, body: &[u8], out: &mut Vec<u8>) {
+    async fn answer(&self, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
         let Ok(request) = DataRequest::decode(body) else {
-            return DataResponse::Refused(DataError::Unknown(0)).encode(out);
+            DataResponse::Refused(DataError::Unknown(0)).encode(&mut out);
+            return out;
         };
         match request {
-            DataRequest::Write { segment, offset, version, bytes } => {
-                let mut s = self.segment.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            DataRequest::Write { segment, offset, version, epoch, crc32c, bytes } => {
+                // The checksum first, outside the lock: what arrived is what was sent.
+                let arrived = larder_engine::checksum::crc32c(bytes) == crc32c;
+                let mut s = self.state.segment.write().unwrap_or_else(PoisonError::into_inner);
                 let len = bytes.len() as u64;
-                let checked = if segment == s.id {
-                    s.extents.check_write(offset, len, version)
-                } else {
+                let checked = if segment != s.id {
                     Err(DataError::UnknownSegment)
+                } else if s.epoch != Some(epoch) {
+                    Err(DataError::Fenced)
+                } else if !arrived {
+                    Err(DataError::Corrupted)
+                } else {
+                    s.extents.check_write(offset, len, version)
                 };
-                if let Err(e) = checked {
-                    return DataResponse::Refused(e).encode(out);
+                match checked {
+                    Ok(()) => {
+                        s.range_mut(offset, len).copy_from_slice(bytes);
+                        s.extents.record_write(offset, len, version, crc32c);
+                        DataResponse::Written.encode(&mut out);
+                    }
+                    Err(e) => DataResponse::Refused(e).encode(&mut out),
                 }
-                let start = offset as usize;
-                s.bytes[start..start + bytes.len()].copy_from_slice(bytes);
-                s.extents.record_write(offset, len, version, larder_engine::checksum::crc32c(bytes));
-                DataResponse::Written.encode(out);
             }
             DataRequest::Read { segment, offset, len, version } => {
-                let s = self.segment.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let s = self.state.segment.read().unwrap_or_else(PoisonError::into_inner);
                 let checked = if segment == s.id {
                     s.extents.check_read(offset, len, version)
                 } else {
@@ -209,12 +488,39 @@ impl DataService {
                 };
                 match checked {
                     Ok(crc) => {
-                        DataResponse::encode_read_header(out, crc);
-                        out.extend_from_slice(&s.bytes[offset as usize..(offset + len) as usize]);
+                        DataResponse::encode_read_header(&mut out, crc);
+                        out.extend_from_slice(s.range(offset, len));
                     }
-                    Err(e) => DataResponse::Refused(e).encode(out),
+                    Err(e) => DataResponse::Refused(e).encode(&mut out),
                 }
             }
+            DataRequest::ReadDisk { key, version } => match self.read_disk(key, version).await {
+                Ok(bytes) => {
+                    DataResponse::encode_read_header(&mut out, larder_engine::checksum::crc32c(&bytes));
+                    out.extend_from_slice(&bytes);
+                }
+                Err(e) => DataResponse::Refused(e).encode(&mut out),
+            },
+        }
+        out
+    }
+
+    /// The tier's copy of `key`, if it is `version` (the tier checks its CRC).
+    async fn read_disk(
+        &self,
+        key: larder_engine::KeyRef<'_>,
+        version: ObjectVersion,
+    ) -> Result<Bytes, DataError> {
+        let Some(tier) = &self.state.tier else { return Err(DataError::DiskUnavailable) };
+        let reading = tier.tier.read(key).map_err(|_| DataError::NotHeld)?;
+        match reading.await {
+            Ok(Ok((v, bytes))) if v == version => Ok(bytes),
+            Ok(Ok(_)) => Err(DataError::NotHeld),
+            Ok(Err(e)) => {
+                tracing::warn!("reading {key:?} from the SSD tier: {e}");
+                Err(DataError::DiskUnavailable)
+            }
+            Err(_) => Err(DataError::DiskUnavailable),
         }
     }
 }
@@ -226,27 +532,22 @@ impl Service for DataService {
         _hello: Hello,
         outbound: mpsc::UnboundedSender<Outbound>,
     ) -> Result<(), RefusalReason> {
-        self.outbound.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(conn, outbound);
+        self.outbound.lock().unwrap_or_else(PoisonError::into_inner).insert(conn, outbound);
         Ok(())
     }
 
     async fn requests(&self, conn: u64, batch: Vec<(u64, Vec<u8>)>) -> bool {
-        let responses: Vec<(u64, Vec<u8>)> = batch
-            .into_iter()
-            .map(|(id, body)| {
-                let mut out = Vec::new();
-                self.answer(&body, &mut out);
-                (id, out)
-            })
-            .collect();
-        let outbound =
-            self.outbound.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&conn).cloned();
+        let mut responses = Vec::with_capacity(batch.len());
+        for (id, body) in batch {
+            responses.push((id, self.answer(&body).await));
+        }
+        let outbound = self.outbound.lock().unwrap_or_else(PoisonError::into_inner).get(&conn).cloned();
         outbound.is_some_and(|o| o.send(Outbound::Responses(responses)).is_ok())
     }
 
     async fn command_ack(&self, _node: NodeId, _id: u64) {}
 
     async fn closed(&self, conn: u64) {
-        self.outbound.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&conn);
+        self.outbound.lock().unwrap_or_else(PoisonError::into_inner).remove(&conn);
     }
 }

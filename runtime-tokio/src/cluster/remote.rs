@@ -2,22 +2,25 @@
 //! bytes go straight to (and from) the nodes holding the replicas, verified by CRC32C.
 //!
 //! A put asks the master for ranges (`PutStart`), writes the value into each on its
-//! owner, and ends the put (`PutEnd`); if any write fails the put is revoked. A get
-//! asks the master for the replica list and reads the first memory replica that
-//! answers with bytes matching their checksum; it never returns other bytes.
+//! owner, and ends the put (`PutEnd`); if any write fails the put is revoked. The
+//! master then has the owners persist it to SSD behind the put. A get asks the master
+//! for the replica list and reads the first replica that answers with bytes matching
+//! their checksum (memory replicas first, then disk replicas through their nodes,
+//! checked against the CRC32C their descriptors carry); it never returns other bytes.
+//! A flush waits for the master's barrier: everything acknowledged before it durable.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 
-use larder_engine::net::data::{DataError, DataRequest, DataResponse};
-use larder_engine::net::{ClientConfig, ClusterName, Hello, PROTOCOL_VERSIONS, Role};
-use larder_engine::wire::{MasterError, Request, Response};
+use larder_engine::net::data::{DataError, DataRequest, DataResponse, WRITE_HEADER_LEN};
+use larder_engine::net::{ClientConfig, ClusterName, DEFAULT_MAX_FRAME_BODY, Hello, PROTOCOL_VERSIONS, Role};
+use larder_engine::wire::{FlushStatus, MasterError, Request, Response};
 use larder_engine::{
-    Incarnation, KeyRef, MemoryReplica, NodeId, ObjectVersion, ReplicaDescriptor, SegmentId,
+    DiskReplica, Incarnation, KeyRef, MemoryReplica, NodeId, ObjectVersion, ReplicaDescriptor, SegmentId,
 };
 
-use super::client::{CallError, Client};
+use super::client::{CallError, Client, LinkState};
 
 /// Why a cluster operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,9 +44,26 @@ pub enum RemoteError {
     /// The master or a node could not be reached.
     #[error(transparent)]
     Unreachable(#[from] CallError),
+    /// The node holding a replica is registered but not connected just now.
+    #[error("node {0} is not reachable just now")]
+    NodeUnreachable(NodeId),
     /// The key is not a valid key.
     #[error("invalid key")]
     InvalidKey,
+    /// The value is larger than a put can carry.
+    #[error("value of {len} bytes, the most is {max}")]
+    TooLarge {
+        /// Its length.
+        len: u64,
+        /// The most.
+        max: u64,
+    },
+    /// A flush found objects whose persist failed (they stay in memory and are retried).
+    #[error("{objects} objects are not durable")]
+    NotDurable {
+        /// How many.
+        objects: u64,
+    },
     /// An answer of the wrong kind.
     #[error("unexpected answer: {0}")]
     Protocol(String),
@@ -81,9 +101,22 @@ impl RemoteStore {
         })
     }
 
+    /// The link to the master, to wait for it to be up again.
+    pub fn master_link(&self) -> tokio::sync::watch::Receiver<LinkState> {
+        self.master.link_watch()
+    }
+
     /// Stores `value` under `key` with `replicas` memory replicas on distinct segments.
     pub async fn put(&self, key: &[u8], value: &[u8], replicas: u8) -> Result<(), RemoteError> {
         let key = KeyRef::new(key).map_err(|_| RemoteError::InvalidKey)?;
+        if value.len() > MAX_VALUE {
+            return Err(RemoteError::TooLarge { len: value.len() as u64, max: MAX_VALUE as u64 });
+        }
+        // The grant's epoch: the master run this client speaks to.
+        let LinkState::Up(welcome) = self.master.link() else {
+            return Err(RemoteError::Unreachable(CallError::NotConnected(self.master.addr())));
+        };
+        let crc32c = larder_engine::checksum::crc32c(value);
         let start = Request::PutStart { writer: self.writer, key, size: value.len() as u64, replicas };
         let grant = match self.master.call(&start).await? {
             Response::PutStart(Ok(grant)) => grant,
@@ -91,7 +124,7 @@ impl RemoteStore {
             other => return Err(RemoteError::Protocol(format!("{other:?}"))),
         };
         for replica in &grant.replicas {
-            if let Err(e) = self.write(replica, grant.version, value).await {
+            if let Err(e) = self.write(replica, grant.version, welcome.incarnation.0, crc32c, value).await {
                 let revoke = Request::PutRevoke { writer: self.writer, key, version: grant.version };
                 let _ = self.master.call(&revoke).await;
                 return Err(e);
@@ -113,15 +146,41 @@ impl RemoteStore {
             Response::GetReplicaList(Err(e)) => return Err(master_error(e)),
             other => return Err(RemoteError::Protocol(format!("{other:?}"))),
         };
+        // Memory replicas come first in the list, then disk replicas.
         let mut last = RemoteError::NotFound;
         for replica in &list.replicas {
-            let ReplicaDescriptor::Memory(memory) = replica else { continue };
-            match self.read(memory, list.version).await {
+            let read = match replica {
+                ReplicaDescriptor::Memory(memory) => self.read(memory, list.version).await,
+                ReplicaDescriptor::Disk(disk) => self.read_disk(key, disk, list.version).await,
+            };
+            match read {
                 Ok(bytes) => return Ok(bytes),
                 Err(e) => last = e,
             }
         }
         Err(last)
+    }
+
+    /// Waits until every object this cluster acknowledged before the call has a disk
+    /// replica (or was removed). Asks the master for a barrier, then for where it
+    /// stands until it is passed.
+    pub async fn flush(&self) -> Result<(), RemoteError> {
+        let barrier = match self.master.call(&Request::Flush).await? {
+            Response::Flush(barrier) => barrier,
+            other => return Err(RemoteError::Protocol(format!("{other:?}"))),
+        };
+        loop {
+            match self.master.call(&Request::FlushStatus { barrier }).await? {
+                Response::FlushStatus(FlushStatus::Durable) => return Ok(()),
+                Response::FlushStatus(FlushStatus::NotDurable { objects }) => {
+                    return Err(RemoteError::NotDurable { objects });
+                }
+                Response::FlushStatus(FlushStatus::Pending) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                other => return Err(RemoteError::Protocol(format!("{other:?}"))),
+            }
+        }
     }
 
     /// Whether `key` holds a complete object.
@@ -147,13 +206,15 @@ impl RemoteStore {
         &self,
         replica: &MemoryReplica,
         version: ObjectVersion,
+        epoch: u64,
+        crc32c: u32,
         value: &[u8],
     ) -> Result<(), RemoteError> {
         let peer = self.peer(replica.segment).await?;
-        let mut body = Vec::with_capacity(value.len() + 32);
-        DataRequest::Write { segment: replica.segment, offset: replica.offset, version, bytes: value }
-            .encode(&mut body);
-        let answer = peer.call_raw(body).await?;
+        let mut body = Vec::with_capacity(value.len() + WRITE_HEADER_LEN);
+        let (segment, offset) = (replica.segment, replica.offset);
+        DataRequest::Write { segment, offset, version, epoch, crc32c, bytes: value }.encode(&mut body);
+        let answer = self.forget_on_failure(Some(segment), peer.call_raw(body).await)?;
         match DataResponse::decode(&answer) {
             Ok(DataResponse::Written) => Ok(()),
             Ok(DataResponse::Refused(e)) => Err(RemoteError::Data(e)),
@@ -166,7 +227,7 @@ impl RemoteStore {
         let mut body = Vec::new();
         DataRequest::Read { segment: replica.segment, offset: replica.offset, len: replica.len, version }
             .encode(&mut body);
-        let answer = peer.call_raw(body).await?;
+        let answer = self.forget_on_failure(Some(replica.segment), peer.call_raw(body).await)?;
         match DataResponse::decode(&answer) {
             Ok(DataResponse::Read { crc32c, bytes }) => {
                 if bytes.len() as u64 != replica.len || larder_engine::checksum::crc32c(bytes) != crc32c {
@@ -187,7 +248,7 @@ impl RemoteStore {
             Some(addr) => addr,
             None => {
                 let addr = match self.master.call(&Request::Locate { segment }).await? {
-                    Response::Locate(Ok(location)) => location.serves.ok_or(RemoteError::NotFound)?,
+                    Response::Locate(Ok(location)) => location.serves.ok_or(not_serving(location.node))?,
                     Response::Locate(Err(e)) => return Err(master_error(e)),
                     other => return Err(RemoteError::Protocol(format!("{other:?}"))),
                 };
@@ -198,9 +259,62 @@ impl RemoteStore {
                 addr
             }
         };
+        self.peer_at(addr).await
+    }
+
+    /// Reads a disk replica through the node that holds it; the bytes must match the
+    /// CRC32C the replica's descriptor carries.
+    async fn read_disk(
+        &self,
+        key: KeyRef<'_>,
+        disk: &DiskReplica,
+        version: ObjectVersion,
+    ) -> Result<Vec<u8>, RemoteError> {
+        let addr = match self.master.call(&Request::LocateNode { node: disk.node }).await? {
+            Response::LocateNode(Ok(location)) => location.serves.ok_or(not_serving(disk.node))?,
+            Response::LocateNode(Err(e)) => return Err(master_error(e)),
+            other => return Err(RemoteError::Protocol(format!("{other:?}"))),
+        };
+        let peer = self.peer_at(addr).await?;
+        let mut body = Vec::new();
+        DataRequest::ReadDisk { key, version }.encode(&mut body);
+        let answer = self.forget_on_failure(None, peer.call_raw(body).await)?;
+        match DataResponse::decode(&answer) {
+            Ok(DataResponse::Read { bytes, .. }) => {
+                if bytes.len() as u64 != disk.len || larder_engine::checksum::crc32c(bytes) != disk.crc32c {
+                    return Err(RemoteError::Corrupted);
+                }
+                Ok(bytes.to_vec())
+            }
+            Ok(DataResponse::Refused(e)) => Err(RemoteError::Data(e)),
+            other => Err(RemoteError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// A transfer that failed for the connection's sake: where the segment is served
+    /// is looked up again next time (the node may have restarted elsewhere).
+    fn forget_on_failure<T>(
+        &self,
+        segment: Option<SegmentId>,
+        result: Result<T, CallError>,
+    ) -> Result<T, CallError> {
+        if result.is_err() {
+            if let Some(segment) = segment {
+                self.locations.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&segment);
+            }
+        }
+        result
+    }
+
+    /// The connection to the node serving at `addr`.
+    async fn peer_at(&self, addr: SocketAddr) -> Result<Client, RemoteError> {
         let existing =
             self.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&addr).cloned();
         let client = match existing {
+            // Redialing in the background: the caller tries another replica meanwhile.
+            Some(client) if matches!(client.link(), LinkState::Down(Some(_))) => {
+                return Err(RemoteError::Unreachable(CallError::NotConnected(addr)));
+            }
             Some(client) => client,
             None => {
                 let hello = Hello { role: Role::Peer, ..hello(self.cluster, self.writer, self.incarnation) };
@@ -215,6 +329,14 @@ impl RemoteStore {
         client.wait_up(std::time::Duration::from_secs(5)).await?;
         Ok(client)
     }
+}
+
+/// The largest value a put takes: one frame's body less the write's header.
+const MAX_VALUE: usize = DEFAULT_MAX_FRAME_BODY as usize - WRITE_HEADER_LEN;
+
+/// A node the master knows that has no connection to it just now.
+fn not_serving(node: NodeId) -> RemoteError {
+    RemoteError::NodeUnreachable(node)
 }
 
 fn hello(cluster: ClusterName, node: NodeId, incarnation: Incarnation) -> Hello {

@@ -103,6 +103,8 @@ pub(crate) struct NodeProcess {
     pub(crate) process: Process,
     pub(crate) node: u64,
     pub(crate) addr: SocketAddr,
+    /// Records its SSD tier recovered at start.
+    pub(crate) recovered: usize,
 }
 
 impl NodeProcess {
@@ -112,15 +114,17 @@ impl NodeProcess {
         let master = master.to_string();
         let root = root.to_str().unwrap();
         let args = ["node", "--master", &master, "--memory", memory, "--root", root, "--cluster", "larder"];
-        let (mut node, mut addr) = (None, None);
+        let (mut node, mut addr, mut recovered) = (None, None, None);
         let process = spawn(&args, |line| {
             let Some(rest) = line.strip_prefix("larder node ") else { return false };
             let (id, at) = rest.split_once(" serving on ").unwrap();
+            let (at, rest) = at.split_once(" (").unwrap();
             node = Some(id.parse().unwrap());
             addr = Some(at.parse().unwrap());
+            recovered = Some(rest.split_once(' ').unwrap().0.parse().unwrap());
             true
         });
-        Self { process, node: node.unwrap(), addr: addr.unwrap() }
+        Self { process, node: node.unwrap(), addr: addr.unwrap(), recovered: recovered.unwrap() }
     }
 
     pub(crate) fn kill(&mut self) {

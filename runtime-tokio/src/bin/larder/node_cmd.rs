@@ -26,7 +26,8 @@ pub(crate) struct NodeArgs {
     /// Memory contributed (e.g. 4GiB) [default: 512MiB].
     #[arg(long, env = "LARDER_MEMORY_BYTES")]
     memory: Option<String>,
-    /// The node directory; holds the stable node id (`node-id`). Without it the node
+    /// The storage root: the node's SSD tier (`<root>/<cluster>/<node>/`) and its
+    /// stable id (`<root>/<cluster>/node-id`). Without it the node is memory only and
     /// gets a new id every run.
     #[arg(long, env = "LARDER_STORAGE_ROOT")]
     root: Option<PathBuf>,
@@ -67,15 +68,22 @@ pub(crate) fn resolve(args: NodeArgs) -> Result<NodeServerConfig, String> {
     let cluster_name = args.cluster.or(file.cluster).unwrap_or_else(|| String::from("default"));
     let cluster =
         ClusterName::new(cluster_name.as_bytes()).map_err(|e| format!("cluster {cluster_name:?}: {e}"))?;
-    let root = args.root.or(file.root);
-    let node_dir = root.map(|r| r.join(&cluster_name).join("node"));
-    Ok(NodeServerConfig { master, listen, cluster, memory_bytes, node_dir })
+    let storage_root = args.root.or(file.root);
+    if let Some(root) = &storage_root {
+        if !root.is_dir() {
+            return Err(format!("storage root {}: not a directory", root.display()));
+        }
+    }
+    Ok(NodeServerConfig { master, listen, cluster, memory_bytes, storage_root })
 }
 
 /// Runs until ctrl-c or SIGTERM.
 pub(crate) async fn run(config: NodeServerConfig) -> Result<(), String> {
     let node = larder_tokio::cluster::node::start(config).await.map_err(|e| format!("node: {e}"))?;
-    println!("larder node {} serving on {}", node.node, node.data_addr);
+    println!(
+        "larder node {} serving on {} ({} records recovered)",
+        node.node, node.data_addr, node.recovered
+    );
     crate::master_cmd::stopped().await;
     Ok(())
 }
