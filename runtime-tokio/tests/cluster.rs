@@ -246,3 +246,46 @@ async fn after_a_master_restart_every_flushed_object_is_readable() {
         assert_same(&got, &value(100 + i, 200_000), "a flushed object after the master's restart");
     }
 }
+
+/// `larder bench --master`, as a user runs it, with `--json`.
+fn cluster_bench(master: &MasterProcess, extra: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_larder"))
+        .args([
+            "bench",
+            "--json",
+            "--cluster",
+            "larder",
+            "--count",
+            "48",
+            "--value-size",
+            "256KiB",
+            "--tasks",
+            "4",
+        ])
+        .args(["--master", &master.addr.to_string()])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_runs_as_a_client_of_the_cluster_and_verifies_every_byte() {
+    let master = MasterProcess::start("127.0.0.1:0", &[]);
+    let root = tempfile::tempdir().unwrap();
+    let _node = NodeProcess::start(master.addr, "64MiB", root.path());
+    master.wait_for_metric("larder_master_segments", 1.0);
+    let s = cluster_bench(&master, &[]);
+    let working_set = 48 * (256 << 10);
+    assert_eq!(s["working_set_bytes"], working_set);
+    assert_eq!(s["bytes_verified"], 2 * working_set);
+    assert_eq!(s["memory_bytes"], 0, "a client contributes no memory unless asked");
+    assert_eq!(s["master"], master.addr.to_string());
+    let read = &s["first_read"];
+    assert_eq!(read["memory"].as_u64().unwrap() + read["ssd"].as_u64().unwrap(), 48, "{s}");
+    // With --memory the bench is a node too: the cluster has its segment beside the other.
+    let s = cluster_bench(&master, &["--memory", "32MiB"]);
+    assert_eq!(s["memory_bytes"], 32 << 20);
+    assert_eq!(s["bytes_verified"], 2 * working_set);
+}

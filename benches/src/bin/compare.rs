@@ -67,15 +67,9 @@ enum Command {
         #[arg(long, default_value_t = 4 << 30)]
         size: u64,
     },
-    /// The master over TCP (one core, pipelined GetReplicaList on a few connections)
-    /// against the same master called in-process on one thread.
+    /// Transfers over loopback: Larder (master + 2 nodes, a client holding no memory)
+    /// putting and getting values beside one raw TCP stream and Redis.
     Net {
-        /// Master requests per connection per run.
-        #[arg(long, default_value_t = 200_000)]
-        requests: usize,
-        /// Master connections pipelining at once.
-        #[arg(long, default_value_t = 4)]
-        connections: usize,
         /// Value sizes of the transfer rows, in bytes.
         #[arg(long, value_delimiter = ',', default_values_t = [1 << 20, 256 << 10])]
         values: Vec<usize>,
@@ -85,6 +79,16 @@ enum Command {
         /// Concurrent tasks (Larder) and connections (Redis) of the transfer rows.
         #[arg(long, default_value_t = 4)]
         tasks: usize,
+    },
+    /// The master over TCP (one core, pipelined GetReplicaList on a few connections)
+    /// against the same master called in-process on one thread.
+    Master {
+        /// Requests per connection per run.
+        #[arg(long, default_value_t = 200_000)]
+        requests: usize,
+        /// Connections pipelining at once.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
     },
     /// Reopening a node directory of many records (cold page cache) to a usable
     /// index, against only reading the same trailers and footers.
@@ -130,18 +134,12 @@ fn main() {
         Command::Store { size } => {
             emit(compare_store(&cli.dir, cli.runs, size), cli.json, Report::print_table)
         }
-        Command::Net { requests, connections, ref values, size, tasks } => emit(
-            compare_net(cli.runs, requests, connections, values, size, tasks),
-            cli.json,
-            |reports: &Vec<Report>| {
-                for (i, r) in reports.iter().enumerate() {
-                    if i > 0 {
-                        println!();
-                    }
-                    r.print_table();
-                }
-            },
-        ),
+        Command::Net { ref values, size, tasks } => {
+            emit(compare_transfers(cli.runs, values, size, tasks), cli.json, Report::print_table)
+        }
+        Command::Master { requests, connections } => {
+            emit(compare_master(cli.runs, requests, connections), cli.json, Report::print_table)
+        }
         Command::Recovery { records, value } => {
             emit(compare_recovery(&cli.dir, cli.runs, records, value), cli.json, print_recovery)
         }
@@ -220,16 +218,8 @@ fn compare_io(dir: &std::path::Path, runs: usize, size: u64, depth: u32) -> Resu
     })
 }
 
-fn compare_net(
-    runs: usize,
-    requests: usize,
-    connections: usize,
-    values: &[usize],
-    size: u64,
-    tasks: usize,
-) -> Result<Vec<Report>, String> {
+fn compare_master(runs: usize, requests: usize, connections: usize) -> Result<Report, String> {
     use larder_benches::compare::net;
-    let transfers = compare_transfers(runs, values, size, tasks)?;
     let mut tcp = net::OverTcp::start()?;
     let (mut in_process, mut over_tcp) = (vec![], vec![]);
     for _ in 0..runs {
@@ -243,7 +233,7 @@ fn compare_net(
             Measured::from_runs(&format!("larder master TCP, {connections} conns"), over_tcp),
         ],
     );
-    let master = Report {
+    Ok(Report {
         title: String::from("The master over TCP against itself in-process"),
         setup: vec![
             format!(
@@ -256,8 +246,7 @@ fn compare_net(
         unit: String::from("k requests/s"),
         rows: vec![master],
         notes: vec![],
-    };
-    Ok(vec![transfers, master])
+    })
 }
 
 /// Puts and gets through a cluster beside a raw TCP stream and Redis.

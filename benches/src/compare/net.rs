@@ -334,9 +334,15 @@ impl LarderCluster {
             let store = larder_tokio::cluster::RemoteStore::connect(master.addr, cluster, timeout)
                 .await
                 .map_err(|e| e.to_string())?;
-            // Wait until both segments are mounted: a put then finds room.
+            // Wait until both segments are mounted: a put of two replicas then finds
+            // room (bounded: a cluster that never comes up is an error).
             let probe = vec![1u8; 1];
-            while store.put(b"probe", &probe, 2).await.is_err() {
+            let mut tries = 0;
+            while let Err(e) = store.put(b"probe", &probe, 2).await {
+                tries += 1;
+                if tries > 500 {
+                    return Err(format!("the cluster never took a put: {e}"));
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
             Ok::<_, String>(std::sync::Arc::new(store))
@@ -347,32 +353,45 @@ impl LarderCluster {
     /// Puts `count` values of `value` bytes with `tasks` tasks at once, then gets them
     /// all back (verified); returns (put MB/s, get MB/s).
     pub fn run(&mut self, value: usize, count: usize, tasks: usize) -> Result<(f64, f64), String> {
+        use std::sync::Arc;
         let run = self.next;
         self.next += 1;
-        let data = std::sync::Arc::new(vec![0xa5u8; value]);
-        let store = std::sync::Arc::clone(&self.store);
+        // Every value differs (its key in its first bytes), so a get that returned
+        // another object's bytes fails the check; made before the clock starts.
+        let objects: Arc<Vec<(String, Vec<u8>)>> = Arc::new(
+            (0..count)
+                .map(|i| {
+                    let key = format!("run{run}/value{i}");
+                    let mut bytes = vec![0xa5u8; value];
+                    let n = key.len().min(value);
+                    bytes[..n].copy_from_slice(&key.as_bytes()[..n]);
+                    (key, bytes)
+                })
+                .collect(),
+        );
+        let store = Arc::clone(&self.store);
         self.runtime.block_on(async move {
-            let keys: Vec<String> = (0..count).map(|i| format!("run{run}/value{i}")).collect();
             let timed = |get: bool| {
-                let (keys, store, data) =
-                    (keys.clone(), std::sync::Arc::clone(&store), std::sync::Arc::clone(&data));
+                let (objects, store) = (Arc::clone(&objects), Arc::clone(&store));
                 async move {
                     let start = StdInstant::now();
-                    let chunks: Vec<Vec<String>> =
-                        keys.chunks(count.div_ceil(tasks)).map(<[String]>::to_vec).collect();
-                    let handles: Vec<_> = chunks
-                        .into_iter()
-                        .map(|chunk| {
-                            let (store, data) = (std::sync::Arc::clone(&store), std::sync::Arc::clone(&data));
+                    let per_task = count.div_ceil(tasks);
+                    let handles: Vec<_> = (0..tasks)
+                        .map(|t| {
+                            let (objects, store) = (Arc::clone(&objects), Arc::clone(&store));
                             tokio::spawn(async move {
-                                for k in chunk {
+                                for (key, bytes) in objects.iter().skip(t * per_task).take(per_task) {
                                     if get {
-                                        let got = store.get(k.as_bytes()).await.map_err(|e| e.to_string())?;
-                                        if got != *data {
+                                        let got =
+                                            store.get(key.as_bytes()).await.map_err(|e| e.to_string())?;
+                                        if got != *bytes {
                                             return Err(String::from("a get returned other bytes"));
                                         }
                                     } else {
-                                        store.put(k.as_bytes(), &data, 1).await.map_err(|e| e.to_string())?;
+                                        store
+                                            .put(key.as_bytes(), bytes, 1)
+                                            .await
+                                            .map_err(|e| e.to_string())?;
                                     }
                                 }
                                 Ok::<(), String>(())
@@ -388,8 +407,8 @@ impl LarderCluster {
             let put = timed(false).await?;
             let get = timed(true).await?;
             // Make room for the next run.
-            for k in &keys {
-                store.remove(k.as_bytes(), true).await.map_err(|e| e.to_string())?;
+            for (key, _) in objects.iter() {
+                store.remove(key.as_bytes(), true).await.map_err(|e| e.to_string())?;
             }
             Ok((put, get))
         })

@@ -15,4 +15,4 @@ pub mod remote;
 pub use client::{CallError, Client, LinkState, PushedCommand};
 pub use master::{MasterServer, MasterServerConfig};
 pub use node::{NodeServer, NodeServerConfig};
-pub use remote::{RemoteError, RemoteStore};
+pub use remote::{RemoteError, RemoteStats, RemoteStore};

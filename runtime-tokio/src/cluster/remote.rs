@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use larder_engine::net::data::{DataError, DataRequest, DataResponse, WRITE_HEADER_LEN};
 use larder_engine::net::{ClientConfig, ClusterName, DEFAULT_MAX_FRAME_BODY, Hello, PROTOCOL_VERSIONS, Role};
@@ -78,6 +79,17 @@ pub struct RemoteStore {
     incarnation: Incarnation,
     peers: Mutex<HashMap<SocketAddr, Client>>,
     locations: Mutex<HashMap<SegmentId, SocketAddr>>,
+    memory_reads: AtomicU64,
+    disk_reads: AtomicU64,
+}
+
+/// Where a client's gets were served from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RemoteStats {
+    /// Gets answered from a memory replica.
+    pub memory_reads: u64,
+    /// Gets answered from a disk replica (through its node).
+    pub disk_reads: u64,
 }
 
 impl RemoteStore {
@@ -98,7 +110,17 @@ impl RemoteStore {
             incarnation,
             peers: Mutex::default(),
             locations: Mutex::default(),
+            memory_reads: AtomicU64::new(0),
+            disk_reads: AtomicU64::new(0),
         })
+    }
+
+    /// Where this client's gets were served from.
+    pub fn stats(&self) -> RemoteStats {
+        RemoteStats {
+            memory_reads: self.memory_reads.load(Ordering::Relaxed),
+            disk_reads: self.disk_reads.load(Ordering::Relaxed),
+        }
     }
 
     /// The link to the master, to wait for it to be up again.
@@ -149,12 +171,19 @@ impl RemoteStore {
         // Memory replicas come first in the list, then disk replicas.
         let mut last = RemoteError::NotFound;
         for replica in &list.replicas {
-            let read = match replica {
-                ReplicaDescriptor::Memory(memory) => self.read(memory, list.version).await,
-                ReplicaDescriptor::Disk(disk) => self.read_disk(key, disk, list.version).await,
+            let (read, counter) = match replica {
+                ReplicaDescriptor::Memory(memory) => {
+                    (self.read(memory, list.version).await, &self.memory_reads)
+                }
+                ReplicaDescriptor::Disk(disk) => {
+                    (self.read_disk(key, disk, list.version).await, &self.disk_reads)
+                }
             };
             match read {
-                Ok(bytes) => return Ok(bytes),
+                Ok(bytes) => {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    return Ok(bytes);
+                }
                 Err(e) => last = e,
             }
         }

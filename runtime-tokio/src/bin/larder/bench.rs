@@ -15,46 +15,52 @@ const BENCH_CLUSTER: &str = "larder-bench";
 
 /// One timed phase.
 #[derive(Debug, Serialize)]
-struct Phase {
-    name: &'static str,
-    seconds: f64,
+pub(crate) struct Phase {
+    pub(crate) name: &'static str,
+    pub(crate) seconds: f64,
     /// Value bytes moved (0 for phases that move none).
-    bytes: u64,
-    mb_per_s: Option<f64>,
+    pub(crate) bytes: u64,
+    pub(crate) mb_per_s: Option<f64>,
 }
 
 /// Where reads were served from in a read phase.
 #[derive(Debug, Serialize, Default, Clone, Copy)]
-struct Hits {
-    memory: u64,
-    ssd: u64,
-    promoted_to_memory: u64,
+pub(crate) struct Hits {
+    pub(crate) memory: u64,
+    pub(crate) ssd: u64,
+    pub(crate) promoted_to_memory: u64,
 }
 
 #[derive(Debug, Serialize)]
-struct Summary {
-    value_size: usize,
-    count: u64,
-    working_set_bytes: u64,
-    memory_bytes: u64,
-    storage_root: String,
-    tasks: usize,
-    phases: Vec<Phase>,
-    first_read: Hits,
-    read_after_reopen: Hits,
-    evicted_to_ssd: u64,
+pub(crate) struct Summary {
+    pub(crate) value_size: usize,
+    pub(crate) count: u64,
+    pub(crate) working_set_bytes: u64,
+    pub(crate) memory_bytes: u64,
+    pub(crate) storage_root: String,
+    pub(crate) tasks: usize,
+    pub(crate) phases: Vec<Phase>,
+    pub(crate) first_read: Hits,
+    pub(crate) read_after_reopen: Hits,
+    pub(crate) evicted_to_ssd: u64,
     /// Puts that found memory full of objects not yet on SSD and waited.
-    puts_waited_for_ssd: u64,
-    recovered_objects: u64,
-    bytes_verified: u64,
-    bytes_on_ssd: u64,
-    buckets: u64,
-    io_driver: String,
-    direct_io: bool,
+    pub(crate) puts_waited_for_ssd: u64,
+    pub(crate) recovered_objects: u64,
+    pub(crate) bytes_verified: u64,
+    pub(crate) bytes_on_ssd: u64,
+    pub(crate) buckets: u64,
+    pub(crate) io_driver: String,
+    pub(crate) direct_io: bool,
+    /// The cluster's master, with `--master`; none for the embedded store (whose second
+    /// read is after a close and reopen, where a cluster's is a plain second read).
+    pub(crate) master: Option<String>,
 }
 
 /// Runs the bench; an error if anything fails or any byte read back is wrong.
 pub(crate) async fn run(mut config: BenchConfig) -> Result<(), String> {
+    if config.cluster.is_some() {
+        return super::cluster_bench::run(config).await;
+    }
     config.store.cluster = BENCH_CLUSTER.into();
     let root = config.store.storage_root.clone().expect("the bench always has a root");
     let result = phases(&config).await;
@@ -121,6 +127,7 @@ async fn phases(c: &BenchConfig) -> Result<Summary, String> {
         buckets: tier.buckets,
         io_driver: format!("{:?}", tier.driver),
         direct_io: tier.direct_io,
+        master: None,
     })
 }
 
@@ -218,24 +225,24 @@ where
     Ok(())
 }
 
-fn bar(len: u64, label: &'static str) -> ProgressBar {
+pub(crate) fn bar(len: u64, label: &'static str) -> ProgressBar {
     let style = ProgressStyle::with_template("{prefix:>18} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
         .expect("valid template")
         .progress_chars("=> ");
     ProgressBar::new(len).with_style(style).with_prefix(label)
 }
 
-fn phase(name: &'static str, elapsed: Duration, bytes: u64) -> Phase {
+pub(crate) fn phase(name: &'static str, elapsed: Duration, bytes: u64) -> Phase {
     let seconds = elapsed.as_secs_f64();
     Phase { name, seconds, bytes, mb_per_s: (bytes > 0).then(|| bytes as f64 / seconds / 1e6) }
 }
 
-fn key(i: u64) -> Vec<u8> {
+pub(crate) fn key(i: u64) -> Vec<u8> {
     format!("larder-bench/{i:012}").into_bytes()
 }
 
 /// Object `i`'s bytes: a fast generator seeded by `i`, so verification needs no copy.
-fn value(i: u64, len: usize) -> Vec<u8> {
+pub(crate) fn value(i: u64, len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(len + 8);
     let mut x = i.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     while out.len() < len {
@@ -250,7 +257,7 @@ fn value(i: u64, len: usize) -> Vec<u8> {
     out
 }
 
-fn print_table(s: &Summary) {
+pub(crate) fn print_table(s: &Summary) {
     println!(
         "larder bench: {} values of {} ({} MB working set) through a {} MB memory segment, {} tasks",
         s.count,
@@ -259,7 +266,12 @@ fn print_table(s: &Summary) {
         s.memory_bytes / 1_000_000,
         s.tasks
     );
-    println!("storage root: {} (I/O: {}, O_DIRECT: {})", s.storage_root, s.io_driver, s.direct_io);
+    match &s.master {
+        Some(master) => println!("cluster: master {master}; SSD on the cluster's nodes"),
+        None => {
+            println!("storage root: {} (I/O: {}, O_DIRECT: {})", s.storage_root, s.io_driver, s.direct_io)
+        }
+    }
     println!();
     println!("{:<30} {:>10} {:>12}", "phase", "seconds", "MB/s");
     for p in &s.phases {
@@ -271,7 +283,8 @@ fn print_table(s: &Summary) {
         format!("{} from memory, {} from SSD ({} promoted back)", x.memory, x.ssd, x.promoted_to_memory)
     };
     println!("first read:        {}", h(&s.first_read));
-    println!("after reopen:      {}", h(&s.read_after_reopen));
+    let second = if s.master.is_some() { "second read:      " } else { "after reopen:     " };
+    println!("{second} {}", h(&s.read_after_reopen));
     println!(
         "evicted to SSD:    {} objects ({} puts waited for the SSD)",
         s.evicted_to_ssd, s.puts_waited_for_ssd

@@ -35,6 +35,14 @@ pub(crate) struct BenchArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+    /// Run as a client of the cluster whose master is here, instead of the embedded
+    /// store. The bench then contributes no memory unless `--memory` is given, so its
+    /// puts and gets cross the network.
+    #[arg(long, env = "LARDER_MASTER")]
+    master: Option<std::net::SocketAddr>,
+    /// The cluster's name (with `--master`) [default: default].
+    #[arg(long, env = "LARDER_CLUSTER")]
+    cluster: Option<String>,
 }
 
 /// The file form.
@@ -61,6 +69,18 @@ pub(crate) struct BenchConfig {
     /// Leave the data in place afterwards (`--keep`).
     pub(crate) keep: bool,
     pub(crate) json: bool,
+    /// `--master`: the cluster to run against, and what the bench contributes to it.
+    pub(crate) cluster: Option<ClusterBench>,
+}
+
+/// `larder bench --master`: the cluster, and the memory (and storage root) the bench
+/// contributes as a node of its own, if any.
+#[derive(Debug, Clone)]
+pub(crate) struct ClusterBench {
+    pub(crate) master: std::net::SocketAddr,
+    pub(crate) cluster: larder_engine::net::ClusterName,
+    pub(crate) memory_bytes: Option<u64>,
+    pub(crate) storage_root: Option<PathBuf>,
 }
 
 /// Defaults: 4096 values of 1 MiB (4 GiB) through the default 512 MiB segment.
@@ -88,8 +108,28 @@ impl BenchConfig {
         if value_size == 0 || count == 0 {
             return Err(String::from("value_size and count must be at least 1"));
         }
+        let memory = size("memory", args.memory.or(file.memory))?;
+        if let Some(master) = args.master {
+            let name = args.cluster.unwrap_or_else(|| String::from("default"));
+            let cluster = larder_engine::net::ClusterName::new(name.as_bytes())
+                .map_err(|e| format!("cluster {name:?}: {e}"))?;
+            let storage_root = args.root.or(file.root);
+            let bench = ClusterBench { master, cluster, memory_bytes: memory, storage_root };
+            let keep = args.keep || file.keep.unwrap_or(false);
+            let store = StoreConfig { memory_bytes: memory.unwrap_or(0), ..StoreConfig::default() };
+            return Ok(Self {
+                value_size,
+                count,
+                tasks,
+                store,
+                temporary_root: false,
+                keep,
+                json: args.json,
+                cluster: Some(bench),
+            });
+        }
         let mut store = StoreConfig::default();
-        if let Some(m) = size("memory", args.memory.or(file.memory))? {
+        if let Some(m) = memory {
             store.memory_bytes = m;
         }
         let (root, temporary_root) = match args.root.or(file.root) {
@@ -111,6 +151,7 @@ impl BenchConfig {
             temporary_root: temporary_root && !keep,
             keep,
             json: args.json,
+            cluster: None,
         })
     }
 }

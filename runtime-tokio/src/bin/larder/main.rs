@@ -7,6 +7,7 @@
 //! `larder node` contributes a memory segment to it and serves it.
 
 mod bench;
+mod cluster_bench;
 mod config;
 mod master_cmd;
 mod node_cmd;

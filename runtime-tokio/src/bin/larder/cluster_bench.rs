@@ -1,0 +1,148 @@
+//! `larder bench --master ADDR`: the bench's workload as a client of a cluster.
+//!
+//! Puts every value through the cluster, flushes (everything durable on the nodes'
+//! SSD), reads everything back verified, and reads it all again; the same table and
+//! JSON as the embedded bench. The bench contributes memory (an in-process node) only
+//! with `--memory`; otherwise every byte crosses the network to the cluster's nodes.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use indicatif::{MultiProgress, ProgressBar};
+use larder_tokio::cluster::{NodeServerConfig, RemoteStore};
+
+use super::bench::{Hits, Summary, bar, key, phase, print_table, value};
+use super::config::{BenchConfig, ClusterBench};
+
+pub(crate) async fn run(config: BenchConfig) -> Result<(), String> {
+    let cluster = config.cluster.clone().expect("a cluster bench has a master");
+    let summary = phases(&config, &cluster).await?;
+    if config.json {
+        println!("{}", serde_json::to_string_pretty(&summary).expect("summary serializes"));
+    } else {
+        print_table(&summary);
+    }
+    Ok(())
+}
+
+async fn phases(c: &BenchConfig, cluster: &ClusterBench) -> Result<Summary, String> {
+    if let Some(memory) = cluster.memory_bytes {
+        let node = NodeServerConfig {
+            master: cluster.master,
+            listen: "127.0.0.1:0".parse().expect("an address"),
+            cluster: cluster.cluster,
+            memory_bytes: memory,
+            storage_root: cluster.storage_root.clone(),
+        };
+        larder_tokio::cluster::node::start(node).await.map_err(|e| format!("contributing memory: {e}"))?;
+    }
+    let timeout = std::time::Duration::from_secs(10);
+    let store = Arc::new(
+        RemoteStore::connect(cluster.master, cluster.cluster, timeout)
+            .await
+            .map_err(|e| format!("master {}: {e}", cluster.master))?,
+    );
+    let total = c.count * c.value_size as u64;
+    let bars = MultiProgress::new();
+    let mut phases = Vec::new();
+    let start = Instant::now();
+    for_all(&store, c, bars.add(bar(c.count, "put")), |store, i, len| async move {
+        store.put(&key(i), &value(i, len), 1).await.map_err(|e| format!("put {i}: {e}"))
+    })
+    .await?;
+    phases.push(phase("put (memory; SSD behind)", start.elapsed(), total));
+    let start = Instant::now();
+    store.flush().await.map_err(|e| format!("flush: {e}"))?;
+    phases.push(phase("flush (all durable on SSD)", start.elapsed(), 0));
+    let (first_read, elapsed) = read_all(&store, c, &bars, "read + verify").await?;
+    phases.push(phase("read back, verified", elapsed, total));
+    let (second_read, elapsed) = read_all(&store, c, &bars, "read again").await?;
+    phases.push(phase("read again, verified", elapsed, total));
+    if !c.keep {
+        let start = Instant::now();
+        for_all(&store, c, bars.add(bar(c.count, "remove")), |store, i, _| async move {
+            store.remove(&key(i), true).await.map_err(|e| format!("remove {i}: {e}"))
+        })
+        .await?;
+        phases.push(phase("remove", start.elapsed(), 0));
+    }
+    Ok(Summary {
+        value_size: c.value_size,
+        count: c.count,
+        working_set_bytes: total,
+        memory_bytes: cluster.memory_bytes.unwrap_or(0),
+        storage_root: cluster.storage_root.as_ref().map(|r| r.display().to_string()).unwrap_or_default(),
+        tasks: c.tasks,
+        phases,
+        first_read,
+        read_after_reopen: second_read,
+        evicted_to_ssd: 0,
+        puts_waited_for_ssd: 0,
+        recovered_objects: 0,
+        bytes_verified: 2 * total,
+        bytes_on_ssd: 0,
+        buckets: 0,
+        io_driver: String::new(),
+        direct_io: false,
+        master: Some(cluster.master.to_string()),
+    })
+}
+
+/// Reads every object back with `tasks` in flight, comparing every byte.
+async fn read_all(
+    store: &Arc<RemoteStore>,
+    c: &BenchConfig,
+    bars: &MultiProgress,
+    label: &'static str,
+) -> Result<(Hits, std::time::Duration), String> {
+    let before = store.stats();
+    let start = Instant::now();
+    for_all(store, c, bars.add(bar(c.count, label)), |store, i, len| async move {
+        let got = store.get(&key(i)).await.map_err(|e| format!("get {i}: {e}"))?;
+        if got != value(i, len) {
+            return Err(format!("object {i} read back wrong bytes"));
+        }
+        Ok(())
+    })
+    .await?;
+    let elapsed = start.elapsed();
+    let after = store.stats();
+    let hits = Hits {
+        memory: after.memory_reads - before.memory_reads,
+        ssd: after.disk_reads - before.disk_reads,
+        promoted_to_memory: 0,
+    };
+    Ok((hits, elapsed))
+}
+
+/// Runs `op(store, i, value_size)` for every object on `tasks` tasks, ticking `bar`.
+async fn for_all<F, Fut>(
+    store: &Arc<RemoteStore>,
+    c: &BenchConfig,
+    bar: ProgressBar,
+    op: F,
+) -> Result<(), String>
+where
+    F: Fn(Arc<RemoteStore>, u64, usize) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..c.tasks as u64 {
+        let (store, op, bar) = (Arc::clone(store), op.clone(), bar.clone());
+        let (count, step, len) = (c.count, c.tasks as u64, c.value_size);
+        tasks.spawn(async move {
+            let mut i = t;
+            while i < count {
+                op(Arc::clone(&store), i, len).await?;
+                bar.inc(1);
+                i += step;
+            }
+            Ok::<(), String>(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.map_err(|e| format!("a task failed: {e}"))??;
+    }
+    bar.finish();
+    Ok(())
+}
