@@ -225,6 +225,39 @@ fn net_seeds(root: &Path) -> usize {
         let n = Refusal { reason, versions: (1, 1) }.encode(&mut b).expect("refusal");
         net.save(&with(1, &b[..n]));
     }
+    {
+        use larder_engine::net::data::{DataError, DataRequest, DataResponse};
+        let mut bodies = Vec::new();
+        let write = DataRequest::Write {
+            segment: SegmentId(7),
+            offset: 4096,
+            version: ObjectVersion(9),
+            epoch: 3,
+            crc32c: 0x1234_5678,
+            bytes: b"value bytes",
+        };
+        let read =
+            DataRequest::Read { segment: SegmentId(7), offset: 4096, len: 11, version: ObjectVersion(9) };
+        let disk =
+            DataRequest::ReadDisk { key: KeyRef::new(b"prefix/0").expect("key"), version: ObjectVersion(9) };
+        for r in [write, read, disk] {
+            let mut out = Vec::new();
+            r.encode(&mut out);
+            bodies.push(out);
+        }
+        for r in [
+            DataResponse::Written,
+            DataResponse::Read { crc32c: 5, bytes: b"value bytes" },
+            DataResponse::Refused(DataError::Fenced),
+        ] {
+            let mut out = Vec::new();
+            r.encode(&mut out);
+            bodies.push(out);
+        }
+        for b in &bodies {
+            net.save(&with(1, b));
+        }
+    }
     let frame = |kind, id, body: &[u8]| {
         let mut out = Vec::new();
         write_frame(&mut out, kind, id, body, u32::MAX).expect("frame");

@@ -124,7 +124,8 @@ pub const FUZZ_CLUSTER: &[u8] = b"larder";
 /// Decodes what a peer can send over a connection. The first byte picks the decoder
 /// (and, for streams, the chunk size the bytes arrive in):
 ///
-/// - a Hello, Welcome or Refusal body: whatever decodes re-encodes to the same bytes;
+/// - a Hello, Welcome or Refusal body, or a data-plane request or response: whatever
+///   decodes re-encodes to the same bytes;
 /// - a frame stream: the frames cut from it re-encode to exactly the bytes consumed,
 ///   and after an error nothing more comes out;
 /// - a server connection fed the stream (accepting every Hello, answering every
@@ -161,6 +162,17 @@ pub fn net_decode(data: &[u8]) {
                 let mut buf = [0u8; Refusal::LEN];
                 let n = r.encode(&mut buf).expect("a decoded refusal encodes");
                 assert_eq!(&buf[..n], rest, "refusal re-encoding differs");
+            }
+            // The data plane's bodies, as a node and a reader receive them.
+            if let Ok(r) = larder_engine::net::data::DataRequest::decode(rest) {
+                let mut out = Vec::new();
+                r.encode(&mut out);
+                assert_eq!(out, rest, "data request re-encoding differs");
+            }
+            if let Ok(r) = larder_engine::net::data::DataResponse::decode(rest) {
+                let mut out = Vec::new();
+                r.encode(&mut out);
+                assert_eq!(out, rest, "data response re-encoding differs");
             }
         }
         2 | 3 => {

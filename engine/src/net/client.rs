@@ -22,7 +22,7 @@
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 
-use super::frame::{Deframer, FrameError, FrameKind, write_frame};
+use super::frame::{Deframer, FrameError, FrameKind, take_outgoing, write_frame};
 use super::handshake::{Hello, Refusal, Welcome};
 use crate::time::{Duration, Instant};
 
@@ -318,15 +318,7 @@ impl ClientConnection {
     /// Appends the bytes to write to the socket to `out`; false if there were none.
     #[must_use]
     pub fn poll_transmit(&mut self, out: &mut Vec<u8>) -> bool {
-        if self.outgoing.is_empty() {
-            return false;
-        }
-        if out.is_empty() {
-            core::mem::swap(out, &mut self.outgoing);
-        } else {
-            out.append(&mut self.outgoing);
-        }
-        true
+        take_outgoing(&mut self.outgoing, out)
     }
 
     /// When [`ClientConnection::handle_timeout`] next has work.

@@ -171,6 +171,20 @@ pub fn write_frame(
     Ok(())
 }
 
+/// Moves `outgoing` into `out` (appending to what `out` holds); false if there was
+/// nothing. The connection machines' `poll_transmit`.
+pub(super) fn take_outgoing(outgoing: &mut Vec<u8>, out: &mut Vec<u8>) -> bool {
+    if outgoing.is_empty() {
+        return false;
+    }
+    if out.is_empty() {
+        core::mem::swap(out, outgoing);
+    } else {
+        out.append(outgoing);
+    }
+    true
+}
+
 /// A whole received frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {

@@ -23,7 +23,7 @@
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
-use super::frame::{Deframer, FrameError, FrameKind, write_frame};
+use super::frame::{Deframer, FrameError, FrameKind, take_outgoing, write_frame};
 use super::handshake::{ClusterName, Hello, Refusal, RefusalReason, Role, Welcome};
 use crate::ids::Incarnation;
 use crate::time::{Duration, Instant};
@@ -333,15 +333,7 @@ impl ServerConnection {
     /// Appends the bytes to write to the socket to `out`; false if there were none.
     #[must_use]
     pub fn poll_transmit(&mut self, out: &mut Vec<u8>) -> bool {
-        if self.outgoing.is_empty() {
-            return false;
-        }
-        if out.is_empty() {
-            core::mem::swap(out, &mut self.outgoing);
-        } else {
-            out.append(&mut self.outgoing);
-        }
-        true
+        take_outgoing(&mut self.outgoing, out)
     }
 
     fn refuse_and_close(&mut self, reason: RefusalReason, close: CloseReason) {

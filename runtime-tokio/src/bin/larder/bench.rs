@@ -198,10 +198,16 @@ fn hits(before: &StoreStats, after: &StoreStats) -> Hits {
 }
 
 /// Runs `op(store, i, value_size)` for every object, on `tasks` tasks (task `t` takes
-/// `t, t + tasks, …`), ticking `bar`.
-async fn for_all<F, Fut>(store: &Arc<Store>, c: &BenchConfig, bar: ProgressBar, op: F) -> Result<(), String>
+/// `t, t + tasks, …`), ticking `bar`. The store is the embedded one or a cluster's client.
+pub(crate) async fn for_all<S, F, Fut>(
+    store: &Arc<S>,
+    c: &BenchConfig,
+    bar: ProgressBar,
+    op: F,
+) -> Result<(), String>
 where
-    F: Fn(Arc<Store>, u64, usize) -> Fut + Send + Sync + Clone + 'static,
+    S: Send + Sync + 'static,
+    F: Fn(Arc<S>, u64, usize) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = Result<(), String>> + Send,
 {
     let mut tasks = tokio::task::JoinSet::new();

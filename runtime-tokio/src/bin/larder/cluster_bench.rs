@@ -8,10 +8,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use indicatif::{MultiProgress, ProgressBar};
+use indicatif::MultiProgress;
 use larder_tokio::cluster::{NodeServerConfig, RemoteStore};
 
-use super::bench::{Hits, Summary, bar, key, phase, print_table, value};
+use super::bench::{Hits, Summary, bar, for_all, key, phase, print_table, value};
 use super::config::{BenchConfig, ClusterBench};
 
 pub(crate) async fn run(config: BenchConfig) -> Result<(), String> {
@@ -113,36 +113,4 @@ async fn read_all(
         promoted_to_memory: 0,
     };
     Ok((hits, elapsed))
-}
-
-/// Runs `op(store, i, value_size)` for every object on `tasks` tasks, ticking `bar`.
-async fn for_all<F, Fut>(
-    store: &Arc<RemoteStore>,
-    c: &BenchConfig,
-    bar: ProgressBar,
-    op: F,
-) -> Result<(), String>
-where
-    F: Fn(Arc<RemoteStore>, u64, usize) -> Fut + Send + Sync + Clone + 'static,
-    Fut: std::future::Future<Output = Result<(), String>> + Send,
-{
-    let mut tasks = tokio::task::JoinSet::new();
-    for t in 0..c.tasks as u64 {
-        let (store, op, bar) = (Arc::clone(store), op.clone(), bar.clone());
-        let (count, step, len) = (c.count, c.tasks as u64, c.value_size);
-        tasks.spawn(async move {
-            let mut i = t;
-            while i < count {
-                op(Arc::clone(&store), i, len).await?;
-                bar.inc(1);
-                i += step;
-            }
-            Ok::<(), String>(())
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r.map_err(|e| format!("a task failed: {e}"))??;
-    }
-    bar.finish();
-    Ok(())
 }

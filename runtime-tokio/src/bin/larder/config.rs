@@ -45,6 +45,15 @@ pub(crate) struct BenchArgs {
     cluster: Option<String>,
 }
 
+/// The settings in a TOML file (`--config`), or the defaults with none.
+pub(crate) fn read_file<T: serde::de::DeserializeOwned + Default>(
+    path: Option<&std::path::Path>,
+) -> Result<T, String> {
+    let Some(path) = path else { return Ok(T::default()) };
+    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// The file form.
 #[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
@@ -90,14 +99,7 @@ const DEFAULT_TASKS: usize = 8;
 
 impl BenchConfig {
     pub(crate) fn resolve(args: BenchArgs) -> Result<Self, String> {
-        let file: BenchFile = match &args.config {
-            Some(path) => {
-                let text =
-                    std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-                toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
-            }
-            None => BenchFile::default(),
-        };
+        let file: BenchFile = read_file(args.config.as_deref())?;
         let size = |name: &str, v: Option<String>| -> Result<Option<u64>, String> {
             v.map(|v| parse_size(name, &v).map_err(|e| e.to_string())).transpose()
         };

@@ -61,14 +61,7 @@ pub(crate) fn parse_duration(name: &str, text: &str) -> Result<larder_engine::Du
 }
 
 pub(crate) fn resolve(args: MasterArgs) -> Result<MasterServerConfig, String> {
-    let file: MasterFile = match &args.config {
-        Some(path) => {
-            let text =
-                std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
-        }
-        None => MasterFile::default(),
-    };
+    let file: MasterFile = crate::config::read_file(args.config.as_deref())?;
     let listen =
         args.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("a valid address"));
     let cluster_name = args.cluster.or(file.cluster).unwrap_or_else(|| String::from("default"));

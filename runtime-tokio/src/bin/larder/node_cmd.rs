@@ -47,14 +47,7 @@ struct NodeFile {
 }
 
 pub(crate) fn resolve(args: NodeArgs) -> Result<NodeServerConfig, String> {
-    let file: NodeFile = match &args.config {
-        Some(path) => {
-            let text =
-                std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
-        }
-        None => NodeFile::default(),
-    };
+    let file: NodeFile = crate::config::read_file(args.config.as_deref())?;
     let master =
         args.master.or(file.master).unwrap_or_else(|| "127.0.0.1:50051".parse().expect("an address"));
     let listen = args.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:0".parse().expect("an address"));
