@@ -289,3 +289,66 @@ async fn the_bench_runs_as_a_client_of_the_cluster_and_verifies_every_byte() {
     assert_eq!(s["memory_bytes"], 32 << 20);
     assert_eq!(s["bytes_verified"], 2 * working_set);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_is_expired_rejoins_and_what_its_old_session_granted_is_refused() {
+    let master = MasterProcess::start("127.0.0.1:0", &["--node-ttl", "3s"]);
+    let root = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(master.addr, "16MiB", root.path());
+    master.wait_for_metric("larder_master_segments", 1.0);
+    let client = store(&master).await;
+    client.put(b"kept", &value(7, 100_000), 1).await.unwrap();
+    client.flush().await.unwrap();
+    // A put granted before the cut-off, not yet written or ended.
+    let writer = NodeId(4242);
+    let hello = Hello {
+        min_version: 1,
+        max_version: 1,
+        cluster: cluster(),
+        role: Role::Client,
+        node: writer,
+        incarnation: Incarnation(1),
+        serves: None,
+    };
+    let (raw, _) = Client::start(master.addr, ClientConfig::new(hello));
+    let welcome = raw.wait_up(HANG_GUARD).await.unwrap();
+    let key = KeyRef::new(b"late").unwrap();
+    let start = Request::PutStart { writer, key, size: 4096, replicas: 1 };
+    let Response::PutStart(Ok(grant)) = raw.call(&start).await.unwrap() else { panic!("granted") };
+    let old = grant.replicas[0];
+
+    // Cut off (alive, silent): expired after the TTL, with everything it held in memory.
+    node.process.pause();
+    master.wait_for_metric("larder_master_nodes", 0.0);
+    node.process.resume();
+    // It rejoins: mounts again and registers its disk records again.
+    master.wait_for_metric("larder_master_segments", 1.0);
+    master.wait_for_metric("larder_master_objects", 1.0);
+    assert_same(&client.get(b"kept").await.unwrap(), &value(7, 100_000), "a flushed object after the rejoin");
+
+    // The old put cannot end: its range went with the expiry.
+    let end = Request::PutEnd { writer, key, version: grant.version };
+    assert!(
+        matches!(raw.call(&end).await.unwrap(), Response::PutEnd(Err(_))),
+        "a put of the old session ended"
+    );
+    // Its late bytes are refused by the node, wherever they would land.
+    client.put(b"fresh", &value(8, 4096), 1).await.unwrap();
+    let (to_node, _) = Client::start(node.addr, ClientConfig::new(Hello { role: Role::Peer, ..hello }));
+    to_node.wait_up(HANG_GUARD).await.unwrap();
+    let junk = [0x66u8; 4096];
+    let mut body = Vec::new();
+    DataRequest::Write {
+        segment: old.segment,
+        offset: old.offset,
+        version: grant.version,
+        epoch: welcome.incarnation.0,
+        crc32c: larder_engine::checksum::crc32c(&junk),
+        bytes: &junk,
+    }
+    .encode(&mut body);
+    let answer = to_node.call_raw(body).await.unwrap();
+    let refused = DataResponse::decode(&answer).unwrap();
+    assert_eq!(refused, DataResponse::Refused(DataError::Fenced), "the late write landed");
+    assert_same(&client.get(b"fresh").await.unwrap(), &value(8, 4096), "an object put after the rejoin");
+}

@@ -78,6 +78,9 @@ struct Segment {
     /// The master run the segment is mounted with: writes granted by any other are
     /// refused. `None` until mounted.
     epoch: Option<u64>,
+    /// Versions below this were granted before the segment was (re)mounted, into the
+    /// mount the master dropped (an expiry, a restart of this node): refused.
+    version_floor: ObjectVersion,
 }
 
 /// The SSD tier and the eventfd its events are signalled on.
@@ -191,6 +194,7 @@ pub async fn start(config: NodeServerConfig) -> std::io::Result<NodeServer> {
         bytes: vec![0u8; size],
         extents: Extents::new(config.memory_bytes),
         epoch: None,
+        version_floor: ObjectVersion(0),
     };
     let state = Arc::new(NodeState { segment: RwLock::new(segment), tier });
     let clock = EngineClock::new();
@@ -334,12 +338,18 @@ impl Agent {
             self.registration = Registration::Pinged;
         }
         if self.registration == Registration::Pinged {
+            // Every version granted so far is below the master's barrier: taken before
+            // mounting, it fences out the writers of the mount the master dropped,
+            // while every grant into this mount comes after it.
+            let Some(Response::Flush(floor)) = self.call(&Request::Flush).await else { return };
             let segment = self.state.segment.read().unwrap_or_else(PoisonError::into_inner).id;
             let mount = Request::MountSegment { node: self.node, segment, size: self.size };
             match self.call(&mount).await {
                 Some(Response::MountSegment(Ok(()) | Err(MasterError::SegmentAlreadyMounted))) => {
-                    self.state.segment.write().unwrap_or_else(PoisonError::into_inner).epoch =
-                        Some(welcome.incarnation.0);
+                    let mut s = self.state.segment.write().unwrap_or_else(PoisonError::into_inner);
+                    s.epoch = Some(welcome.incarnation.0);
+                    s.version_floor = floor;
+                    drop(s);
                     tracing::info!("node {}: segment {segment} mounted", self.node);
                     self.registration = Registration::Mounted;
                 }
@@ -463,7 +473,7 @@ impl DataService {
                 let len = bytes.len() as u64;
                 let checked = if segment != s.id {
                     Err(DataError::UnknownSegment)
-                } else if s.epoch != Some(epoch) {
+                } else if s.epoch != Some(epoch) || version < s.version_floor {
                     Err(DataError::Fenced)
                 } else if !arrived {
                     Err(DataError::Corrupted)

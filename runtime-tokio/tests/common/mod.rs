@@ -17,6 +17,18 @@ pub(crate) struct Process {
 }
 
 impl Process {
+    /// Stops it (SIGSTOP): alive, but silent to everyone, as if cut off.
+    pub(crate) fn pause(&self) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("a live child");
+        rustix::process::kill_process(pid, rustix::process::Signal::STOP).expect("SIGSTOP");
+    }
+
+    /// Lets a paused process go on (SIGCONT).
+    pub(crate) fn resume(&self) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("a live child");
+        rustix::process::kill_process(pid, rustix::process::Signal::CONT).expect("SIGCONT");
+    }
+
     /// Kills it with SIGKILL and reaps it.
     pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
