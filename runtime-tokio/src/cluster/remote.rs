@@ -14,7 +14,10 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use larder_engine::net::data::{DataError, DataRequest, DataResponse, WRITE_HEADER_LEN};
+use bytes::Bytes;
+use larder_engine::net::data::{
+    DataError, DataRequest, DataResponse, READ_ANSWER_HEADER_LEN, WRITE_HEADER_LEN,
+};
 use larder_engine::net::{ClientConfig, ClusterName, DEFAULT_MAX_FRAME_BODY, Hello, PROTOCOL_VERSIONS, Role};
 use larder_engine::wire::{FlushStatus, MasterError, Request, Response};
 use larder_engine::{
@@ -161,7 +164,7 @@ impl RemoteStore {
     }
 
     /// The value under `key`, read from the first replica that gives verified bytes.
-    pub async fn get(&self, key: &[u8]) -> Result<Vec<u8>, RemoteError> {
+    pub async fn get(&self, key: &[u8]) -> Result<Bytes, RemoteError> {
         let key = KeyRef::new(key).map_err(|_| RemoteError::InvalidKey)?;
         let list = match self.master.call(&Request::GetReplicaList { key }).await? {
             Response::GetReplicaList(Ok(list)) => list,
@@ -251,7 +254,7 @@ impl RemoteStore {
         }
     }
 
-    async fn read(&self, replica: &MemoryReplica, version: ObjectVersion) -> Result<Vec<u8>, RemoteError> {
+    async fn read(&self, replica: &MemoryReplica, version: ObjectVersion) -> Result<Bytes, RemoteError> {
         let peer = self.peer(replica.segment).await?;
         let mut body = Vec::new();
         DataRequest::Read { segment: replica.segment, offset: replica.offset, len: replica.len, version }
@@ -262,7 +265,7 @@ impl RemoteStore {
                 if bytes.len() as u64 != replica.len || larder_engine::checksum::crc32c(bytes) != crc32c {
                     return Err(RemoteError::Corrupted);
                 }
-                Ok(bytes.to_vec())
+                Ok(value_of(answer))
             }
             Ok(DataResponse::Refused(e)) => Err(RemoteError::Data(e)),
             other => Err(RemoteError::Protocol(format!("{other:?}"))),
@@ -298,7 +301,7 @@ impl RemoteStore {
         key: KeyRef<'_>,
         disk: &DiskReplica,
         version: ObjectVersion,
-    ) -> Result<Vec<u8>, RemoteError> {
+    ) -> Result<Bytes, RemoteError> {
         let addr = match self.master.call(&Request::LocateNode { node: disk.node }).await? {
             Response::LocateNode(Ok(location)) => location.serves.ok_or(not_serving(disk.node))?,
             Response::LocateNode(Err(e)) => return Err(master_error(e)),
@@ -313,7 +316,7 @@ impl RemoteStore {
                 if bytes.len() as u64 != disk.len || larder_engine::checksum::crc32c(bytes) != disk.crc32c {
                     return Err(RemoteError::Corrupted);
                 }
-                Ok(bytes.to_vec())
+                Ok(value_of(answer))
             }
             Ok(DataResponse::Refused(e)) => Err(RemoteError::Data(e)),
             other => Err(RemoteError::Protocol(format!("{other:?}"))),
@@ -358,6 +361,11 @@ impl RemoteStore {
         client.wait_up(std::time::Duration::from_secs(5)).await?;
         Ok(client)
     }
+}
+
+/// The value in a read answer, without a copy: the answer's bytes past its header.
+fn value_of(answer: Vec<u8>) -> Bytes {
+    Bytes::from(answer).slice(READ_ANSWER_HEADER_LEN..)
 }
 
 /// The largest value a put takes: one frame's body less the write's header.
