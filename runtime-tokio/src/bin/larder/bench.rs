@@ -179,10 +179,7 @@ async fn read_all(
     let start = Instant::now();
     for_all(store, c, bars.add(bar(c.count, label)), |store, i, len| async move {
         let got = store.get(&key(i)).await.map_err(|e| format!("get {i}: {e}"))?;
-        if got != value(i, len) {
-            return Err(format!("object {i} read back wrong bytes"));
-        }
-        Ok(())
+        verify(i, len, &got)
     })
     .await?;
     let elapsed = start.elapsed();
@@ -245,6 +242,14 @@ pub(crate) fn phase(name: &'static str, elapsed: Duration, bytes: u64) -> Phase 
 
 pub(crate) fn key(i: u64) -> Vec<u8> {
     format!("larder-bench/{i:012}").into_bytes()
+}
+
+/// Checks that `got` is object `i`'s value, every byte.
+pub(crate) fn verify(i: u64, len: usize, got: &[u8]) -> Result<(), String> {
+    if got != value(i, len) {
+        return Err(format!("object {i} read back wrong bytes"));
+    }
+    Ok(())
 }
 
 /// Object `i`'s bytes: a fast generator seeded by `i`, so verification needs no copy.

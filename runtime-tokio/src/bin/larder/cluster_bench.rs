@@ -11,7 +11,7 @@ use std::time::Instant;
 use indicatif::MultiProgress;
 use larder_tokio::cluster::{NodeServerConfig, RemoteStore};
 
-use super::bench::{Hits, Summary, bar, for_all, key, phase, print_table, value};
+use super::bench::{Hits, Summary, bar, for_all, key, phase, print_table, value, verify};
 use super::config::{BenchConfig, ClusterBench};
 
 pub(crate) async fn run(config: BenchConfig) -> Result<(), String> {
@@ -99,10 +99,7 @@ async fn read_all(
     let start = Instant::now();
     for_all(store, c, bars.add(bar(c.count, label)), |store, i, len| async move {
         let got = store.get(&key(i)).await.map_err(|e| format!("get {i}: {e}"))?;
-        if got != value(i, len) {
-            return Err(format!("object {i} read back wrong bytes"));
-        }
-        Ok(())
+        verify(i, len, &got)
     })
     .await?;
     let elapsed = start.elapsed();

@@ -40,33 +40,23 @@ fn main() {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let result = match cli.command {
-        Command::Bench(args) => config::BenchConfig::resolve(args).and_then(|c| {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| format!("starting the runtime: {e}"))?;
-            runtime.block_on(bench::run(c))
-        }),
-        Command::Master(args) => master_cmd::resolve(args).and_then(|c| {
-            // One core runs the actor; the other the connections.
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| format!("starting the runtime: {e}"))?;
-            runtime.block_on(master_cmd::run(c))
-        }),
-        Command::Node(args) => node_cmd::resolve(args).and_then(|c| {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| format!("starting the runtime: {e}"))?;
-            runtime.block_on(node_cmd::run(c))
-        }),
+        Command::Bench(args) => config::BenchConfig::resolve(args).and_then(|c| run_on_tokio(bench::run(c))),
+        Command::Master(args) => master_cmd::resolve(args).and_then(|c| run_on_tokio(master_cmd::run(c))),
+        Command::Node(args) => node_cmd::resolve(args).and_then(|c| run_on_tokio(node_cmd::run(c))),
     };
     if let Err(e) = result {
         eprintln!("larder: {e}");
         std::process::exit(1);
     }
+}
+
+/// Runs a command on a multi-threaded tokio runtime (with time and I/O).
+fn run_on_tokio(command: impl std::future::Future<Output = Result<(), String>>) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    runtime.block_on(command)
 }
 
 fn init_logging(verbose: u8) {
