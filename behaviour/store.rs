@@ -509,7 +509,7 @@ pub async fn a_full_disk_is_a_storage_error_and_loses_nothing<H: Harness>(h: H) 
         );
         return;
     };
-    let store = h.open(persistent(&mnt.0, 32 << 20)).await.unwrap();
+    let store = h.open(persistent(&mnt.path, 32 << 20)).await.unwrap();
     for i in 0..12 {
         store.put(&key(i), &value(i, 512 << 10)).await.unwrap(); // 6 MiB onto 3 MiB
     }
@@ -527,7 +527,7 @@ pub async fn a_full_disk_is_a_storage_error_and_loses_nothing<H: Harness>(h: H) 
     store.flush().await.unwrap();
     assert_eq!(store.stats().tier.unwrap().objects, 1);
     store.close().await.unwrap();
-    let store = h.open(persistent(&mnt.0, 32 << 20)).await.unwrap();
+    let store = h.open(persistent(&mnt.path, 32 << 20)).await.unwrap();
     assert_eq!(store.get(&key(100)).await.unwrap(), value(100, 512 << 10));
     store.close().await.unwrap();
 }
@@ -546,14 +546,14 @@ pub async fn the_disk_limit_bounds_what_the_filesystem_holds<H: Harness>(h: H) {
     };
     let limit: u64 = 192 << 20;
     let used = || {
-        let s = rustix::fs::statvfs(&mnt.0).unwrap();
+        let s = rustix::fs::statvfs(&mnt.path).unwrap();
         (s.f_blocks - s.f_bfree) * s.f_frsize
     };
     // The bucket being written (64 MiB, reserved whole, plus a write chunk) and the
     // node directory's small files come on top of the limit.
     let allowance = limit + (64 << 20) + (1 << 20) + (1 << 20);
     let store =
-        h.open(StoreConfig { max_disk_bytes: Some(limit), ..persistent(&mnt.0, 64 << 20) }).await.unwrap();
+        h.open(StoreConfig { max_disk_bytes: Some(limit), ..persistent(&mnt.path, 64 << 20) }).await.unwrap();
     let (n, len) = (2400, 512 << 10);
     let mut peak = 0;
     for i in 0..n {
@@ -604,9 +604,9 @@ pub async fn a_flush_after_a_failed_one_is_ok_only_once_everything_is_durable<H:
         eprintln!("SKIPPED: mounting a tmpfs is not permitted here (needs root); the flush test did not run");
         return;
     };
-    let filler = mnt.0.join("other-file");
+    let filler = mnt.path.join("other-file");
     std::fs::write(&filler, vec![1u8; 23 << 20]).unwrap();
-    let store = Arc::new(h.open(persistent(&mnt.0, 64 << 20)).await.unwrap());
+    let store = Arc::new(h.open(persistent(&mnt.path, 64 << 20)).await.unwrap());
     let len = |i: usize| 4096 + i * ((770 << 10) - 4096) / 23;
     for i in 0..24 {
         store.put(&key(i), &stamped(i, len(i))).await.unwrap_or_else(|e| panic!("put {i}: {e}"));
@@ -629,7 +629,7 @@ pub async fn a_flush_after_a_failed_one_is_ok_only_once_everything_is_durable<H:
     assert!(a.is_ok() && b.is_ok(), "{a:?} {b:?}");
     store.flush().await.unwrap();
     store.close().await.unwrap();
-    let store = h.open(persistent(&mnt.0, 64 << 20)).await.unwrap();
+    let store = h.open(persistent(&mnt.path, 64 << 20)).await.unwrap();
     for i in 0..24 {
         let got = store.get(&key(i)).await.unwrap_or_else(|e| panic!("object {i} after reopen: {e}"));
         assert!(got == stamped(i, len(i)), "object {i}: wrong bytes");
@@ -645,7 +645,7 @@ pub async fn removing_what_could_not_be_persisted_leaves_nothing_to_report<H: Ha
         eprintln!("SKIPPED: mounting a tmpfs is not permitted here (needs root); the test did not run");
         return;
     };
-    let store = h.open(persistent(&mnt.0, 32 << 20)).await.unwrap();
+    let store = h.open(persistent(&mnt.path, 32 << 20)).await.unwrap();
     for i in 0..12 {
         store.put(&key(i), &value(i, 512 << 10)).await.unwrap(); // 6 MiB onto 3 MiB
     }
@@ -700,6 +700,7 @@ async fn removal_child<H: Harness>(h: H, root: &Path) {
 /// and every re-put one with its new value.
 pub async fn a_flushed_removal_stays_removed_after_a_crash<H: Harness>(h: H, test_name: &str) {
     let dir = tempfile::tempdir().unwrap();
+    let spawning = tmpfs::spawning();
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([test_name, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
         .env(CRASH_CHILD_ROOT, dir.path())
@@ -708,6 +709,7 @@ pub async fn a_flushed_removal_stays_removed_after_a_crash<H: Harness>(h: H, tes
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    drop(spawning);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     while !lines.next().expect("child exited early").unwrap().contains("flushed 20") {}
     child.kill().unwrap();
@@ -804,6 +806,7 @@ pub async fn reopening_after_sigkill_keeps_everything_flushed<H: Harness>(h: H, 
     let dir = tempfile::tempdir().unwrap();
     let mut next = 0usize;
     for round in 0..4 {
+        let spawning = tmpfs::spawning();
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([test_name, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
             .env(CRASH_CHILD_ROOT, dir.path())
@@ -812,6 +815,7 @@ pub async fn reopening_after_sigkill_keeps_everything_flushed<H: Harness>(h: H, 
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        drop(spawning);
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut flushed = next;
         let target = 3 + round * 2;

@@ -1,32 +1,63 @@
 #![allow(unreachable_pub)]
 
-//! A small tmpfs mounted for a full-disk test (needs root; `None` where mounting is not
-//! permitted, and the test says it skipped). Shared by the engine's tier tests and the
-//! Store behaviour suite.
+//! A small tmpfs (or ramfs) mounted for a full-disk test (needs root; `None` where
+//! mounting is not permitted, and the test says it skipped). Shared by the engine's tier
+//! tests and the Store behaviour suite.
+//!
+//! A mounted filesystem also keeps child processes from being forked while it exists.
+//! From fork to exec a child holds a copy of every descriptor of this process, so a file
+//! a test unlinks in that window keeps its blocks until the child execs: a full-disk
+//! test would see space it freed still taken (seen: a put right after `remove_all`
+//! failing with NoSpace while another test of the same binary spawned a child). So every
+//! test that spawns a process does it under [`spawning`], and a [`Mounted`] holds the
+//! other side of the same lock for its life. A test holding a `Mounted` must not spawn
+//! anything itself beyond the mount and unmount done here (it would wait for itself).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-/// A mounted tmpfs, lazily unmounted when dropped.
-pub struct Tmpfs(pub PathBuf);
+static FORKS: RwLock<()> = RwLock::new(());
+
+/// Held while spawning a child process (at least from `spawn` until it returns, which
+/// is after the child's exec).
+pub fn spawning() -> RwLockReadGuard<'static, ()> {
+    FORKS.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A mounted filesystem, lazily unmounted when dropped; no other test of this process
+/// forks a child while it exists.
+pub struct Mounted {
+    pub path: PathBuf,
+    _no_forks: RwLockWriteGuard<'static, ()>,
+}
+
+/// The tmpfs of the full-disk tests.
+pub struct Tmpfs;
 
 impl Tmpfs {
     /// Mounts a tmpfs of `size` (`mount -o size=…`, e.g. `12m`) at `path`.
-    pub fn mount(path: &Path, size: &str) -> Option<Self> {
-        std::fs::create_dir_all(path).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(path)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Tmpfs(path.to_path_buf()))
+    pub fn mount(path: &Path, size: &str) -> Option<Mounted> {
+        mount(path, &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+    }
+
+    /// Mounts a ramfs (no size limit, no `O_DIRECT`) at `path`.
+    pub fn mount_ramfs(path: &Path) -> Option<Mounted> {
+        mount(path, &["-t", "ramfs", "ramfs"])
     }
 }
 
-impl Drop for Tmpfs {
+fn mount(path: &Path, args: &[&str]) -> Option<Mounted> {
+    std::fs::create_dir_all(path).unwrap();
+    let no_forks = FORKS.write().unwrap_or_else(PoisonError::into_inner);
+    let ok = Command::new("mount").args(args).arg(path).status().is_ok_and(|s| s.success());
+    ok.then(|| Mounted { path: path.to_path_buf(), _no_forks: no_forks })
+}
+
+impl Drop for Mounted {
     fn drop(&mut self) {
         // Lazily: the kernel releases an io_uring's registered files asynchronously after
         // the ring closes, so an immediate unmount may find the mount still busy.
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }

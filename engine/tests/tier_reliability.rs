@@ -26,6 +26,7 @@ fn round_key(round: u64, j: u64) -> u64 {
 
 /// Spawns this test binary running `test` with `env`, stdout piped.
 fn spawn_child(test: &str, env: &[(&str, &str)]) -> std::process::Child {
+    let _spawning = tmpfs::spawning();
     Command::new(std::env::current_exe().unwrap())
         .args(["--exact", test, "--ignored", "--nocapture", "--test-threads=1"])
         .envs(env.iter().copied())
@@ -387,7 +388,7 @@ fn a_full_disk_is_a_clear_error_keeps_existing_data_and_recovers_when_space_is_f
         );
         return;
     };
-    let mut c = config(&mount.0);
+    let mut c = config(&mount.path);
     c.events = true;
     let (tier, _) = Tier::open(c).unwrap();
     for i in 0..60 {
@@ -424,19 +425,14 @@ fn a_full_disk_is_a_clear_error_keeps_existing_data_and_recovers_when_space_is_f
 #[test]
 fn a_filesystem_that_refuses_o_direct_gets_buffered_io() {
     let dir = scratch("no-direct");
-    let mnt = dir.join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
     // ramfs has no O_DIRECT at all.
-    let mounted =
-        Command::new("mount").args(["-t", "ramfs", "ramfs"]).arg(&mnt).status().is_ok_and(|s| s.success());
-    if !mounted {
+    let Some(mount) = Tmpfs::mount_ramfs(&dir.join("mnt")) else {
         eprintln!(
             "SKIPPED: mounting a ramfs is not permitted here (needs root); the O_DIRECT fallback test did not run"
         );
         return;
-    }
-    let _unmount = Tmpfs(mnt.clone());
-    let mut c = config(&mnt);
+    };
+    let mut c = config(&mount.path);
     c.direct_io = DirectIo::Auto;
     let (tier, _) = Tier::open(c).unwrap();
     assert!(!tier.stats().direct_io, "the probe must notice the refusal");
@@ -511,12 +507,12 @@ fn a_removal_the_log_could_not_take_fails_every_flush_until_it_is_written() {
         eprintln!("SKIPPED: mounting a tmpfs is not permitted here (needs root); the test did not run");
         return;
     };
-    let (tier, _) = Tier::open(config(&mount.0)).unwrap();
+    let (tier, _) = Tier::open(config(&mount.path)).unwrap();
     for i in 0..3 {
         tier.put(k(&key(i)), ObjectVersion(1), small_value(i, 1)).unwrap();
     }
     tier.flush().unwrap();
-    let filler = mount.0.join("filler");
+    let filler = mount.path.join("filler");
     let mut f = std::fs::File::create(&filler).unwrap();
     while f.write_all(&[0u8; 4096]).is_ok() {}
     drop(f);
@@ -528,7 +524,7 @@ fn a_removal_the_log_could_not_take_fails_every_flush_until_it_is_written() {
     std::fs::remove_file(&filler).unwrap();
     tier.flush().unwrap();
     tier.close().unwrap();
-    let (tier, recovered) = Tier::open(config(&mount.0)).unwrap();
+    let (tier, recovered) = Tier::open(config(&mount.path)).unwrap();
     assert_eq!(recovered.len(), 2);
     assert!(matches!(tier.get(k(&key(1))), Err(TierError::NotFound)), "the removal was lost");
 }
@@ -641,7 +637,10 @@ fn a_forked_child_does_not_keep_the_node_directory_locked() {
             Ok(())
         });
     }
-    let spawner = std::thread::spawn(move || command.status().unwrap());
+    let spawner = std::thread::spawn(move || {
+        let _spawning = tmpfs::spawning();
+        command.status().unwrap()
+    });
     let mut byte = [0u8];
     std::fs::File::from(forked_rx).read_exact(&mut byte).unwrap(); // the child exists
     tier.close().unwrap();
@@ -688,17 +687,17 @@ fn remove_all_frees_a_full_disk_even_when_its_marker_cannot_be_logged() {
         eprintln!("SKIPPED: mounting a tmpfs is not permitted here (needs root); the test did not run");
         return;
     };
-    let (tier, _) = Tier::open(config(&mount.0)).unwrap();
+    let (tier, _) = Tier::open(config(&mount.path)).unwrap();
     for i in 0..20 {
         tier.put(k(&key(i)), ObjectVersion(1), value(i, 1)).unwrap();
     }
     tier.flush().unwrap();
-    let mut filler = std::fs::File::create(mount.0.join("filler")).unwrap();
+    let mut filler = std::fs::File::create(mount.path.join("filler")).unwrap();
     while filler.write_all(&[0u8; 4096]).is_ok() {}
     drop(filler);
     assert_eq!(tier.remove_all().unwrap(), 20);
     assert_eq!(files(tier.dir()), [larder_engine::disk::LOCK_FILE]);
     tier.close().unwrap();
-    let (_, recovered) = Tier::open(config(&mount.0)).unwrap();
+    let (_, recovered) = Tier::open(config(&mount.path)).unwrap();
     assert!(recovered.is_empty());
 }
