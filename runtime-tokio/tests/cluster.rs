@@ -67,6 +67,25 @@ async fn values_put_through_the_cluster_read_back_byte_identical() {
     assert_same(&client.get(b"prefix/0").await.unwrap(), &value(0, sizes[0]), "the first value stays");
 }
 
+/// A node listening on every interface reports an address peers can dial (here the
+/// loopback route to the master), not the wildcard; a client reaches it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_listening_on_the_wildcard_reports_a_dialable_address() {
+    let master = MasterProcess::start("127.0.0.1:0", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start_with(master.addr, "16MiB", dir.path(), &["--listen", "0.0.0.0:0"]);
+    assert_eq!(node.addr.ip(), std::net::IpAddr::from([127, 0, 0, 1]), "reported {}", node.addr);
+    assert_ne!(node.addr.port(), 0);
+    master.wait_for_metric("larder_master_segments", 1.0);
+    let client = store(&master).await;
+    client.put(b"wildcard/0", &value(7, 200_000), 1).await.unwrap();
+    assert_same(
+        &client.get(b"wildcard/0").await.unwrap(),
+        &value(7, 200_000),
+        "through the reported address",
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_takes_only_what_it_alone_held_and_nothing_reads_wrong() {
     let master = MasterProcess::start("127.0.0.1:0", &["--node-ttl", "5s"]);

@@ -186,7 +186,7 @@ pub async fn start(config: NodeServerConfig) -> std::io::Result<NodeServer> {
         }
     };
     let listener = TcpListener::bind(config.listen).await?;
-    let data_addr = listener.local_addr()?;
+    let data_addr = advertised(listener.local_addr()?, config.master);
     let size = usize::try_from(config.memory_bytes).map_err(|_| std::io::Error::other("memory too large"))?;
     // Zeroed pages are only touched as values arrive.
     let segment = Segment {
@@ -221,6 +221,32 @@ pub async fn start(config: NodeServerConfig) -> std::io::Result<NodeServer> {
     };
     tokio::spawn(keep_registered(config.master, hello, config.memory_bytes, state));
     Ok(NodeServer { node, incarnation, data_addr, recovered })
+}
+
+/// The address the node gives the master for its listener: the bound one, except that
+/// a wildcard IP (`0.0.0.0`, `::`) is no address a peer can dial; it becomes this host's
+/// address on the route to the master (the address a peer that reaches the master most
+/// likely reaches too), or loopback if there is no route.
+fn advertised(bound: SocketAddr, master: SocketAddr) -> SocketAddr {
+    if !bound.ip().is_unspecified() {
+        return bound;
+    }
+    let loopback = if master.is_ipv4() {
+        std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST)
+    } else {
+        std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+    };
+    let ip = local_ip_towards(master).filter(|ip| !ip.is_unspecified()).unwrap_or(loopback);
+    SocketAddr::new(ip, bound.port())
+}
+
+/// This host's source address for packets to `peer`: a UDP socket connected to it
+/// (which only looks the route up; nothing is sent).
+fn local_ip_towards(peer: SocketAddr) -> Option<std::net::IpAddr> {
+    let any: SocketAddr = if peer.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("an address");
+    let probe = std::net::UdpSocket::bind(any).ok()?;
+    probe.connect(peer).ok()?;
+    probe.local_addr().ok().map(|a| a.ip())
 }
 
 /// Registers with the master and keeps it so, and carries out its commands.

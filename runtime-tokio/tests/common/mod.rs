@@ -123,9 +123,16 @@ impl NodeProcess {
     /// Starts `larder node` for the master at `master`, with `memory` and its node
     /// directory under `root`.
     pub(crate) fn start(master: SocketAddr, memory: &str, root: &Path) -> Self {
+        Self::start_with(master, memory, root, &[])
+    }
+
+    /// [`NodeProcess::start`] with more flags.
+    pub(crate) fn start_with(master: SocketAddr, memory: &str, root: &Path, extra: &[&str]) -> Self {
         let master = master.to_string();
         let root = root.to_str().unwrap();
-        let args = ["node", "--master", &master, "--memory", memory, "--root", root, "--cluster", "larder"];
+        let mut args =
+            vec!["node", "--master", &master, "--memory", memory, "--root", root, "--cluster", "larder"];
+        args.extend_from_slice(extra);
         let (mut node, mut addr, mut recovered) = (None, None, None);
         let process = spawn(&args, |line| {
             let Some(rest) = line.strip_prefix("larder node ") else { return false };

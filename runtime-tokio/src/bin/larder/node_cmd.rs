@@ -20,7 +20,8 @@ pub(crate) struct NodeArgs {
     #[arg(long, env = "LARDER_MASTER")]
     master: Option<SocketAddr>,
     /// Where to serve the segment to other nodes and clients; port 0 picks a free one,
-    /// reported to the master [default: 127.0.0.1:0].
+    /// reported to the master. A wildcard IP (0.0.0.0) is reported as this host's
+    /// address on the route to the master [default: 127.0.0.1:0].
     #[arg(long, env = "LARDER_NODE_LISTEN")]
     listen: Option<SocketAddr>,
     /// Memory contributed (e.g. 4GiB) [default: 512MiB].
