@@ -695,21 +695,26 @@ async fn removal_child<H: Harness>(h: H, root: &Path) {
     }
 }
 
+/// Runs this test binary's ignored crash child `test_name` on `root` with one more
+/// variable, stdout piped (spawned under [`tmpfs::spawning`]).
+fn spawn_crash_child(test_name: &str, root: &Path, var: (&str, &str)) -> std::process::Child {
+    let _spawning = tmpfs::spawning();
+    Command::new(std::env::current_exe().unwrap())
+        .args([test_name, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .env(CRASH_CHILD_ROOT, root)
+        .env(var.0, var.1)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// A removal a flush returned after is durable: the process is killed (no close, no
 /// drop) right after the flush, and the reopened store has every removed object gone
 /// and every re-put one with its new value.
 pub async fn a_flushed_removal_stays_removed_after_a_crash<H: Harness>(h: H, test_name: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let spawning = tmpfs::spawning();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([test_name, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
-        .env(CRASH_CHILD_ROOT, dir.path())
-        .env("LARDER_TEST_CRASH_CHILD_MODE", "removals")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    drop(spawning);
+    let mut child = spawn_crash_child(test_name, dir.path(), ("LARDER_TEST_CRASH_CHILD_MODE", "removals"));
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     while !lines.next().expect("child exited early").unwrap().contains("flushed 20") {}
     child.kill().unwrap();
@@ -806,16 +811,8 @@ pub async fn reopening_after_sigkill_keeps_everything_flushed<H: Harness>(h: H, 
     let dir = tempfile::tempdir().unwrap();
     let mut next = 0usize;
     for round in 0..4 {
-        let spawning = tmpfs::spawning();
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([test_name, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
-            .env(CRASH_CHILD_ROOT, dir.path())
-            .env("LARDER_TEST_CRASH_CHILD_START", next.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        drop(spawning);
+        let start = next.to_string();
+        let mut child = spawn_crash_child(test_name, dir.path(), ("LARDER_TEST_CRASH_CHILD_START", &start));
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut flushed = next;
         let target = 3 + round * 2;

@@ -9,8 +9,8 @@
 //! a test unlinks in that window keeps its blocks until the child execs: a full-disk
 //! test would see space it freed still taken (seen: a put right after `remove_all`
 //! failing with NoSpace while another test of the same binary spawned a child). So every
-//! test that spawns a process does it under [`spawning`], and a [`Mounted`] holds the
-//! other side of the same lock for its life. A test holding a `Mounted` must not spawn
+//! test that spawns a process does it under [`spawning`], and a mounted [`Tmpfs`] holds the
+//! other side of the same lock for its life. A test holding a `Tmpfs` must not spawn
 //! anything itself beyond the mount and unmount done here (it would wait for itself).
 
 use std::path::{Path, PathBuf};
@@ -25,36 +25,33 @@ pub fn spawning() -> RwLockReadGuard<'static, ()> {
     FORKS.read().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A mounted filesystem, lazily unmounted when dropped; no other test of this process
-/// forks a child while it exists.
-pub struct Mounted {
+/// A mounted tmpfs (or ramfs), lazily unmounted when dropped; no other test of this
+/// process forks a child while it exists.
+pub struct Tmpfs {
     pub path: PathBuf,
     _no_forks: RwLockWriteGuard<'static, ()>,
 }
 
-/// The tmpfs of the full-disk tests.
-pub struct Tmpfs;
-
 impl Tmpfs {
     /// Mounts a tmpfs of `size` (`mount -o size=…`, e.g. `12m`) at `path`.
-    pub fn mount(path: &Path, size: &str) -> Option<Mounted> {
+    pub fn mount(path: &Path, size: &str) -> Option<Tmpfs> {
         mount(path, &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
     }
 
     /// Mounts a ramfs (no size limit, no `O_DIRECT`) at `path`.
-    pub fn mount_ramfs(path: &Path) -> Option<Mounted> {
+    pub fn mount_ramfs(path: &Path) -> Option<Tmpfs> {
         mount(path, &["-t", "ramfs", "ramfs"])
     }
 }
 
-fn mount(path: &Path, args: &[&str]) -> Option<Mounted> {
+fn mount(path: &Path, args: &[&str]) -> Option<Tmpfs> {
     std::fs::create_dir_all(path).unwrap();
     let no_forks = FORKS.write().unwrap_or_else(PoisonError::into_inner);
     let ok = Command::new("mount").args(args).arg(path).status().is_ok_and(|s| s.success());
-    ok.then(|| Mounted { path: path.to_path_buf(), _no_forks: no_forks })
+    ok.then(|| Tmpfs { path: path.to_path_buf(), _no_forks: no_forks })
 }
 
-impl Drop for Mounted {
+impl Drop for Tmpfs {
     fn drop(&mut self) {
         // Lazily: the kernel releases an io_uring's registered files asynchronously after
         // the ring closes, so an immediate unmount may find the mount still busy.
