@@ -805,6 +805,34 @@ pub async fn eviction_resumes_when_leases_expire<H: Harness>(h: H) {
     store.close().await.unwrap();
 }
 
+/// With persistence on, memory full of leased objects: once nothing is left to
+/// persist, a put is refused at once (waiting for the SSD cannot free leased memory),
+/// changes nothing, and succeeds once the leases expire (virtual time), its room made
+/// by evicting an object to SSD, which reads come back from.
+pub async fn a_put_into_leased_memory_is_refused_once_nothing_is_left_to_persist<H: Harness>(h: H) {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let config = StoreConfig { clock: Clock::Manual(clock.clone()), ..persistent(dir.path(), 4 << 20) };
+    let store = h.open(config).await.unwrap();
+    for i in 0..8 {
+        store.put(&key(i), &value(i, 512 << 10)).await.unwrap(); // 8 × 512 KiB fill 4 MiB
+        assert_eq!(store.get(&key(i)).await.unwrap(), value(i, 512 << 10)); // leased for 10 s
+    }
+    store.flush().await.unwrap();
+    assert!(matches!(store.put(&key(8), &value(8, 512 << 10)).await, Err(StoreError::NoSpace)));
+    assert!(matches!(store.get(&key(8)).await, Err(StoreError::NotFound)));
+    assert_eq!(store.stats().memory_hits, 8, "{:?}", store.stats());
+    clock.advance(Duration::from_secs(10));
+    store.put(&key(8), &value(8, 512 << 10)).await.unwrap();
+    store.flush().await.unwrap();
+    for i in 0..9 {
+        assert_eq!(store.get(&key(i)).await.unwrap(), value(i, 512 << 10), "object {i}");
+    }
+    let stats = store.stats();
+    assert!(stats.evicted_to_disk > 0 && stats.disk_hits > 0, "{stats:?}");
+    store.close().await.unwrap();
+}
+
 /// A child putting continuously is SIGKILLed several times; each reopen finds every
 /// object whose flush had returned, byte for byte.
 pub async fn reopening_after_sigkill_keeps_everything_flushed<H: Harness>(h: H, test_name: &str) {
@@ -864,6 +892,7 @@ macro_rules! store_behaviour_tests {
             dropping_without_close_loses_nothing_and_releases_the_root,
             removals_racing_persistence_stay_removed_across_reopen,
             eviction_resumes_when_leases_expire,
+            a_put_into_leased_memory_is_refused_once_nothing_is_left_to_persist,
             batch_forms_answer_per_item,
             batch_get_into_reads_every_object_into_its_own_buffer,
             concurrent_puts_and_gets,

@@ -241,6 +241,13 @@ impl<T> WriteBehind<T> {
         s.settled
     }
 
+    /// Whether an accepted item has yet to settle and can still settle (the writer is
+    /// neither gone nor closed): what [`WriteBehind::wait_progress`] would wait for.
+    pub fn has_unsettled(&self) -> bool {
+        let s = self.lock();
+        s.settled < s.next_seq && !s.abandoned && !s.closed
+    }
+
     /// How many items have settled.
     pub fn settled(&self) -> u64 {
         self.lock().settled
@@ -376,6 +383,25 @@ mod tests {
         assert!(t.closed, "and the writer learns it may finish");
         q.settle(1);
         assert_eq!(q.wait_settled(), Ok(1));
+    }
+
+    #[test]
+    fn has_unsettled_means_wait_progress_would_wait() {
+        let q = WriteBehind::new(1 << 20);
+        assert!(!q.has_unsettled(), "nothing accepted");
+        q.push(0u32, 1).unwrap();
+        q.push(1u32, 1).unwrap();
+        assert!(q.has_unsettled());
+        assert_eq!(q.take(1 << 20, None).items.len(), 2);
+        assert!(q.has_unsettled(), "taken by the writer is not settled");
+        q.settle(1);
+        assert!(q.has_unsettled(), "one left");
+        q.settle(2);
+        assert!(!q.has_unsettled());
+        q.push(2u32, 1).unwrap();
+        q.abort();
+        assert!(!q.has_unsettled(), "abandoned: it will never settle");
+        assert_eq!(q.wait_progress(2), 2, "and a wait returns at once");
     }
 
     #[test]

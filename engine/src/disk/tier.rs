@@ -193,6 +193,12 @@ impl Tier {
         self.shared.queue.wait_progress(past)
     }
 
+    /// Whether a put accepted so far has yet to be written (or to fail), and the writer
+    /// is still there to do it.
+    pub fn has_unwritten(&self) -> bool {
+        self.shared.queue.has_unsettled()
+    }
+
     /// How many puts have been written (or have failed) so far.
     pub fn written(&self) -> u64 {
         self.shared.queue.settled()

@@ -289,6 +289,18 @@ impl Inner {
         self.settle();
     }
 
+    /// Whether persists are on their way to the tier or in it, not yet written: each
+    /// pins its object's memory until it ends, so waiting for the tier can free room.
+    pub(super) fn persists_pending(&self) -> bool {
+        {
+            let node = self.lock_node();
+            if node.working || !node.work.is_empty() {
+                return true;
+            }
+        }
+        self.read_tier().as_ref().is_some_and(Tier::has_unwritten)
+    }
+
     /// The flush barrier: asks the master for a ticket (which asks again for every
     /// failed persist), then carries out the tier work, waits for the tier to write it
     /// and carries the outcomes to the master, until the master says every object

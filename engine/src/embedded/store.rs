@@ -20,7 +20,8 @@ use crate::sync::Arc;
 use crate::uring::Notifier;
 
 /// How long a put that found memory full of objects not yet on SSD keeps waiting for
-/// the tier while the tier makes progress, before it gives up with `NoSpace`.
+/// the tier while the tier has persists left to write, before it gives up with
+/// `NoSpace`.
 const NO_SPACE_PATIENCE: core::time::Duration = core::time::Duration::from_secs(30);
 
 /// Counters and gauges of a store.
@@ -142,12 +143,10 @@ impl<R: Runtime> Store<R> {
             return Err(StoreError::TooLarge { len, max: MAX_VALUE_LEN });
         }
         let started = std::time::Instant::now();
-        let mut persisted_at_last_failure = None;
         let mut timers_run = false;
         loop {
-            let persisted = self.inner.lock_node().counters.persisted;
             match self.try_put(key, parts, len).await {
-                Err(StoreError::NoSpace) if !self.inner.persistent && !timers_run => {
+                Err(StoreError::NoSpace) if !timers_run => {
                     // Leases may have expired since the background task last ran the
                     // master's timers: run them now and try once more.
                     timers_run = true;
@@ -155,17 +154,19 @@ impl<R: Runtime> Store<R> {
                     self.carry_out_work(work).await;
                 }
                 Err(StoreError::NoSpace)
-                    if self.inner.persistent && started.elapsed() < NO_SPACE_PATIENCE =>
+                    if self.inner.persistent
+                        && started.elapsed() < NO_SPACE_PATIENCE
+                        && self.inner.persists_pending() =>
                 {
                     // Memory is full of objects waiting to be persisted before they can
-                    // be evicted: let the tier catch up and try again, for as long as
-                    // objects get persisted between attempts (other puts may take the
-                    // room first). Two failures with no persist between them: memory is
-                    // full of objects no waiting can free (leased ones).
-                    if persisted_at_last_failure == Some(persisted) {
-                        return Err(StoreError::NoSpace);
-                    }
-                    persisted_at_last_failure = Some(persisted);
+                    // be evicted (the refused put's own evictions may have queued some):
+                    // let the tier write at least one more, and try again (other puts
+                    // may take the room first). With nothing pending, memory is full of
+                    // objects no waiting for the tier can free (leased ones) and the put
+                    // fails now. How fast the tier is does not matter, only whether it
+                    // has work left: "no object persisted since the last try" is no
+                    // signal, since the tier reports a bucket's records before it counts
+                    // them written, so a wait can end on records already taken in.
                     self.inner.lock_node().counters.put_waits += 1;
                     let inner = Arc::clone(&self.inner);
                     let work = self.runtime.unblock(move || {
