@@ -812,7 +812,14 @@ pub async fn eviction_resumes_when_leases_expire<H: Harness>(h: H) {
 pub async fn a_put_into_leased_memory_is_refused_once_nothing_is_left_to_persist<H: Harness>(h: H) {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new();
-    let config = StoreConfig { clock: Clock::Manual(clock.clone()), ..persistent(dir.path(), 4 << 20) };
+    // A high watermark of 1.0: filling memory starts no eviction, so no object can be
+    // evicted between its put and the get that leases it.
+    let config = StoreConfig {
+        clock: Clock::Manual(clock.clone()),
+        high_watermark: 1.0,
+        low_watermark: 0.9,
+        ..persistent(dir.path(), 4 << 20)
+    };
     let store = h.open(config).await.unwrap();
     for i in 0..8 {
         store.put(&key(i), &value(i, 512 << 10)).await.unwrap(); // 8 × 512 KiB fill 4 MiB

@@ -241,8 +241,8 @@ impl<T> WriteBehind<T> {
         s.settled
     }
 
-    /// Whether an accepted item has yet to settle and can still settle (the writer is
-    /// neither gone nor closed): what [`WriteBehind::wait_progress`] would wait for.
+    /// Whether an accepted item has yet to settle: what [`WriteBehind::wait_progress`]
+    /// would wait for, so false once the queue is closed or abandoned.
     pub fn has_unsettled(&self) -> bool {
         let s = self.lock();
         s.settled < s.next_seq && !s.abandoned && !s.closed

@@ -193,8 +193,9 @@ impl Tier {
         self.shared.queue.wait_progress(past)
     }
 
-    /// Whether a put accepted so far has yet to be written (or to fail), and the writer
-    /// is still there to do it.
+    /// Whether a put accepted so far has yet to be written (or to fail): what
+    /// [`Tier::wait_progress`] would wait for, so false once the tier is shutting down
+    /// or its writer is gone.
     pub fn has_unwritten(&self) -> bool {
         self.shared.queue.has_unsettled()
     }

@@ -289,8 +289,9 @@ impl Inner {
         self.settle();
     }
 
-    /// Whether persists are on their way to the tier or in it, not yet written: each
-    /// pins its object's memory until it ends, so waiting for the tier can free room.
+    /// Whether tier work is queued or being carried out, or the tier has persists not
+    /// yet written: a persist pins its object's memory until it ends, so waiting for
+    /// the tier can free room.
     pub(super) fn persists_pending(&self) -> bool {
         {
             let node = self.lock_node();

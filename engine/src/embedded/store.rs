@@ -143,39 +143,41 @@ impl<R: Runtime> Store<R> {
             return Err(StoreError::TooLarge { len, max: MAX_VALUE_LEN });
         }
         let started = std::time::Instant::now();
-        let mut timers_run = false;
+        let mut settled_since_idle = false;
         loop {
             match self.try_put(key, parts, len).await {
-                Err(StoreError::NoSpace) if !timers_run => {
-                    // Leases may have expired since the background task last ran the
-                    // master's timers: run them now and try once more.
-                    timers_run = true;
-                    let work = self.inner.settle();
-                    self.carry_out_work(work).await;
-                }
-                Err(StoreError::NoSpace)
-                    if self.inner.persistent
-                        && started.elapsed() < NO_SPACE_PATIENCE
-                        && self.inner.persists_pending() =>
-                {
-                    // Memory is full of objects waiting to be persisted before they can
-                    // be evicted (the refused put's own evictions may have queued some):
-                    // let the tier write at least one more, and try again (other puts
-                    // may take the room first). With nothing pending, memory is full of
-                    // objects no waiting for the tier can free (leased ones) and the put
-                    // fails now. How fast the tier is does not matter, only whether it
-                    // has work left: "no object persisted since the last try" is no
-                    // signal, since the tier reports a bucket's records before it counts
-                    // them written, so a wait can end on records already taken in.
-                    self.inner.lock_node().counters.put_waits += 1;
-                    let inner = Arc::clone(&self.inner);
-                    let work = self.runtime.unblock(move || {
-                        inner.wait_for_tier();
-                        !inner.lock_node().work.is_empty()
-                    });
-                    self.carry_out_work(work.await).await;
-                }
+                Err(StoreError::NoSpace) => {}
                 other => return other,
+            }
+            let patient = self.inner.persistent && started.elapsed() < NO_SPACE_PATIENCE;
+            if patient && self.inner.persists_pending() {
+                // Memory is full of objects waiting to be persisted before they can be
+                // evicted (the refused put's own evictions may have queued some): let
+                // the tier write at least one more, and try again (other puts may take
+                // the room first). How fast the tier is does not matter, only whether
+                // it has work left.
+                settled_since_idle = false;
+                self.inner.lock_node().counters.put_waits += 1;
+                let inner = Arc::clone(&self.inner);
+                let work = self.runtime.unblock(move || {
+                    inner.wait_for_tier();
+                    !inner.lock_node().work.is_empty()
+                });
+                self.carry_out_work(work.await).await;
+            } else if !settled_since_idle {
+                // Nothing is left for the tier to write, but leases may have expired
+                // since the master's timers last ran, and the outcomes of the tier's
+                // last records may not have reached the master yet (the tier reports
+                // records before it counts them written, so they were seen idle first
+                // and are all reported now): settle both and try once more.
+                settled_since_idle = true;
+                let work = self.inner.settle();
+                self.carry_out_work(work).await;
+            } else {
+                // Settled after the tier went idle and still no room: memory is full of
+                // leased objects, puts in progress, or persists waiting out a retry
+                // backoff; none of it is for this put to wait for.
+                return Err(StoreError::NoSpace);
             }
         }
     }
