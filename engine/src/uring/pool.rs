@@ -79,7 +79,13 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Release);
+        {
+            // Under the jobs lock: a worker checks `stop` and starts waiting under it,
+            // so a store between its check and its wait (whose wakeup it would miss, and
+            // this join would hang for ever) cannot happen.
+            let _jobs = self.shared.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+            self.shared.stop.store(true, Ordering::Release);
+        }
         self.shared.ready.notify_all();
         for w in self.workers.drain(..) {
             let _ = w.join();
