@@ -175,12 +175,17 @@ pub fn net_decode(data: &[u8]) {
                 assert_eq!(out, rest, "data response re-encoding differs");
             }
         }
-        2 | 3 => {
+        mode @ (2 | 3) => {
             let mut d = Deframer::new(MAX_BODY);
             let mut out = Vec::new();
             let mut failed = false;
             for piece in rest.chunks(chunk) {
-                d.push(piece);
+                // Copied in, or read in place as a socket driver does.
+                if mode == 2 {
+                    d.push(piece);
+                } else {
+                    d.receive_buffer().extend_from_slice(piece);
+                }
                 loop {
                     match d.next_frame() {
                         Ok(Some(f)) => {
@@ -199,7 +204,7 @@ pub fn net_decode(data: &[u8]) {
             }
             assert_eq!(&out[..], &rest[..out.len()], "frames re-encode to other bytes");
         }
-        4..=6 => {
+        mode @ 4..=6 => {
             let config = ServerConfig {
                 cluster,
                 versions: (1, 1),
@@ -212,19 +217,36 @@ pub fn net_decode(data: &[u8]) {
             };
             let mut s = ServerConnection::new(config, Instant::ZERO);
             let mut sent = Vec::new();
+            // Mode 6 drives the connection as the socket loops do: reads in place,
+            // answers without copying, vectored transmit.
+            let in_place = mode == 6;
+            let mut transmit = larder_engine::net::Transmit::new();
             for (i, piece) in rest.chunks(chunk).enumerate() {
                 let now = Instant::from_nanos(i as u64 * 1_000_000);
-                s.handle_bytes(now, piece);
+                if in_place {
+                    s.receive_buffer().extend_from_slice(piece);
+                    s.handle_received(now);
+                } else {
+                    s.handle_bytes(now, piece);
+                }
                 while let Some(event) = s.poll_event() {
                     match event {
                         ServerEvent::Hello(_) => s.accept(now),
+                        ServerEvent::Request { id, body } if in_place => {
+                            s.send_response_parts(id, &[body]).expect("an established connection answers")
+                        }
                         ServerEvent::Request { id, body } => {
                             s.send_response(id, &body).expect("an established connection answers")
                         }
                         _ => {}
                     }
                 }
-                let _ = s.poll_transmit(&mut sent);
+                if in_place {
+                    let _ = s.poll_transmit_chunks(&mut transmit);
+                    transmit.drain_into(&mut sent);
+                } else {
+                    let _ = s.poll_transmit(&mut sent);
+                }
                 s.handle_timeout(now);
             }
             let mut d = Deframer::new(u32::MAX);

@@ -208,6 +208,8 @@ async fn a_late_write_of_an_older_version_is_refused_by_the_node() {
     assert_eq!(DataResponse::decode(&answer), Ok(DataResponse::Refused(DataError::Fenced)));
     let answer = to_node.call_raw(write(newer, epoch, crc ^ 1)).await.unwrap();
     assert_eq!(DataResponse::decode(&answer), Ok(DataResponse::Refused(DataError::Corrupted)));
+    // The node tells the master of the damaged bytes (with its next ping).
+    master.wait_for_metric("larder_master_crc_failures_total", 1.0);
     // A read naming another version is refused too; the object reads back intact.
     let mut body = Vec::new();
     DataRequest::Read { segment: replica.segment, offset: replica.offset, len: replica.len, version: stale }
@@ -228,6 +230,10 @@ async fn a_restarted_node_serves_its_flushed_objects_again_without_a_re_put() {
         client.put(format!("flushed/{i}").as_bytes(), &value(i, 300_000 + i as usize), 1).await.unwrap();
     }
     client.flush().await.expect("everything put is durable");
+    // /metrics counts what the disk tier holds.
+    let flushed_bytes: usize = (0..12).map(|i| 300_000 + i).sum();
+    master.wait_for_metric("larder_master_disk_replicas", 12.0);
+    master.wait_for_metric(r#"larder_master_used_bytes{tier="disk"}"#, flushed_bytes as f64);
     node.kill();
     let restarted = NodeProcess::start(master.addr, "64MiB", root.path());
     assert_eq!(restarted.node, node.node);

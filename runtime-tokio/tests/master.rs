@@ -81,7 +81,7 @@ fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<(FrameHeader, Vec<u8>)> {
     s.read_to_end(&mut received).expect("the master closes the connection");
     let mut d = Deframer::new(u32::MAX);
     d.push(&received);
-    std::iter::from_fn(|| d.next_frame().unwrap()).map(|f| (f.header, f.body)).collect()
+    std::iter::from_fn(|| d.next_frame().unwrap()).map(|f| (f.header, f.body.to_vec())).collect()
 }
 
 fn hello_bytes(h: &Hello) -> Vec<u8> {

@@ -76,9 +76,15 @@ enum Command {
         /// Bytes put (and got) per transfer run.
         #[arg(long, default_value_t = 512 << 20)]
         size: u64,
-        /// Concurrent tasks (Larder) and connections (Redis) of the transfer rows.
+        /// Concurrent tasks (Larder), connections (Redis) and threads (Mooncake) of
+        /// the transfer rows.
         #[arg(long, default_value_t = 4)]
         tasks: usize,
+        /// A Python with `mooncake-transfer-engine-non-cuda` installed (a virtual
+        /// environment's), to measure real Mooncake Store beside Larder; its rows are
+        /// marked not measured if it has none.
+        #[arg(long, env = "LARDER_MOONCAKE_PYTHON", default_value = "python3")]
+        mooncake_python: String,
     },
     /// The master over TCP (one core, pipelined GetReplicaList on a few connections)
     /// against the same master called in-process on one thread.
@@ -134,8 +140,9 @@ fn main() {
         Command::Store { size } => {
             emit(compare_store(&cli.dir, cli.runs, size), cli.json, Report::print_table)
         }
-        Command::Net { ref values, size, tasks } => {
-            emit(compare_transfers(cli.runs, values, size, tasks), cli.json, Report::print_table)
+        Command::Net { ref values, size, tasks, ref mooncake_python } => {
+            let transfers = Transfers { runs: cli.runs, values, size, tasks, mooncake_python };
+            emit(compare_transfers(&transfers), cli.json, Report::print_table)
         }
         Command::Master { requests, connections } => {
             emit(compare_master(cli.runs, requests, connections), cli.json, Report::print_table)
@@ -249,16 +256,32 @@ fn compare_master(runs: usize, requests: usize, connections: usize) -> Result<Re
     })
 }
 
-/// Puts and gets through a cluster beside a raw TCP stream and Redis.
-fn compare_transfers(runs: usize, values: &[usize], size: u64, tasks: usize) -> Result<Report, String> {
+/// What `compare net` measures.
+struct Transfers<'a> {
+    runs: usize,
+    values: &'a [usize],
+    size: u64,
+    tasks: usize,
+    mooncake_python: &'a str,
+}
+
+/// A contender's runs, or "not measured" with the reason if it has none.
+fn measured_or(name: &str, runs: &[f64], why_not: &str) -> Measured {
+    if runs.is_empty() { Measured::missing(name, why_not) } else { Measured::from_runs(name, runs.to_vec()) }
+}
+
+/// Puts and gets through a cluster beside a raw TCP stream, Redis and Mooncake Store.
+fn compare_transfers(t: &Transfers<'_>) -> Result<Report, String> {
     use larder_benches::compare::net;
+    let (runs, size, tasks) = (t.runs, t.size, t.tasks);
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     let mut cluster = net::LarderCluster::start(size + (64 << 20))?;
-    for &value in values {
+    for &value in t.values {
         let count = (size / value as u64).max(1) as usize;
         let (mut raw, mut redis_set, mut redis_get, mut put, mut get) =
             (vec![], vec![], vec![], vec![], vec![]);
+        let (mut mooncake_put, mut mooncake_get) = (vec![], vec![]);
         for _ in 0..runs {
             raw.push(net::raw_stream(size, value)?);
             match net::redis(value, count, tasks) {
@@ -266,37 +289,35 @@ fn compare_transfers(runs: usize, values: &[usize], size: u64, tasks: usize) -> 
                     redis_set.push(set);
                     redis_get.push(got);
                 }
-                Err(e) if notes.is_empty() => notes.push(format!("redis not measured: {e}")),
-                Err(_) => {}
+                Err(e) => note_once(&mut notes, format!("redis not measured: {e}")),
+            }
+            match net::mooncake(t.mooncake_python, value, count, tasks) {
+                Ok((p, g)) => {
+                    mooncake_put.push(p);
+                    mooncake_get.push(g);
+                }
+                Err(e) => note_once(&mut notes, format!("mooncake not measured: {e}")),
             }
             let (p, g) = cluster.run(value, count, tasks)?;
             put.push(p);
             get.push(g);
         }
         let label = human_size(value as u64);
-        let redis = |name: &str, runs: &[f64]| {
-            if runs.is_empty() {
-                Measured::missing(name, "redis-server not installed")
-            } else {
-                Measured::from_runs(name, runs.to_vec())
-            }
-        };
-        for (op, redis_name, redis_runs, larder_runs) in
-            [("put", "redis SET", &redis_set, &put), ("get", "redis GET", &redis_get, &get)]
-        {
+        let no_redis = "redis-server not installed";
+        let no_mooncake = "mooncake not installed (see the notes)";
+        for (op, redis_name, redis_runs, mooncake_runs, larder_runs) in [
+            ("put", "redis SET", &redis_set, &mooncake_put, &put),
+            ("get", "redis GET", &redis_get, &mooncake_get, &get),
+        ] {
             let larder = || Measured::from_runs(&format!("larder 2 nodes {op}"), larder_runs.clone());
+            let redis = || measured_or(redis_name, redis_runs, no_redis);
+            let mooncake = || measured_or(&format!("mooncake {op}"), mooncake_runs, no_mooncake);
             rows.push(Row::new(
                 format!("{op} {label}"),
-                vec![
-                    Measured::from_runs("raw TCP stream", raw.clone()),
-                    redis(redis_name, redis_runs),
-                    larder(),
-                ],
+                vec![Measured::from_runs("raw TCP stream", raw.clone()), redis(), mooncake(), larder()],
             ));
-            rows.push(Row::new(
-                format!("{op} {label} vs redis"),
-                vec![redis(redis_name, redis_runs), larder()],
-            ));
+            rows.push(Row::new(format!("{op} {label} vs redis"), vec![redis(), larder()]));
+            rows.push(Row::new(format!("{op} {label} vs mooncake"), vec![mooncake(), larder()]));
         }
         eprintln!("  measured transfers of {label}");
     }
@@ -309,6 +330,9 @@ fn compare_transfers(runs: usize, values: &[usize], size: u64, tasks: usize) -> 
             ),
             String::from("raw TCP stream: one connection, the same bytes written in value-sized writes"),
             String::from("redis: redis-server with persistence off, redis-benchmark -t set,get"),
+            String::from(
+                "mooncake: mooncake_master + 2 holder processes, a client with no segment, protocol tcp, gets verified (benches/mooncake/transfers.py)",
+            ),
             String::from(
                 "larder: master and 2 nodes in-process; the client holds no memory, every byte crosses to a node; gets verified",
             ),
@@ -540,5 +564,13 @@ fn print_recovery(r: &RecoveryReport) {
     );
     if !r.page_cache_dropped {
         println!("\nnote: could not drop the page cache (needs root): figures are warm");
+    }
+}
+
+/// Adds `note` unless a note with the same start (up to its colon) is there.
+fn note_once(notes: &mut Vec<String>, note: String) {
+    let what = note.split(':').next().unwrap_or_default().to_owned();
+    if !notes.iter().any(|n| n.starts_with(&what)) {
+        notes.push(note);
     }
 }

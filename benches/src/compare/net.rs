@@ -302,6 +302,31 @@ pub fn redis(value: usize, count: usize, clients: usize) -> Result<(f64, f64), S
     result
 }
 
+/// Real Mooncake Store over TCP on the same workload (`benches/mooncake/transfers.py`:
+/// its master, two holder processes, a client with no segment), run by `python`, a
+/// virtual environment's Python with `mooncake-transfer-engine-non-cuda` installed;
+/// (put MB/s, get MB/s). `Err` says why it was not measured.
+pub fn mooncake(python: &str, value: usize, count: usize, tasks: usize) -> Result<(f64, f64), String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/mooncake/transfers.py");
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .args(["--value", &value.to_string(), "--count", &count.to_string(), "--tasks", &tasks.to_string()])
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .map_err(|e| format!("{python}: {e}"))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
+        return Err(format!("{python} {script}: {}: {last}", out.status));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line =
+        text.lines().rev().find(|l| l.starts_with('{')).ok_or_else(|| format!("no result in {text:?}"))?;
+    let parsed: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("{line}: {e}"))?;
+    let field = |name: &str| parsed[name].as_f64().ok_or_else(|| format!("no {name} in {line}"));
+    Ok((field("put_mb_s")?, field("get_mb_s")?))
+}
+
 /// A master and two nodes in this process, with a client that contributes no memory:
 /// every byte it puts or gets crosses a loopback connection to a node.
 #[derive(Debug)]
@@ -358,14 +383,14 @@ impl LarderCluster {
         self.next += 1;
         // Every value differs (its key in its first bytes), so a get that returned
         // another object's bytes fails the check; made before the clock starts.
-        let objects: Arc<Vec<(String, Vec<u8>)>> = Arc::new(
+        let objects: Arc<Vec<(String, bytes::Bytes)>> = Arc::new(
             (0..count)
                 .map(|i| {
                     let key = format!("run{run}/value{i}");
                     let mut bytes = vec![0xa5u8; value];
                     let n = key.len().min(value);
                     bytes[..n].copy_from_slice(&key.as_bytes()[..n]);
-                    (key, bytes)
+                    (key, bytes::Bytes::from(bytes))
                 })
                 .collect(),
         );
@@ -389,7 +414,7 @@ impl LarderCluster {
                                         }
                                     } else {
                                         store
-                                            .put(key.as_bytes(), bytes, 1)
+                                            .put_bytes(key.as_bytes(), bytes.clone(), 1)
                                             .await
                                             .map_err(|e| e.to_string())?;
                                     }

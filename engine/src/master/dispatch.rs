@@ -73,6 +73,10 @@ impl Master {
                 Some(_) => Ok(Location { node: *node, serves: None }),
                 None => Err(MasterError::NodeNotRegistered),
             }),
+            Request::ReportCrcFailures { count, .. } => {
+                self.crc_failures_reported = self.crc_failures_reported.saturating_add(*count);
+                Response::ReportCrcFailures(Ok(()))
+            }
             Request::Flush => Response::Flush(self.handle_flush(now).barrier()),
             Request::FlushStatus { barrier } => {
                 Response::FlushStatus(self.flush_status(&super::FlushTicket::from_barrier(*barrier)))

@@ -54,7 +54,7 @@ pub use crate::wire::MasterError;
 pub use allocator::{AllocError, AllocId, AllocatorInconsistency, SegmentAllocator};
 pub use config::{ConfigError, MasterConfig, PersistPolicy};
 pub use durability::{FlushStatus, FlushTicket};
-pub use outputs::{DropReason, MasterEvent, MasterStats};
+pub use outputs::{DiskUsage, DropReason, MasterEvent, MasterStats};
 pub use verify::Inconsistency;
 
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -112,6 +112,8 @@ pub struct Master {
     evicted_to_disk: u64,
     evicted_dropped: u64,
     persists_requested: u64,
+    /// CRC32C mismatches nodes and clients reported.
+    crc_failures_reported: u64,
 }
 
 impl Master {
@@ -149,6 +151,7 @@ impl Master {
             evicted_to_disk: 0,
             evicted_dropped: 0,
             persists_requested: 0,
+            crc_failures_reported: 0,
             config,
         })
     }
@@ -424,6 +427,20 @@ impl Master {
         self.nodes.get(&node).map(|info| info.incarnation)
     }
 
+    /// What the disk tier holds across nodes: readable disk replicas and their bytes.
+    /// Walks the whole object table (not kept up to date on every change, unlike
+    /// [`Master::stats`]): call it now and then, not per request.
+    pub fn disk_usage(&self) -> DiskUsage {
+        let mut usage = DiskUsage::default();
+        for (_, object) in self.objects.iter() {
+            for replica in object.readable_disk() {
+                usage.replicas += 1;
+                usage.bytes += replica.len;
+            }
+        }
+        usage
+    }
+
     /// Counters and gauges.
     pub fn stats(&self) -> MasterStats {
         MasterStats {
@@ -438,6 +455,7 @@ impl Master {
             tombstones: self.tombstones.len() as u64,
             pinned_removed: self.pinned_removed.len() as u64,
             persist_retries: self.durability.retrying(),
+            crc_failures_reported: self.crc_failures_reported,
         }
     }
 

@@ -69,4 +69,15 @@ pub struct MasterStats {
     pub pinned_removed: u64,
     /// Objects whose persist failed and is retried.
     pub persist_retries: u64,
+    /// CRC32C mismatches reported by nodes and clients ([`crate::wire::Request::ReportCrcFailures`]).
+    pub crc_failures_reported: u64,
+}
+
+/// Readable disk replicas across the cluster ([`super::Master::disk_usage`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskUsage {
+    /// Disk replicas.
+    pub replicas: u64,
+    /// Their bytes (values only).
+    pub bytes: u64,
 }

@@ -7,7 +7,9 @@
 //! 2. On `Dial`, open a socket to the peer, then call
 //!    [`ClientConnection::handle_connected`] or
 //!    [`ClientConnection::handle_connect_failed`].
-//! 3. Whenever the socket gives bytes, [`ClientConnection::handle_bytes`]; when it
+//! 3. Whenever the socket gives bytes, [`ClientConnection::handle_bytes`] (or read
+//!    into [`ClientConnection::receive_buffer`], then
+//!    [`ClientConnection::handle_received`]); when it
 //!    ends or fails, [`ClientConnection::handle_disconnected`].
 //! 4. Drain [`ClientConnection::poll_event`] until `None`; on
 //!    [`ClientEvent::Disconnected`] close the socket (a `Dial` follows after the
@@ -15,14 +17,17 @@
 //! 5. Send with [`ClientConnection::send_request`] once established; every request
 //!    ends in exactly one [`ClientEvent::Response`] or [`ClientEvent::RequestFailed`].
 //!    Acknowledge commands with [`ClientConnection::ack_command`].
-//! 6. Write out what [`ClientConnection::poll_transmit`] appends.
+//! 6. Write out what [`ClientConnection::poll_transmit`] (or, without copying bodies,
+//!    [`ClientConnection::poll_transmit_chunks`]) gives.
 //! 7. Call [`ClientConnection::handle_timeout`] once [`ClientConnection::poll_timeout`]
 //!    has passed (request deadlines, heartbeats, the idle check, redial).
 
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 
-use super::frame::{Deframer, FrameError, FrameKind, take_outgoing, write_frame};
+use bytes::{Bytes, BytesMut};
+
+use super::frame::{Deframer, FrameError, FrameKind, Transmit, take_outgoing, take_outgoing_chunks};
 use super::handshake::{Hello, Refusal, Welcome};
 use crate::time::{Duration, Instant};
 
@@ -156,7 +161,7 @@ pub enum ClientEvent {
         /// The request's id.
         id: u64,
         /// The response body.
-        body: Vec<u8>,
+        body: Bytes,
     },
     /// Request `id` ended without a response.
     RequestFailed {
@@ -170,7 +175,7 @@ pub enum ClientEvent {
         /// The command's id.
         id: u64,
         /// Its body.
-        body: Vec<u8>,
+        body: Bytes,
     },
     /// The connection is lost: close the socket. In-flight requests have failed.
     Disconnected(DisconnectReason),
@@ -187,7 +192,7 @@ pub struct ClientConnection {
     /// first entry always has the earliest deadline.
     in_flight: BTreeMap<u64, Instant>,
     deframer: Deframer,
-    outgoing: Vec<u8>,
+    outgoing: Transmit,
     events: VecDeque<ClientEvent>,
     backoff: Duration,
     last_sent: Instant,
@@ -207,7 +212,7 @@ impl ClientConnection {
             config,
             next_id: 1,
             in_flight: BTreeMap::new(),
-            outgoing: Vec::new(),
+            outgoing: Transmit::new(),
             events,
             last_sent: now,
             last_received: now,
@@ -242,7 +247,7 @@ impl ClientConnection {
         let mut body = [0u8; Hello::MAX_LEN];
         let n = self.config.hello.encode(&mut body).unwrap_or(0);
         self.outgoing.clear();
-        let _ = write_frame(&mut self.outgoing, FrameKind::Hello, 0, &body[..n], u32::MAX);
+        let _ = self.outgoing.push_frame_copied(FrameKind::Hello, 0, &body[..n], u32::MAX);
         self.deframer = Deframer::new(HANDSHAKE_ANSWER_MAX);
         self.state = ClientState::Handshaking { deadline };
         self.last_sent = now;
@@ -263,15 +268,31 @@ impl ClientConnection {
         }
     }
 
-    /// Bytes from the socket.
+    /// Bytes from the socket (copied in; [`ClientConnection::receive_buffer`] avoids
+    /// the copy).
     pub fn handle_bytes(&mut self, now: Instant, bytes: &[u8]) {
-        if !matches!(self.state, ClientState::Handshaking { .. } | ClientState::Established)
-            || bytes.is_empty()
-        {
+        if bytes.is_empty() {
+            return;
+        }
+        self.deframer.push(bytes);
+        self.handle_received(now);
+    }
+
+    /// The buffer to read the socket into: append what the socket gave, then call
+    /// [`ClientConnection::handle_received`]. A response's body is handed out as a view
+    /// of these bytes.
+    pub fn receive_buffer(&mut self) -> &mut BytesMut {
+        self.deframer.receive_buffer()
+    }
+
+    /// Bytes were appended to [`ClientConnection::receive_buffer`].
+    pub fn handle_received(&mut self, now: Instant) {
+        if !matches!(self.state, ClientState::Handshaking { .. } | ClientState::Established) {
+            // Nothing is read while no socket is open; drop what a late read left.
+            self.deframer = Deframer::new(self.config.max_frame_body);
             return;
         }
         self.last_received = now;
-        self.deframer.push(bytes);
         self.take_frames(now);
     }
 
@@ -282,27 +303,48 @@ impl ClientConnection {
         self.state = ClientState::Closed;
     }
 
-    /// Sends a request, returning its id.
+    /// Sends a request (its body copied), returning its id.
     pub fn send_request(&mut self, now: Instant, body: &[u8]) -> Result<u64, SendError> {
+        self.check_can_send()?;
+        let id = self.next_id;
+        self.outgoing.push_frame_copied(FrameKind::Request, id, body, self.config.max_frame_body)?;
+        Ok(self.sent(now, id))
+    }
+
+    /// Sends a request whose body is `parts` in order, returning its id. Large parts
+    /// are written to the socket from the caller's buffers, not copied.
+    pub fn send_request_parts(&mut self, now: Instant, parts: &[Bytes]) -> Result<u64, SendError> {
+        self.check_can_send()?;
+        let id = self.next_id;
+        self.outgoing.push_frame(FrameKind::Request, id, parts, self.config.max_frame_body)?;
+        Ok(self.sent(now, id))
+    }
+
+    fn check_can_send(&self) -> Result<(), SendError> {
         if self.state != ClientState::Established {
             return Err(SendError::NotConnected);
         }
         if self.in_flight.len() >= self.config.window {
             return Err(SendError::WindowFull);
         }
-        let id = self.next_id;
-        write_frame(&mut self.outgoing, FrameKind::Request, id, body, self.config.max_frame_body)?;
+        Ok(())
+    }
+
+    /// Request `id` is queued: it is in flight from now.
+    fn sent(&mut self, now: Instant, id: u64) -> u64 {
         self.next_id += 1;
         self.in_flight.insert(id, now + self.config.request_timeout);
         self.last_sent = now;
-        Ok(id)
+        id
     }
 
     /// Acknowledges command `id` with `body`. Dropped when not established: the peer
     /// replays unacknowledged commands after the reconnect.
     pub fn ack_command(&mut self, now: Instant, id: u64, body: &[u8]) {
         if self.state == ClientState::Established
-            && write_frame(&mut self.outgoing, FrameKind::CommandAck, id, body, self.config.max_frame_body)
+            && self
+                .outgoing
+                .push_frame_copied(FrameKind::CommandAck, id, body, self.config.max_frame_body)
                 .is_ok()
         {
             self.last_sent = now;
@@ -315,10 +357,18 @@ impl ClientConnection {
         self.events.pop_front()
     }
 
-    /// Appends the bytes to write to the socket to `out`; false if there were none.
+    /// Appends the bytes to write to the socket to `out` (a copy); false if there were
+    /// none.
     #[must_use]
     pub fn poll_transmit(&mut self, out: &mut Vec<u8>) -> bool {
         take_outgoing(&mut self.outgoing, out)
+    }
+
+    /// Moves the frames to write to the socket behind what `out` holds, without
+    /// copying their bodies; false if there were none.
+    #[must_use]
+    pub fn poll_transmit_chunks(&mut self, out: &mut Transmit) -> bool {
+        take_outgoing_chunks(&mut self.outgoing, out)
     }
 
     /// When [`ClientConnection::handle_timeout`] next has work.
@@ -359,7 +409,7 @@ impl ClientConnection {
                     self.events.push_back(ClientEvent::RequestFailed { id, error: RequestError::TimedOut });
                 }
                 if now >= self.last_sent + self.config.heartbeat_interval {
-                    let _ = write_frame(&mut self.outgoing, FrameKind::Heartbeat, 0, &[], u32::MAX);
+                    let _ = self.outgoing.push_frame_copied(FrameKind::Heartbeat, 0, &[], u32::MAX);
                     self.last_sent = now;
                 }
             }

@@ -153,8 +153,18 @@ impl DataError {
 impl<'a> DataRequest<'a> {
     /// Appends the encoded request to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
+        self.encode_head(out);
+        if let DataRequest::Write { bytes, .. } = *self {
+            out.extend_from_slice(bytes);
+        }
+    }
+
+    /// Appends the encoded request to `out` without a write's value: the value follows
+    /// as the next part of the frame's body, sent from the writer's buffer. The same as
+    /// [`DataRequest::encode`] for the other requests.
+    pub fn encode_head(&self, out: &mut Vec<u8>) {
         match *self {
-            DataRequest::Write { segment, offset, version, epoch, crc32c, bytes } => {
+            DataRequest::Write { segment, offset, version, epoch, crc32c, bytes: _ } => {
                 write_header(out, WRITE_HEADER_LEN, |w| {
                     w.u8(DATA_FORMAT_VERSION);
                     w.u8(TAG_WRITE);
@@ -164,7 +174,6 @@ impl<'a> DataRequest<'a> {
                     w.u64(epoch);
                     w.u32(crc32c);
                 });
-                out.extend_from_slice(bytes);
             }
             DataRequest::ReadDisk { key, version } => {
                 write_header(out, 2 + 8 + 2 + key.len(), |w| {

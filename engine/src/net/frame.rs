@@ -14,7 +14,10 @@
 //! before a byte of the body is buffered, so a peer announcing 4 GiB is refused at
 //! once. Garbage is refused by the magic at its first two bytes.
 
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
+
+use bytes::{Buf, Bytes, BytesMut};
 
 /// Bytes in a frame header.
 pub const FRAME_HEADER_LEN: usize = 16;
@@ -161,27 +164,182 @@ pub fn write_frame(
     body: &[u8],
     max_body: u32,
 ) -> Result<(), FrameError> {
-    let body_len =
-        u32::try_from(body.len()).map_err(|_| FrameError::TooLong { len: u32::MAX, max: max_body })?;
-    if body_len > max_body {
-        return Err(FrameError::TooLong { len: body_len, max: max_body });
-    }
+    let body_len = checked_body_len(body.len(), max_body)?;
     out.extend_from_slice(&FrameHeader { kind, id, body_len }.encode());
     out.extend_from_slice(body);
     Ok(())
 }
 
-/// Moves `outgoing` into `out` (appending to what `out` holds); false if there was
-/// nothing. The connection machines' `poll_transmit`.
-pub(super) fn take_outgoing(outgoing: &mut Vec<u8>, out: &mut Vec<u8>) -> bool {
+fn checked_body_len(len: usize, max_body: u32) -> Result<u32, FrameError> {
+    let body_len = u32::try_from(len).map_err(|_| FrameError::TooLong { len: u32::MAX, max: max_body })?;
+    if body_len > max_body {
+        return Err(FrameError::TooLong { len: body_len, max: max_body });
+    }
+    Ok(body_len)
+}
+
+/// Body parts at least this long are queued by reference, never copied; shorter ones
+/// (headers, control messages) are packed together so a write carries many of them.
+pub const CHAIN_AT_LEAST: usize = 16 << 10;
+
+/// Frames queued for a socket, in order: small frames and headers packed into one
+/// buffer, large body parts kept as the [`Bytes`] they were given (a value is written
+/// to the socket straight from the caller's buffer). Write out [`Transmit::chunks`]
+/// (vectored), then [`Transmit::advance`] by what the socket took.
+#[derive(Debug, Default)]
+pub struct Transmit {
+    /// Whole chunks, oldest first.
+    chunks: VecDeque<Bytes>,
+    /// Small bytes not yet sealed into a chunk; they follow every chunk.
+    tail: BytesMut,
+    /// Bytes of the front chunk already written.
+    front_written: usize,
+    /// Bytes queued and not yet written.
+    len: usize,
+}
+
+impl Transmit {
+    /// An empty queue.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True if nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Queues one frame whose body is `parts` in order. Refuses a body longer than a
+    /// frame may be or than `max_body`, the peer's limit (nothing is queued then).
+    pub fn push_frame(
+        &mut self,
+        kind: FrameKind,
+        id: u64,
+        parts: &[Bytes],
+        max_body: u32,
+    ) -> Result<(), FrameError> {
+        let body_len = checked_body_len(parts.iter().map(Bytes::len).sum(), max_body)?;
+        self.push_small(&FrameHeader { kind, id, body_len }.encode());
+        for part in parts {
+            if part.len() >= CHAIN_AT_LEAST {
+                self.seal_tail();
+                self.len += part.len();
+                self.chunks.push_back(part.clone());
+            } else {
+                self.push_small(part);
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a frame with a small body (copied).
+    pub fn push_frame_copied(
+        &mut self,
+        kind: FrameKind,
+        id: u64,
+        body: &[u8],
+        max_body: u32,
+    ) -> Result<(), FrameError> {
+        let body_len = checked_body_len(body.len(), max_body)?;
+        self.push_small(&FrameHeader { kind, id, body_len }.encode());
+        self.push_small(body);
+        Ok(())
+    }
+
+    /// Moves everything queued in `other` behind what this queue holds.
+    pub fn append(&mut self, other: &mut Transmit) {
+        if other.is_empty() {
+            return;
+        }
+        other.seal_tail();
+        if let Some(front) = other.chunks.front_mut() {
+            front.advance(other.front_written);
+        }
+        self.seal_tail();
+        self.len += other.len;
+        // Drained, not replaced: `other` keeps its buffers' capacity for the next frames.
+        self.chunks.append(&mut other.chunks);
+        other.len = 0;
+        other.front_written = 0;
+    }
+
+    /// Up to `max` chunks of what is to be written next, in order (fewer if less is
+    /// queued). Write them with one vectored write.
+    pub fn chunks(&self, max: usize) -> impl Iterator<Item = &[u8]> {
+        let mut chunks = self.chunks.iter().map(|c| &c[..]);
+        let first = chunks.next().map(|c| &c[self.front_written..]);
+        let tail = (!self.tail.is_empty()).then_some(&self.tail[..]);
+        first.into_iter().chain(chunks).chain(tail).filter(|c| !c.is_empty()).take(max)
+    }
+
+    /// `n` bytes were written from the front.
+    pub fn advance(&mut self, mut n: usize) {
+        debug_assert!(n <= self.len, "advanced past what is queued");
+        self.len -= n.min(self.len);
+        while n > 0 {
+            let Some(front) = self.chunks.front() else {
+                self.tail.advance(n.min(self.tail.len()));
+                return;
+            };
+            let left = front.len() - self.front_written;
+            if n < left {
+                self.front_written += n;
+                return;
+            }
+            n -= left;
+            self.chunks.pop_front();
+            self.front_written = 0;
+        }
+    }
+
+    /// Drops everything queued.
+    pub fn clear(&mut self) {
+        *self = Transmit::default();
+    }
+
+    /// Copies everything queued to the end of `out` and empties the queue.
+    pub fn drain_into(&mut self, out: &mut Vec<u8>) {
+        out.reserve(self.len);
+        for chunk in self.chunks(usize::MAX) {
+            out.extend_from_slice(chunk);
+        }
+        self.clear();
+    }
+
+    fn push_small(&mut self, bytes: &[u8]) {
+        self.tail.extend_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    fn seal_tail(&mut self) {
+        if !self.tail.is_empty() {
+            self.chunks.push_back(self.tail.split().freeze());
+        }
+    }
+}
+
+/// A machine's `poll_transmit` into a flat buffer: moves `outgoing` to the end of `out`
+/// (a copy); false if there was nothing.
+pub(super) fn take_outgoing(outgoing: &mut Transmit, out: &mut Vec<u8>) -> bool {
     if outgoing.is_empty() {
         return false;
     }
-    if out.is_empty() {
-        core::mem::swap(out, outgoing);
-    } else {
-        out.append(outgoing);
+    outgoing.drain_into(out);
+    true
+}
+
+/// A machine's `poll_transmit_chunks`: moves `outgoing` behind what `out` holds, without
+/// copying; false if there was nothing.
+pub(super) fn take_outgoing_chunks(outgoing: &mut Transmit, out: &mut Transmit) -> bool {
+    if outgoing.is_empty() {
+        return false;
     }
+    out.append(outgoing);
     true
 }
 
@@ -190,21 +348,29 @@ pub(super) fn take_outgoing(outgoing: &mut Vec<u8>, out: &mut Vec<u8>) -> bool {
 pub struct Frame {
     /// Its header.
     pub header: FrameHeader,
-    /// Its body.
-    pub body: Vec<u8>,
+    /// Its body: a large one is a view of the bytes as they were received, not a copy.
+    pub body: Bytes,
 }
+
+/// Room a receive buffer offers at least, for frames of unknown or small length.
+const RECEIVE_CHUNK: usize = 64 << 10;
+
+/// A frame body up to this long gets its whole room at once when its header arrives;
+/// a longer one grows by doubling, so a peer must send half of what it announced
+/// before that much is held for it.
+const RESERVE_AT_ONCE: usize = 4 << 20;
 
 /// Cuts a byte stream into frames.
 ///
-/// Feed it whatever the socket gave ([`Deframer::push`]), then take frames out
-/// ([`Deframer::next_frame`]) until it returns `Ok(None)`. It buffers at most one
-/// partial frame beyond what it was given, and a header announcing a body over the
-/// maximum is an error before any of that body is held.
+/// Either read the socket straight into [`Deframer::receive_buffer`] (a large frame's
+/// body then lands where it is handed out: no copy), or feed it bytes with
+/// [`Deframer::push`]; then take frames out ([`Deframer::next_frame`]) until it returns
+/// `Ok(None)`. A header announcing a body over the maximum is an error before any room
+/// is made for that body.
 #[derive(Debug)]
 pub struct Deframer {
-    buf: Vec<u8>,
-    /// Where the unread bytes of `buf` start.
-    start: usize,
+    /// Received bytes not yet taken out as frames.
+    buf: BytesMut,
     max_body: u32,
     failed: Option<FrameError>,
 }
@@ -212,19 +378,47 @@ pub struct Deframer {
 impl Deframer {
     /// A deframer accepting bodies of up to `max_body` bytes.
     pub fn new(max_body: u32) -> Self {
-        Self { buf: Vec::new(), start: 0, max_body, failed: None }
+        Self { buf: BytesMut::new(), max_body, failed: None }
     }
 
-    /// Appends received bytes.
+    /// Appends received bytes (a copy).
     pub fn push(&mut self, bytes: &[u8]) {
+        if self.failed.is_none() {
+            self.buf.extend_from_slice(bytes);
+        }
+    }
+
+    /// The buffer to read the socket into, with room for at least the rest of the
+    /// frame being received (up to the growth limit) or a chunk. Append only received
+    /// bytes to it; then call [`Deframer::next_frame`].
+    pub fn receive_buffer(&mut self) -> &mut BytesMut {
         if self.failed.is_some() {
-            return;
-        }
-        if self.start > 0 && self.start == self.buf.len() {
+            // Whatever arrives now is dropped by the next call.
             self.buf.clear();
-            self.start = 0;
         }
-        self.buf.extend_from_slice(bytes);
+        if self.buf.is_empty() && self.buf.capacity() > RESERVE_AT_ONCE {
+            // Whatever a large frame left behind: not kept for the connection's life.
+            self.buf = BytesMut::new();
+        }
+        let missing = self.missing_of_first_partial_frame();
+        let room = missing.min(RESERVE_AT_ONCE.max(self.buf.len())).max(RECEIVE_CHUNK);
+        self.buf.reserve(room);
+        &mut self.buf
+    }
+
+    /// Bytes still to come of the first frame not wholly buffered (whole frames not
+    /// yet taken out may come first); 0 if its header is not in yet or is invalid.
+    fn missing_of_first_partial_frame(&self) -> usize {
+        let mut at = 0;
+        while let Some(bytes) = self.buf.get(at..).and_then(|b| b.first_chunk::<FRAME_HEADER_LEN>()) {
+            let Ok(header) = FrameHeader::decode(bytes, self.max_body) else { return 0 };
+            let end = at + FRAME_HEADER_LEN + header.body_len as usize;
+            if end > self.buf.len() {
+                return end - self.buf.len();
+            }
+            at = end;
+        }
+        0
     }
 
     /// Changes the largest body accepted from the next header on (a connection allows
@@ -235,45 +429,42 @@ impl Deframer {
 
     /// Bytes received but not yet taken out as frames.
     pub fn buffered(&self) -> usize {
-        self.buf.len() - self.start
+        self.buf.len()
     }
 
     /// The next whole frame, `Ok(None)` if more bytes are needed, or the error that
     /// ends the stream (returned again on every later call).
     pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
         if let Some(e) = self.failed {
+            self.buf = BytesMut::new();
             return Err(e);
         }
-        let unread = &self.buf[self.start..];
-        let Some(header_bytes) = unread.first_chunk::<FRAME_HEADER_LEN>() else {
-            self.compact();
+        let Some(header_bytes) = self.buf.first_chunk::<FRAME_HEADER_LEN>() else {
             return Ok(None);
         };
         let header = match FrameHeader::decode(header_bytes, self.max_body) {
             Ok(h) => h,
             Err(e) => {
                 self.failed = Some(e);
-                self.buf = Vec::new();
-                self.start = 0;
+                self.buf = BytesMut::new();
                 return Err(e);
             }
         };
         let total = FRAME_HEADER_LEN + header.body_len as usize;
-        if unread.len() < total {
-            self.compact();
+        if self.buf.len() < total {
             return Ok(None);
         }
-        let body = unread[FRAME_HEADER_LEN..total].to_vec();
-        self.start += total;
+        let body = if header.body_len as usize >= CHAIN_AT_LEAST {
+            let mut frame = self.buf.split_to(total);
+            frame.advance(FRAME_HEADER_LEN);
+            frame.freeze()
+        } else {
+            // A small body is copied out: a view would keep the whole receive buffer
+            // alive for as long as its holder keeps it.
+            let body = Bytes::copy_from_slice(&self.buf[FRAME_HEADER_LEN..total]);
+            self.buf.advance(total);
+            body
+        };
         Ok(Some(Frame { header, body }))
-    }
-
-    /// Moves the unread tail to the front once the consumed part dominates, so the
-    /// buffer does not grow with the stream.
-    fn compact(&mut self) {
-        if self.start > 0 && self.start >= self.buf.len() / 2 {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
     }
 }

@@ -24,7 +24,7 @@ pub mod server;
 
 pub use client::{ClientConfig, ClientConnection, ClientEvent, ClientState, DisconnectReason, RequestError};
 pub use frame::{
-    DEFAULT_MAX_FRAME_BODY, Deframer, FRAME_HEADER_LEN, Frame, FrameError, FrameHeader, FrameKind,
+    DEFAULT_MAX_FRAME_BODY, Deframer, FRAME_HEADER_LEN, Frame, FrameError, FrameHeader, FrameKind, Transmit,
 };
 pub use handshake::{
     ClusterName, ClusterNameError, Hello, PROTOCOL_VERSIONS, Refusal, RefusalReason, Role, Welcome,

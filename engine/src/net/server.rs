@@ -4,8 +4,10 @@
 //! # Call order
 //!
 //! 1. [`ServerConnection::new`] when a socket is accepted.
-//! 2. Whenever the socket gives bytes, [`ServerConnection::handle_bytes`]; at end of
-//!    stream, [`ServerConnection::handle_eof`].
+//! 2. Whenever the socket gives bytes, [`ServerConnection::handle_bytes`] (or read
+//!    into [`ServerConnection::receive_buffer`], then
+//!    [`ServerConnection::handle_received`]); at end of stream,
+//!    [`ServerConnection::handle_eof`].
 //! 3. Drain [`ServerConnection::poll_event`] until `None`. Frames are decoded lazily
 //!    here, one event at a time, so a peer cannot queue more work than the owner takes.
 //!    On [`ServerEvent::Hello`] the owner decides at once with
@@ -15,7 +17,8 @@
 //! 4. Answer requests with [`ServerConnection::send_response`] (in any order: each
 //!    response carries its request's id), push work with
 //!    [`ServerConnection::send_command`].
-//! 5. Write out what [`ServerConnection::poll_transmit`] appends, then, if
+//! 5. Write out what [`ServerConnection::poll_transmit`] (or, without copying bodies,
+//!    [`ServerConnection::poll_transmit_chunks`]) gives, then, if
 //!    [`ServerConnection::is_closed`], close the socket.
 //! 6. Call [`ServerConnection::handle_timeout`] once [`ServerConnection::poll_timeout`]
 //!    has passed.
@@ -23,7 +26,9 @@
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
-use super::frame::{Deframer, FrameError, FrameKind, take_outgoing, write_frame};
+use bytes::{Bytes, BytesMut};
+
+use super::frame::{Deframer, FrameError, FrameKind, Transmit, take_outgoing, take_outgoing_chunks};
 use super::handshake::{ClusterName, Hello, Refusal, RefusalReason, Role, Welcome};
 use crate::ids::Incarnation;
 use crate::time::{Duration, Instant};
@@ -90,14 +95,14 @@ pub enum ServerEvent {
         /// The peer's request id.
         id: u64,
         /// The request body.
-        body: Vec<u8>,
+        body: Bytes,
     },
     /// The peer carried out the command with this id.
     CommandAck {
         /// The command's id.
         id: u64,
         /// What the peer reported.
-        body: Vec<u8>,
+        body: Bytes,
     },
     /// The connection closed; no further event comes.
     Closed(CloseReason),
@@ -124,7 +129,7 @@ pub struct ServerConnection {
     peer: Option<Hello>,
     version: u16,
     deframer: Deframer,
-    outgoing: Vec<u8>,
+    outgoing: Transmit,
     events: VecDeque<ServerEvent>,
     /// When the connection was accepted: the handshake deadline counts from here.
     opened: Instant,
@@ -143,7 +148,7 @@ impl ServerConnection {
             state: ServerState::AwaitingHello,
             peer: None,
             version: 0,
-            outgoing: Vec::new(),
+            outgoing: Transmit::new(),
             events: VecDeque::new(),
             opened: now,
             last_received: now,
@@ -172,13 +177,31 @@ impl ServerConnection {
         self.state == ServerState::Closed
     }
 
-    /// Bytes from the socket.
+    /// Bytes from the socket (copied in; [`ServerConnection::receive_buffer`] avoids
+    /// the copy).
     pub fn handle_bytes(&mut self, now: Instant, bytes: &[u8]) {
-        if self.state == ServerState::Closed || bytes.is_empty() {
+        if bytes.is_empty() {
+            return;
+        }
+        self.deframer.push(bytes);
+        self.handle_received(now);
+    }
+
+    /// The buffer to read the socket into: append what the socket gave, then call
+    /// [`ServerConnection::handle_received`]. A request's body is handed out as a view
+    /// of these bytes.
+    pub fn receive_buffer(&mut self) -> &mut BytesMut {
+        self.deframer.receive_buffer()
+    }
+
+    /// Bytes were appended to [`ServerConnection::receive_buffer`].
+    pub fn handle_received(&mut self, now: Instant) {
+        if self.state == ServerState::Closed {
+            // A closed connection takes nothing more in.
+            self.deframer = Deframer::new(0);
             return;
         }
         self.last_received = now;
-        self.deframer.push(bytes);
     }
 
     /// The peer ended its stream.
@@ -244,7 +267,7 @@ impl ServerConnection {
                     return Some(ServerEvent::CommandAck { id, body });
                 }
                 (ServerState::Established, FrameKind::Heartbeat) => {
-                    let _ = write_frame(&mut self.outgoing, FrameKind::HeartbeatAck, id, &[], u32::MAX);
+                    let _ = self.outgoing.push_frame_copied(FrameKind::HeartbeatAck, id, &[], u32::MAX);
                 }
                 // A second Hello, a request before the handshake, or a kind only this
                 // side sends.
@@ -290,7 +313,7 @@ impl ServerConnection {
         };
         let mut body = [0u8; Welcome::LEN];
         let n = welcome.encode(&mut body).unwrap_or(0);
-        let _ = write_frame(&mut self.outgoing, FrameKind::Welcome, 0, &body[..n], u32::MAX);
+        let _ = self.outgoing.push_frame_copied(FrameKind::Welcome, 0, &body[..n], u32::MAX);
         self.state = ServerState::Established;
         self.deframer.set_max_body(self.config.max_frame_body);
         self.last_received = now;
@@ -305,9 +328,19 @@ impl ServerConnection {
         }
     }
 
-    /// Queues the response to request `id`.
+    /// Queues the response to request `id` (its body copied).
     pub fn send_response(&mut self, id: u64, body: &[u8]) -> Result<(), SendError> {
         self.send(FrameKind::Response, id, body)
+    }
+
+    /// Queues the response to request `id` whose body is `parts` in order; large parts
+    /// are written to the socket from their buffers, not copied.
+    pub fn send_response_parts(&mut self, id: u64, parts: &[Bytes]) -> Result<(), SendError> {
+        if self.state != ServerState::Established {
+            return Err(SendError::NotEstablished);
+        }
+        self.outgoing.push_frame(FrameKind::Response, id, parts, self.config.max_frame_body)?;
+        Ok(())
     }
 
     /// Queues command `id` for the peer.
@@ -319,7 +352,7 @@ impl ServerConnection {
         if self.state != ServerState::Established {
             return Err(SendError::NotEstablished);
         }
-        write_frame(&mut self.outgoing, kind, id, body, self.config.max_frame_body)?;
+        self.outgoing.push_frame_copied(kind, id, body, self.config.max_frame_body)?;
         Ok(())
     }
 
@@ -330,17 +363,25 @@ impl ServerConnection {
         self.outgoing.len()
     }
 
-    /// Appends the bytes to write to the socket to `out`; false if there were none.
+    /// Appends the bytes to write to the socket to `out` (a copy); false if there were
+    /// none.
     #[must_use]
     pub fn poll_transmit(&mut self, out: &mut Vec<u8>) -> bool {
         take_outgoing(&mut self.outgoing, out)
+    }
+
+    /// Moves the frames to write to the socket behind what `out` holds, without
+    /// copying their bodies; false if there were none.
+    #[must_use]
+    pub fn poll_transmit_chunks(&mut self, out: &mut Transmit) -> bool {
+        take_outgoing_chunks(&mut self.outgoing, out)
     }
 
     fn refuse_and_close(&mut self, reason: RefusalReason, close: CloseReason) {
         let refusal = Refusal { reason, versions: self.config.versions };
         let mut body = [0u8; Refusal::LEN];
         let n = refusal.encode(&mut body).unwrap_or(0);
-        let _ = write_frame(&mut self.outgoing, FrameKind::Refuse, 0, &body[..n], u32::MAX);
+        let _ = self.outgoing.push_frame_copied(FrameKind::Refuse, 0, &body[..n], u32::MAX);
         self.close(close);
     }
 

@@ -2,6 +2,8 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::net::SocketAddr;
 
+use proptest::strategy::Strategy;
+
 use super::frame::write_frame;
 use super::*;
 use crate::codec::DecodeError;
@@ -187,7 +189,7 @@ fn frames_reassemble_from_any_split_of_the_stream() {
             }
         }
         assert_eq!(got.len(), 3, "chunk size {chunk}");
-        assert_eq!(got[0].body, b"first");
+        assert_eq!(&got[0].body[..], b"first");
         assert_eq!((got[1].header.kind, got[1].body.len()), (FrameKind::Heartbeat, 0));
         assert_eq!((got[2].header.id, got[2].body.len()), (2, 300));
         assert_eq!(d.buffered(), 0);
@@ -269,7 +271,7 @@ fn a_client_and_a_server_handshake_and_pipeline_requests() {
         .client_events
         .iter()
         .filter_map(|e| match e {
-            ClientEvent::Response { id, body } => Some((*id, body.clone())),
+            ClientEvent::Response { id, body } => Some((*id, body.to_vec())),
             _ => None,
         })
         .collect();
@@ -288,7 +290,10 @@ fn responses_out_of_order_reach_their_requests_and_a_late_one_is_dropped() {
     p.pump(now, false);
     p.server.send_response(b, b"B").unwrap();
     p.pump(now, false);
-    assert_eq!(p.client_events.last(), Some(&ClientEvent::Response { id: b, body: b"B".to_vec() }));
+    assert_eq!(
+        p.client_events.last(),
+        Some(&ClientEvent::Response { id: b, body: bytes::Bytes::from_static(b"B") })
+    );
     // `a` times out (the connection itself stays alive on heartbeats); its response
     // arriving afterwards is not reported twice.
     p.client_events.clear();
@@ -548,10 +553,16 @@ fn commands_flow_to_the_client_and_acks_back() {
     let mut p = Pair::connected(now);
     p.server.send_command(41, b"persist").unwrap();
     p.pump(now, true);
-    assert_eq!(p.client_events.last(), Some(&ClientEvent::Command { id: 41, body: b"persist".to_vec() }));
+    assert_eq!(
+        p.client_events.last(),
+        Some(&ClientEvent::Command { id: 41, body: bytes::Bytes::from_static(b"persist") })
+    );
     p.client.ack_command(now, 41, b"done");
     p.pump(now, true);
-    assert_eq!(p.server_events.last(), Some(&ServerEvent::CommandAck { id: 41, body: b"done".to_vec() }));
+    assert_eq!(
+        p.server_events.last(),
+        Some(&ServerEvent::CommandAck { id: 41, body: bytes::Bytes::from_static(b"done") })
+    );
 }
 
 #[test]
@@ -612,4 +623,183 @@ fn a_welcome_for_a_version_never_offered_is_a_protocol_violation() {
         .unwrap();
     c.handle_bytes(at(0), &frame(FrameKind::Welcome, 0, &body));
     assert_eq!(client_events(&mut c), vec![ClientEvent::Disconnected(DisconnectReason::ProtocolViolation)]);
+}
+
+/// What a socket would carry for `frames`, encoded the simple way.
+fn flat(frames: &[(u64, Vec<Vec<u8>>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (id, parts) in frames {
+        write_frame(&mut out, FrameKind::Request, *id, &parts.concat(), u32::MAX).unwrap();
+    }
+    out
+}
+
+/// Drains `t` the way a socket driver does: vectored writes of at most `iov` chunks,
+/// each taking at most `take` bytes.
+fn drain(t: &mut Transmit, iov: usize, take: usize) -> Vec<u8> {
+    let mut wire = Vec::new();
+    while !t.is_empty() {
+        let mut budget = take;
+        let before = wire.len();
+        for chunk in t.chunks(iov) {
+            let n = chunk.len().min(budget);
+            wire.extend_from_slice(&chunk[..n]);
+            budget -= n;
+            if budget == 0 {
+                break;
+            }
+        }
+        t.advance(wire.len() - before);
+    }
+    wire
+}
+
+proptest::proptest! {
+    #[test]
+    fn queued_frames_reach_the_socket_byte_for_byte_however_the_writes_split(
+        frames in proptest::collection::vec(
+            (0u64..1000, proptest::collection::vec(
+                proptest::prop_oneof![0usize..64, 16_000usize..40_000].prop_map(|n| vec![0x5a; n]), 0..4)),
+            1..6),
+        split in 0usize..6,
+        iov in 1usize..8,
+        take in 1usize..70_000,
+    ) {
+        let mut frames = frames;
+        for (i, (_, parts)) in frames.iter_mut().enumerate() {
+            for (j, part) in parts.iter_mut().enumerate() {
+                part.iter_mut().enumerate().for_each(|(k, b)| *b = (i * 31 + j * 7 + k) as u8);
+            }
+        }
+        // Frames queued on two queues, the second appended to the first after part of
+        // the first was written: what reaches the socket is still every frame, in order.
+        let (mut first, mut second) = (Transmit::new(), Transmit::new());
+        for (n, (id, parts)) in frames.iter().enumerate() {
+            let parts: Vec<bytes::Bytes> = parts.iter().map(|p| bytes::Bytes::from(p.clone())).collect();
+            let queue = if n < split { &mut first } else { &mut second };
+            queue.push_frame(FrameKind::Request, *id, &parts, u32::MAX).unwrap();
+        }
+        let want = flat(&frames);
+        let mut wire = Vec::new();
+        let early = first.len() / 2;
+        if early > 0 {
+            let mut budget = early;
+            let mut taken = 0;
+            for chunk in first.chunks(iov) {
+                let n = chunk.len().min(budget);
+                wire.extend_from_slice(&chunk[..n]);
+                taken += n;
+                budget -= n;
+                if budget == 0 { break; }
+            }
+            first.advance(taken);
+        }
+        first.append(&mut second);
+        proptest::prop_assert!(second.is_empty());
+        proptest::prop_assert_eq!(first.len(), want.len() - wire.len());
+        wire.extend(drain(&mut first, iov, take));
+        proptest::prop_assert_eq!(wire, want);
+    }
+}
+
+#[test]
+fn a_large_body_part_is_written_from_its_own_buffer() {
+    let value = bytes::Bytes::from(vec![7u8; frame::CHAIN_AT_LEAST]);
+    let mut t = Transmit::new();
+    t.push_frame(FrameKind::Request, 1, &[bytes::Bytes::from_static(b"head"), value.clone()], u32::MAX)
+        .unwrap();
+    let chunks: Vec<&[u8]> = t.chunks(8).collect();
+    assert_eq!(chunks.len(), 2, "header and small part packed, the value on its own");
+    assert_eq!(chunks[0].len(), FRAME_HEADER_LEN + 4);
+    assert!(core::ptr::eq(chunks[1], &value[..]), "the value is not copied");
+}
+
+#[test]
+fn a_body_over_the_limit_queues_nothing() {
+    let mut t = Transmit::new();
+    let body = bytes::Bytes::from(vec![0u8; 101]);
+    assert_eq!(
+        t.push_frame(FrameKind::Request, 1, &[body], 100),
+        Err(FrameError::TooLong { len: 101, max: 100 })
+    );
+    assert!(t.is_empty());
+}
+
+/// Reads `stream` into the deframer's receive buffer in pieces of `piece` bytes, as a
+/// socket would, taking frames out after each read.
+fn receive_in_place(d: &mut Deframer, stream: &[u8], piece: usize) -> Vec<Frame> {
+    let mut got = Vec::new();
+    for part in stream.chunks(piece) {
+        let buf = d.receive_buffer();
+        assert!(buf.capacity() - buf.len() >= part.len().min(64 << 10), "room for a read");
+        buf.extend_from_slice(part);
+        while let Some(f) = d.next_frame().unwrap() {
+            got.push(f);
+        }
+    }
+    got
+}
+
+#[test]
+fn frames_read_in_place_reassemble_from_any_split_of_the_stream() {
+    let mut stream = frame(FrameKind::Request, 1, b"first");
+    stream.extend(frame(FrameKind::Heartbeat, 0, b""));
+    let big: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+    stream.extend(frame(FrameKind::Response, 2, &big));
+    stream.extend(frame(FrameKind::Request, 3, b"last"));
+    for piece in [1, 7, 16, 17, 4096, 65_536, stream.len()] {
+        let mut d = Deframer::new(1 << 20);
+        let got = receive_in_place(&mut d, &stream, piece);
+        assert_eq!(got.len(), 4, "pieces of {piece}");
+        assert_eq!(&got[0].body[..], b"first");
+        assert_eq!((got[1].header.kind, got[1].body.len()), (FrameKind::Heartbeat, 0));
+        assert_eq!(&got[2].body[..], &big[..]);
+        assert_eq!((got[3].header.id, &got[3].body[..]), (3, &b"last"[..]));
+        assert_eq!(d.buffered(), 0);
+    }
+}
+
+#[test]
+fn once_a_header_is_in_the_receive_buffer_has_room_for_its_whole_body() {
+    let mut d = Deframer::new(64 << 20);
+    let header = FrameHeader { kind: FrameKind::Request, id: 1, body_len: 1 << 20 }.encode();
+    d.receive_buffer().extend_from_slice(&header);
+    assert_eq!(d.next_frame(), Ok(None));
+    let buf = d.receive_buffer();
+    assert!(buf.capacity() - buf.len() >= 1 << 20, "one read can land the whole body");
+}
+
+#[test]
+fn room_for_an_announced_body_grows_only_with_what_arrives() {
+    let mut d = Deframer::new(64 << 20);
+    let header = FrameHeader { kind: FrameKind::Request, id: 1, body_len: 60 << 20 }.encode();
+    d.receive_buffer().extend_from_slice(&header);
+    let room = d.receive_buffer().capacity();
+    assert!(room <= 5 << 20, "a 60 MiB announcement got {room} bytes before any body arrived");
+}
+
+#[test]
+fn an_oversized_length_read_in_place_fails_and_holds_nothing() {
+    let mut d = Deframer::new(1024);
+    let header = FrameHeader { kind: FrameKind::Request, id: 1, body_len: u32::MAX }.encode();
+    d.receive_buffer().extend_from_slice(&header);
+    assert!(d.receive_buffer().capacity() <= 128 << 10, "no room made for the announced body");
+    assert_eq!(d.next_frame(), Err(FrameError::TooLong { len: u32::MAX, max: 1024 }));
+    d.receive_buffer().extend_from_slice(&[0u8; 4096]);
+    assert_eq!(d.next_frame(), Err(FrameError::TooLong { len: u32::MAX, max: 1024 }));
+    assert_eq!(d.buffered(), 0, "nothing is held after the stream failed");
+}
+
+#[test]
+fn a_large_body_read_in_place_is_handed_out_where_it_landed() {
+    let mut d = Deframer::new(64 << 20);
+    let body = vec![0x3cu8; 1 << 20];
+    let header = FrameHeader { kind: FrameKind::Request, id: 1, body_len: body.len() as u32 }.encode();
+    d.receive_buffer().extend_from_slice(&header);
+    let buf = d.receive_buffer();
+    let landed_at = buf.as_ptr() as usize + buf.len();
+    buf.extend_from_slice(&body);
+    let frame = d.next_frame().unwrap().expect("a whole frame");
+    assert_eq!(&frame.body[..], &body[..]);
+    assert_eq!(frame.body.as_ptr() as usize, landed_at, "the body is not copied");
 }

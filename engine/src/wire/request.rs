@@ -31,6 +31,7 @@ pub(super) const TAG_LOCATE: u8 = 20;
 pub(super) const TAG_FLUSH: u8 = 21;
 pub(super) const TAG_FLUSH_STATUS: u8 = 22;
 pub(super) const TAG_LOCATE_NODE: u8 = 23;
+pub(super) const TAG_REPORT_CRC_FAILURES: u8 = 24;
 
 /// Smallest encoded key: a two-byte length and one byte.
 const MIN_KEY_LEN: usize = 3;
@@ -197,6 +198,15 @@ pub enum Request<'a> {
         /// The barrier [`Request::Flush`] answered.
         barrier: ObjectVersion,
     },
+    /// The reporter found bytes that did not match their CRC32C (a transfer that
+    /// arrived damaged, a replica that rotted in memory or on disk) `count` times since
+    /// its last report. Counted for the operator; the bytes were never returned.
+    ReportCrcFailures {
+        /// The node or client that checked them.
+        reporter: NodeId,
+        /// Failures since its last report.
+        count: u64,
+    },
     /// Where a node serves (to read a disk replica through its owner).
     LocateNode {
         /// The node.
@@ -220,6 +230,7 @@ impl<'a> Request<'a> {
             | Request::Ping { node, .. }
             | Request::RemoveDiskReplica { node, .. }
             | Request::PersistFailed { node, .. } => Some(*node),
+            Request::ReportCrcFailures { reporter, .. } => Some(*reporter),
             Request::AddDiskReplica { replica, .. } => Some(replica.node),
             Request::GetReplicaList { .. }
             | Request::Exists { .. }
@@ -357,6 +368,11 @@ impl<'a> Request<'a> {
                 write_header(w, KIND_REQUEST, TAG_LOCATE_NODE);
                 w.u64(node.0);
             }
+            Request::ReportCrcFailures { reporter, count } => {
+                write_header(w, KIND_REQUEST, TAG_REPORT_CRC_FAILURES);
+                w.u64(reporter.0);
+                w.u64(*count);
+            }
         }
         Ok(())
     }
@@ -440,6 +456,9 @@ impl<'a> Request<'a> {
             TAG_FLUSH => Request::Flush,
             TAG_FLUSH_STATUS => Request::FlushStatus { barrier: ObjectVersion(r.u64("barrier")?) },
             TAG_LOCATE_NODE => Request::LocateNode { node: NodeId(r.u64("node")?) },
+            TAG_REPORT_CRC_FAILURES => {
+                Request::ReportCrcFailures { reporter: NodeId(r.u64("reporter")?), count: r.u64("count")? }
+            }
             tag => {
                 return Err(DecodeError::UnknownTag { what: "request", tag });
             }

@@ -46,6 +46,7 @@ pub enum Response {
     Flush(ObjectVersion),
     FlushStatus(FlushStatus),
     LocateNode(Result<Location, MasterError>),
+    ReportCrcFailures(Result<(), MasterError>),
 }
 
 type Unit = Result<(), MasterError>;
@@ -128,6 +129,7 @@ impl Response {
                 write_header(w, KIND_RESPONSE, TAG_LOCATE_NODE);
                 write_result(w, r, write_location)?;
             }
+            Response::ReportCrcFailures(r) => write_unit(w, TAG_REPORT_CRC_FAILURES, r),
             Response::Flush(barrier) => {
                 write_header(w, KIND_RESPONSE, TAG_FLUSH);
                 w.u64(barrier.0);
@@ -192,6 +194,7 @@ impl Response {
             TAG_BATCH_REMOVE => Response::BatchRemove(read_batch(&mut r, STATUS_LEN, read_unit)?),
             TAG_LOCATE => Response::Locate(read_result(&mut r, read_location)?),
             TAG_LOCATE_NODE => Response::LocateNode(read_result(&mut r, read_location)?),
+            TAG_REPORT_CRC_FAILURES => Response::ReportCrcFailures(read_unit(&mut r)?),
             TAG_FLUSH => Response::Flush(ObjectVersion(r.u64("barrier")?)),
             TAG_FLUSH_STATUS => Response::FlushStatus(match r.u8("flush status")? {
                 1 => FlushStatus::Durable,

@@ -65,6 +65,7 @@ fn requests() -> Vec<Request<'static>> {
         Request::Flush,
         Request::FlushStatus { barrier: ObjectVersion(12) },
         Request::LocateNode { node: NodeId(5) },
+        Request::ReportCrcFailures { reporter: n, count: 3 },
     ]
 }
 
@@ -98,6 +99,7 @@ fn responses() -> Vec<Response> {
         Response::Locate(Err(MasterError::SegmentNotFound)),
         Response::LocateNode(Ok(Location { node: NodeId(5), serves: Some("127.0.0.1:80".parse().unwrap()) })),
         Response::LocateNode(Err(MasterError::NodeNotRegistered)),
+        Response::ReportCrcFailures(Ok(())),
         Response::Flush(ObjectVersion(99)),
         Response::FlushStatus(FlushStatus::Durable),
         Response::FlushStatus(FlushStatus::Pending),

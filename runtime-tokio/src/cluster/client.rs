@@ -6,16 +6,19 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::pin::Pin;
 
+use bytes::Bytes;
 use larder_engine::net::{
-    ClientConfig, ClientConnection, ClientEvent, ClientState, DisconnectReason, RequestError, Welcome,
+    ClientConfig, ClientConnection, ClientEvent, ClientState, DisconnectReason, RequestError, Transmit,
+    Welcome,
 };
 use larder_engine::wire::{Message, Request, Response};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::clock::EngineClock;
+use super::connection::write_chunks;
 
 /// Why a call got no answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,10 +52,10 @@ pub enum LinkState {
 }
 
 /// Where a call's answer goes.
-type Reply = oneshot::Sender<Result<Vec<u8>, CallError>>;
+type Reply = oneshot::Sender<Result<Bytes, CallError>>;
 
 enum Call {
-    Request { body: Vec<u8>, reply: Reply },
+    Request { parts: Vec<Bytes>, reply: Reply },
     Ack { id: u64, body: Vec<u8> },
 }
 
@@ -62,7 +65,7 @@ pub struct PushedCommand {
     /// Its id, to acknowledge.
     pub id: u64,
     /// Its body (a [`larder_engine::wire::NodeCommand`] from the master).
-    pub body: Vec<u8>,
+    pub body: Bytes,
 }
 
 /// A connection to a server. Cloning shares it; the connection ends when the last
@@ -77,7 +80,9 @@ pub struct Client {
 impl std::fmt::Debug for Call {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Call::Request { body, .. } => write!(f, "Request({} bytes)", body.len()),
+            Call::Request { parts, .. } => {
+                write!(f, "Request({} bytes)", parts.iter().map(Bytes::len).sum::<usize>())
+            }
             Call::Ack { id, .. } => write!(f, "Ack({id})"),
         }
     }
@@ -129,9 +134,15 @@ impl Client {
     }
 
     /// Sends an encoded request and awaits its encoded response.
-    pub async fn call_raw(&self, body: Vec<u8>) -> Result<Vec<u8>, CallError> {
+    pub async fn call_raw(&self, body: Vec<u8>) -> Result<Bytes, CallError> {
+        self.call_parts(vec![Bytes::from(body)]).await
+    }
+
+    /// Sends a request whose body is `parts` in order and awaits its encoded response.
+    /// Large parts are written to the socket from their own buffers, never copied.
+    pub async fn call_parts(&self, parts: Vec<Bytes>) -> Result<Bytes, CallError> {
         let (reply, answer) = oneshot::channel();
-        self.calls.send(Call::Request { body, reply }).await.map_err(|_| CallError::Closed)?;
+        self.calls.send(Call::Request { parts, reply }).await.map_err(|_| CallError::Closed)?;
         answer.await.map_err(|_| CallError::Closed)?
     }
 
@@ -175,13 +186,12 @@ struct Driver {
     link: watch::Sender<LinkState>,
     commands: mpsc::UnboundedSender<PushedCommand>,
     /// Calls that arrived while the window was full.
-    waiting: VecDeque<(Vec<u8>, Reply)>,
+    waiting: VecDeque<(Vec<Bytes>, Reply)>,
     pending: HashMap<u64, Reply>,
     dialing: Option<Dialing>,
     reader: Option<OwnedReadHalf>,
     writer: Option<OwnedWriteHalf>,
-    out: Vec<u8>,
-    written: usize,
+    out: Transmit,
     window: usize,
 }
 
@@ -206,24 +216,18 @@ impl Driver {
             dialing: None,
             reader: None,
             writer: None,
-            out: Vec::new(),
-            written: 0,
+            out: Transmit::new(),
             window: config.window,
         }
     }
 
     async fn run(mut self) {
-        let mut buf = vec![0u8; 256 << 10];
         let mut callers_gone = false;
         loop {
             self.take_events();
             self.send_waiting();
-            if self.written == self.out.len() {
-                self.out.clear();
-                self.written = 0;
-                let _ = self.machine.poll_transmit(&mut self.out);
-            }
-            let flushed = self.written == self.out.len() || self.writer.is_none();
+            let _ = self.machine.poll_transmit_chunks(&mut self.out);
+            let flushed = self.out.is_empty() || self.writer.is_none();
             if callers_gone && self.pending.is_empty() && self.waiting.is_empty() && flushed {
                 self.machine.close();
                 return;
@@ -231,16 +235,16 @@ impl Driver {
             let deadline = self.clock.deadline(self.machine.poll_timeout());
             let room = self.waiting.len() < self.window;
             let wake = {
-                let Driver { dialing, reader, writer, calls, out, written, .. } = &mut self;
-                let has_output = *written < out.len();
+                let Driver { dialing, reader, writer, calls, out, machine, .. } = &mut self;
+                let has_output = !out.is_empty();
                 tokio::select! {
                     dialed = async { dialing.as_mut().expect("guarded").await }, if dialing.is_some() => {
                         Wake::Dialed(dialed)
                     }
-                    read = async { reader.as_mut().expect("guarded").read(&mut buf).await }, if reader.is_some() => {
+                    read = async { reader.as_mut().expect("guarded").read_buf(machine.receive_buffer()).await }, if reader.is_some() => {
                         Wake::Read(read)
                     }
-                    wrote = async { writer.as_mut().expect("guarded").write(&out[*written..]).await },
+                    wrote = async { write_chunks(writer.as_mut().expect("guarded"), out).await },
                         if writer.is_some() && has_output => Wake::Wrote(wrote),
                     call = calls.recv(), if !callers_gone && room => Wake::Call(call),
                     () = tokio::time::sleep_until(deadline) => Wake::Timer,
@@ -267,8 +271,8 @@ impl Driver {
                     // Whatever the machine made of it, this socket is done.
                     (self.reader, self.writer) = (None, None);
                 }
-                Wake::Read(Ok(n)) => self.machine.handle_bytes(now, &buf[..n]),
-                Wake::Wrote(Ok(n)) => self.written += n,
+                Wake::Read(Ok(_)) => self.machine.handle_received(now),
+                Wake::Wrote(Ok(n)) => self.out.advance(n),
                 Wake::Call(Some(call)) => self.take_call(call),
                 Wake::Call(None) => callers_gone = true,
                 Wake::Timer => self.machine.handle_timeout(now),
@@ -278,11 +282,11 @@ impl Driver {
 
     fn take_call(&mut self, call: Call) {
         match call {
-            Call::Request { body, reply } => {
+            Call::Request { parts, reply } => {
                 if matches!(*self.link.borrow(), LinkState::Down(_)) {
                     let _ = reply.send(Err(CallError::NotConnected(self.addr)));
                 } else {
-                    self.waiting.push_back((body, reply));
+                    self.waiting.push_back((parts, reply));
                 }
             }
             Call::Ack { id, body } => self.machine.ack_command(self.clock.now(), id, &body),
@@ -291,8 +295,8 @@ impl Driver {
 
     fn send_waiting(&mut self) {
         while self.machine.can_send() {
-            let Some((body, reply)) = self.waiting.pop_front() else { return };
-            match self.machine.send_request(self.clock.now(), &body) {
+            let Some((parts, reply)) = self.waiting.pop_front() else { return };
+            match self.machine.send_request_parts(self.clock.now(), &parts) {
                 Ok(id) => {
                     self.pending.insert(id, reply);
                 }
@@ -334,7 +338,6 @@ impl Driver {
                     (self.reader, self.writer) = (None, None);
                     self.dialing = None;
                     self.out.clear();
-                    self.written = 0;
                     for (_, reply) in self.waiting.drain(..) {
                         let _ = reply.send(Err(CallError::Disconnected(self.addr)));
                     }

@@ -2,11 +2,14 @@
 //! socket and the engine's [`ServerConnection`], with requests handed to the server's
 //! [`Service`] in batches.
 
+use std::io::IoSlice;
+
+use bytes::Bytes;
 use larder_engine::NodeId;
 use larder_engine::net::{
-    CloseReason, Hello, RefusalReason, Role, ServerConfig, ServerConnection, ServerEvent,
+    CloseReason, Hello, RefusalReason, Role, ServerConfig, ServerConnection, ServerEvent, Transmit,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -27,7 +30,7 @@ pub(crate) trait Service: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), RefusalReason>> + Send;
 
     /// Requests, in the order they arrived; false ends the connection.
-    fn requests(&self, conn: u64, batch: Vec<(u64, Vec<u8>)>) -> impl Future<Output = bool> + Send;
+    fn requests(&self, conn: u64, batch: Vec<(u64, Bytes)>) -> impl Future<Output = bool> + Send;
 
     /// The node this connection speaks for carried out command `id`.
     fn command_ack(&self, node: NodeId, id: u64) -> impl Future<Output = ()> + Send;
@@ -44,8 +47,8 @@ pub(crate) trait Service: Send + Sync + 'static {
 /// What the actor tells a connection.
 #[derive(Debug)]
 pub(crate) enum Outbound {
-    /// Responses to send.
-    Responses(Vec<(u64, Vec<u8>)>),
+    /// Responses to send (a large body is written from its buffer, not copied).
+    Responses(Vec<(u64, Bytes)>),
     /// A command to push.
     Command(u64, Vec<u8>),
     /// Refuse the peer and close (it broke the connection's binding).
@@ -104,15 +107,14 @@ pub(crate) async fn serve<S: Service>(
     let (mut reader, mut writer) = socket.into_split();
     let (outbound_tx, mut outbound) = mpsc::unbounded_channel();
     let mut machine = ServerConnection::new(config, clock.now());
-    let mut buf = vec![0u8; 256 << 10];
-    let (mut out, mut written) = (Vec::new(), 0usize);
+    let mut out = Transmit::new();
     let mut joined = false;
     let mut drain_until = None;
     loop {
         let mut batch = Vec::new();
         // A bounded batch, and none while the peer leaves answers unread: requests not
         // taken stay undecoded in the machine, and the socket is not read meanwhile.
-        while batch.len() < MAX_BATCH && out.len() - written + machine.pending_transmit() < MAX_UNSENT {
+        while batch.len() < MAX_BATCH && out.len() + machine.pending_transmit() < MAX_UNSENT {
             let Some(event) = machine.poll_event() else { break };
             match event {
                 ServerEvent::Hello(hello) => match service.hello(conn, hello, outbound_tx.clone()).await {
@@ -144,13 +146,9 @@ pub(crate) async fn serve<S: Service>(
         if !batch.is_empty() && !service.requests(conn, batch).await {
             return;
         }
-        if written == out.len() {
-            out.clear();
-            written = 0;
-            let _ = machine.poll_transmit(&mut out);
-        }
+        let _ = machine.poll_transmit_chunks(&mut out);
         if machine.is_closed() {
-            if written == out.len() {
+            if out.is_empty() {
                 break;
             }
             // Closed: the actor forgets the session now; the rest is only the last
@@ -162,21 +160,23 @@ pub(crate) async fn serve<S: Service>(
             drain_until.get_or_insert_with(|| tokio::time::Instant::now() + CLOSE_DRAIN);
         }
         let deadline = drain_until.unwrap_or_else(|| clock.deadline(machine.poll_timeout()));
-        let has_output = written < out.len();
+        let has_output = !out.is_empty();
         // A peer that does not read its answers stops being read.
-        let unsent = out.len() - written + machine.pending_transmit();
+        let unsent = out.len() + machine.pending_transmit();
         let reading = !machine.is_closed() && unsent < MAX_UNSENT;
         let wake = tokio::select! {
-            read = reader.read(&mut buf), if reading => Wake::Read(read),
-            wrote = writer.write(&out[written..]), if has_output => Wake::Wrote(wrote),
+            // In a block: a disabled branch's expression is still evaluated, and the
+            // receive buffer would make room while the peer is not being read.
+            read = async { reader.read_buf(machine.receive_buffer()).await }, if reading => Wake::Read(read),
+            wrote = write_chunks(&mut writer, &out), if has_output => Wake::Wrote(wrote),
             next = outbound.recv() => Wake::Outbound(next),
             () = tokio::time::sleep_until(deadline) => Wake::Timer,
         };
         let now = clock.now();
         match wake {
             Wake::Read(Ok(0) | Err(_)) => machine.handle_eof(now),
-            Wake::Read(Ok(n)) => machine.handle_bytes(now, &buf[..n]),
-            Wake::Wrote(Ok(n)) if n > 0 => written += n,
+            Wake::Read(Ok(_)) => machine.handle_received(now),
+            Wake::Wrote(Ok(n)) if n > 0 => out.advance(n),
             Wake::Wrote(_) => break,
             Wake::Outbound(Some(first)) => {
                 let mut next = Some(first);
@@ -200,7 +200,7 @@ fn deliver(machine: &mut ServerConnection, message: Outbound) {
     match message {
         Outbound::Responses(responses) => {
             for (id, body) in responses {
-                if let Err(e) = machine.send_response(id, &body) {
+                if let Err(e) = machine.send_response_parts(id, &[body]) {
                     tracing::debug!("response {id} not sent: {e}");
                 }
             }
@@ -212,4 +212,19 @@ fn deliver(machine: &mut ServerConnection, message: Outbound) {
         }
         Outbound::Refuse(reason) => machine.refuse(reason),
     }
+}
+
+/// The most chunks one vectored write carries.
+const MAX_WRITE_CHUNKS: usize = 64;
+
+/// Writes the front of `out` with one vectored write (frame headers and the values
+/// behind them in one system call, the values from their own buffers); the bytes the
+/// socket took.
+pub(crate) async fn write_chunks<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    out: &Transmit,
+) -> std::io::Result<usize> {
+    let slices: smallvec::SmallVec<[IoSlice<'_>; MAX_WRITE_CHUNKS]> =
+        out.chunks(MAX_WRITE_CHUNKS).map(IoSlice::new).collect();
+    writer.write_vectored(&slices).await
 }

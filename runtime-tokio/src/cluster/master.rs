@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use larder_engine::master::{Master, MasterConfig, MasterEvent};
 use larder_engine::net::{
     ClusterName, DEFAULT_MAX_FRAME_BODY, Hello, PROTOCOL_VERSIONS, RefusalReason, Role, ServerConfig,
@@ -122,7 +123,7 @@ enum ToActor {
         reply: oneshot::Sender<Result<(), RefusalReason>>,
     },
     /// Requests, in the order they arrived.
-    Requests { conn: u64, batch: Vec<(u64, Vec<u8>)> },
+    Requests { conn: u64, batch: Vec<(u64, Bytes)> },
     /// The node carried out a command.
     CommandAck { node: NodeId, id: u64 },
     /// The connection is gone.
@@ -150,7 +151,7 @@ impl Service for ActorService {
         answer.await.unwrap_or(Err(RefusalReason::ProtocolViolation))
     }
 
-    async fn requests(&self, conn: u64, batch: Vec<(u64, Vec<u8>)>) -> bool {
+    async fn requests(&self, conn: u64, batch: Vec<(u64, Bytes)>) -> bool {
         self.actor.send(ToActor::Requests { conn, batch }).await.is_ok()
     }
 
@@ -185,7 +186,13 @@ struct Actor {
     /// the node they were for.
     unacked: BTreeMap<NodeId, BTreeMap<u64, (Incarnation, Vec<u8>)>>,
     next_command: u64,
+    /// When the disk tier was last counted for `/metrics` (a walk of the whole table).
+    disk_counted_at: Option<larder_engine::Instant>,
 }
+
+/// How often the disk tier is counted for `/metrics`: a walk of the object table, so
+/// not after every request. Nodes ping at least this often, so it stays current.
+const DISK_CENSUS_EVERY: Duration = Duration::from_secs(1);
 
 impl Actor {
     fn new(master: Master, clock: EngineClock, metrics: Arc<MasterMetrics>) -> Self {
@@ -197,6 +204,7 @@ impl Actor {
             node_sessions: HashMap::new(),
             unacked: BTreeMap::new(),
             next_command: 1,
+            disk_counted_at: None,
         }
     }
 
@@ -270,7 +278,7 @@ impl Actor {
         Ok(())
     }
 
-    fn answer(&mut self, conn: u64, batch: Vec<(u64, Vec<u8>)>) {
+    fn answer(&mut self, conn: u64, batch: Vec<(u64, Bytes)>) {
         let Some(session) = self.sessions.get(&conn) else { return };
         let (bound, incarnation) = (session.hello.node, session.hello.incarnation);
         let now = self.clock.now();
@@ -291,7 +299,7 @@ impl Actor {
             }
             self.metrics.request(op_name(&request), failed(&response));
             match encode(&Message::Response(response)) {
-                Ok(body) => responses.push((id, body)),
+                Ok(body) => responses.push((id, Bytes::from(body))),
                 Err(e) => {
                     tracing::error!("a response to {} does not encode: {e}", op_name(&request));
                     return self.refuse(conn, RefusalReason::ProtocolViolation);
@@ -354,6 +362,11 @@ impl Actor {
             }
         }
         self.metrics.observe(self.master.stats());
+        let now = self.clock.now();
+        if self.disk_counted_at.is_none_or(|at| now >= at + DISK_CENSUS_EVERY) {
+            self.disk_counted_at = Some(now);
+            self.metrics.observe_disk(self.master.disk_usage());
+        }
         self.metrics.set_connections(self.sessions.len(), self.unacked.values().map(BTreeMap::len).sum());
     }
 }
@@ -389,6 +402,7 @@ fn op_name(request: &Request<'_>) -> &'static str {
         Request::BatchRemove { .. } => "batch_remove",
         Request::Locate { .. } => "locate",
         Request::LocateNode { .. } => "locate_node",
+        Request::ReportCrcFailures { .. } => "report_crc_failures",
         Request::Flush => "flush",
         Request::FlushStatus { .. } => "flush_status",
     }
@@ -406,7 +420,8 @@ fn failed(response: &Response) -> bool {
         | Response::UnmountSegment(r)
         | Response::AddDiskReplica(r)
         | Response::RemoveDiskReplica(r)
-        | Response::PersistFailed(r) => r.is_err(),
+        | Response::PersistFailed(r)
+        | Response::ReportCrcFailures(r) => r.is_err(),
         Response::Exists(_) | Response::RemoveAll(_) | Response::Ping(_) | Response::BatchExists(_) => false,
         Response::Locate(r) | Response::LocateNode(r) => r.is_err(),
         Response::Flush(_) => false,

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use larder_engine::master::{DropReason, MasterStats};
+use larder_engine::master::{DiskUsage, DropReason, MasterStats};
 use larder_engine::net::{CloseReason, RefusalReason};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -40,6 +40,8 @@ pub(crate) struct MasterMetrics {
     evicted: Family<ReasonLabel, Counter>,
     dropped: Family<ReasonLabel, Counter>,
     persists_requested: Counter,
+    disk_replicas: Gauge,
+    crc_failures: Counter,
     persist_retries: Gauge,
     tombstones: Gauge,
     connections: Gauge,
@@ -64,6 +66,12 @@ impl MasterMetrics {
         r.register("evicted_objects", "Objects evicted from memory, by outcome", m.evicted.clone());
         r.register("dropped_objects", "Objects dropped, by reason", m.dropped.clone());
         r.register("persists_requested", "Persist commands issued", m.persists_requested.clone());
+        r.register("disk_replicas", "Readable disk replicas across nodes", m.disk_replicas.clone());
+        r.register(
+            "crc_failures",
+            "Bytes found not matching their CRC32C, as nodes and clients reported (never returned)",
+            m.crc_failures.clone(),
+        );
         r.register(
             "persist_retries",
             "Objects whose failed persist is being retried",
@@ -124,6 +132,13 @@ impl MasterMetrics {
         self.commands_unacked.set(i64::try_from(unacked).unwrap_or(i64::MAX));
     }
 
+    /// Takes in a count of the disk tier.
+    pub(crate) fn observe_disk(&self, usage: DiskUsage) {
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.disk_replicas.set(gauge(usage.replicas));
+        self.used_bytes.get_or_create(&TierLabel { tier: "disk" }).set(gauge(usage.bytes));
+    }
+
     /// Takes in the master's statistics (gauges set, counters moved by the change).
     pub(crate) fn observe(&self, stats: MasterStats) {
         let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
@@ -140,6 +155,7 @@ impl MasterMetrics {
         let dropped = stats.evicted_dropped.saturating_sub(last.evicted_dropped);
         self.evicted.get_or_create(&ReasonLabel { reason: "dropped" }).inc_by(dropped);
         self.persists_requested.inc_by(stats.persists_requested.saturating_sub(last.persists_requested));
+        self.crc_failures.inc_by(stats.crc_failures_reported.saturating_sub(last.crc_failures_reported));
         *last = stats;
     }
 }

@@ -17,10 +17,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
-use larder_engine::disk::{Tier, TierConfig, TierEvent};
+use larder_engine::disk::{DropCause, Tier, TierConfig, TierEvent};
 use larder_engine::embedded::{FdWatch, Runtime};
 use larder_engine::net::data::{DataError, DataRequest, DataResponse, Extents};
 use larder_engine::net::{
@@ -95,9 +96,16 @@ struct NodeTier {
 struct NodeState {
     segment: RwLock<Segment>,
     tier: Option<NodeTier>,
+    /// Bytes found not matching their CRC32C since the last report to the master.
+    crc_failures_unreported: AtomicU64,
 }
 
 impl NodeState {
+    /// Bytes did not match their CRC32C (refused, never used): counted for the master.
+    fn note_crc_failure(&self) {
+        self.crc_failures_unreported.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A copy of object `version`'s replica in the segment, if the range holds exactly
     /// it and its bytes still match their CRC32C.
     fn copy_replica(&self, replica: &MemoryReplica, version: ObjectVersion) -> Result<Bytes, DataError> {
@@ -109,6 +117,7 @@ impl NodeState {
         let bytes = s.range(replica.offset, replica.len).to_vec();
         drop(s);
         if larder_engine::checksum::crc32c(&bytes) != crc {
+            self.note_crc_failure();
             return Err(DataError::Corrupted);
         }
         Ok(Bytes::from(bytes))
@@ -196,7 +205,11 @@ pub async fn start(config: NodeServerConfig) -> std::io::Result<NodeServer> {
         epoch: None,
         version_floor: ObjectVersion(0),
     };
-    let state = Arc::new(NodeState { segment: RwLock::new(segment), tier });
+    let state = Arc::new(NodeState {
+        segment: RwLock::new(segment),
+        tier,
+        crc_failures_unreported: AtomicU64::new(0),
+    });
     let clock = EngineClock::new();
     let server_config = ServerConfig {
         cluster: config.cluster,
@@ -348,6 +361,7 @@ impl Agent {
         let has_storage = self.state.tier.is_some();
         let ping = Request::Ping { node: self.node, incarnation: self.incarnation, has_storage };
         let Some(Response::Ping(reply)) = self.call(&ping).await else { return };
+        self.report_crc_failures().await;
         // Three pings per TTL: one lost or slow ping does not expire the node.
         let ttl: std::time::Duration = reply.node_ttl.into();
         self.ping_every =
@@ -400,6 +414,19 @@ impl Agent {
                 tracing::info!("node {}: {count} disk replicas registered", self.node);
             }
             self.registration = Registration::Done;
+        }
+    }
+
+    /// Tells the master how many CRC32C mismatches the node found since its last
+    /// report (kept for the next one if the master cannot be told).
+    async fn report_crc_failures(&self) {
+        let count = self.state.crc_failures_unreported.swap(0, Ordering::Relaxed);
+        if count == 0 {
+            return;
+        }
+        let report = Request::ReportCrcFailures { reporter: self.node, count };
+        if !matches!(self.call(&report).await, Some(Response::ReportCrcFailures(Ok(())))) {
+            self.state.crc_failures_unreported.fetch_add(count, Ordering::Relaxed);
         }
     }
 
@@ -467,7 +494,10 @@ impl Agent {
                 TierEvent::PersistFailed { key, version, .. } => {
                     Request::PersistFailed { node, key: key.as_ref(), version: *version }
                 }
-                TierEvent::Dropped { key, version, .. } => {
+                TierEvent::Dropped { key, version, cause } => {
+                    if *cause == DropCause::Corrupted {
+                        self.state.note_crc_failure();
+                    }
                     Request::RemoveDiskReplica { node, key: key.as_ref(), version: *version }
                 }
                 _ => continue,
@@ -506,6 +536,9 @@ impl DataService {
                 } else {
                     s.extents.check_write(offset, len, version)
                 };
+                if checked == Err(DataError::Corrupted) {
+                    self.state.note_crc_failure();
+                }
                 match checked {
                     Ok(()) => {
                         s.range_mut(offset, len).copy_from_slice(bytes);
@@ -572,10 +605,10 @@ impl Service for DataService {
         Ok(())
     }
 
-    async fn requests(&self, conn: u64, batch: Vec<(u64, Vec<u8>)>) -> bool {
+    async fn requests(&self, conn: u64, batch: Vec<(u64, Bytes)>) -> bool {
         let mut responses = Vec::with_capacity(batch.len());
         for (id, body) in batch {
-            responses.push((id, self.answer(&body).await));
+            responses.push((id, Bytes::from(self.answer(&body).await)));
         }
         let outbound = self.outbound.lock().unwrap_or_else(PoisonError::into_inner).get(&conn).cloned();
         outbound.is_some_and(|o| o.send(Outbound::Responses(responses)).is_ok())

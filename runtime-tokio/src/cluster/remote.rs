@@ -80,7 +80,7 @@ pub struct RemoteStore {
     cluster: ClusterName,
     writer: NodeId,
     incarnation: Incarnation,
-    peers: Mutex<HashMap<SocketAddr, Client>>,
+    peers: Mutex<HashMap<SocketAddr, std::sync::Arc<PeerLinks>>>,
     locations: Mutex<HashMap<SegmentId, SocketAddr>>,
     memory_reads: AtomicU64,
     disk_reads: AtomicU64,
@@ -131,8 +131,15 @@ impl RemoteStore {
         self.master.link_watch()
     }
 
-    /// Stores `value` under `key` with `replicas` memory replicas on distinct segments.
+    /// Stores `value` under `key` with `replicas` memory replicas on distinct segments
+    /// (the value is copied once; [`RemoteStore::put_bytes`] sends it from its buffer).
     pub async fn put(&self, key: &[u8], value: &[u8], replicas: u8) -> Result<(), RemoteError> {
+        self.put_bytes(key, Bytes::copy_from_slice(value), replicas).await
+    }
+
+    /// Stores `value` under `key` with `replicas` memory replicas on distinct segments,
+    /// writing it to each owner straight from `value`'s buffer.
+    pub async fn put_bytes(&self, key: &[u8], value: Bytes, replicas: u8) -> Result<(), RemoteError> {
         let key = KeyRef::new(key).map_err(|_| RemoteError::InvalidKey)?;
         if value.len() > MAX_VALUE {
             return Err(RemoteError::TooLarge { len: value.len() as u64, max: MAX_VALUE as u64 });
@@ -141,7 +148,7 @@ impl RemoteStore {
         let LinkState::Up(welcome) = self.master.link() else {
             return Err(RemoteError::Unreachable(CallError::NotConnected(self.master.addr())));
         };
-        let crc32c = larder_engine::checksum::crc32c(value);
+        let crc32c = larder_engine::checksum::crc32c(&value);
         let start = Request::PutStart { writer: self.writer, key, size: value.len() as u64, replicas };
         let grant = match self.master.call(&start).await? {
             Response::PutStart(Ok(grant)) => grant,
@@ -149,7 +156,7 @@ impl RemoteStore {
             other => return Err(RemoteError::Protocol(format!("{other:?}"))),
         };
         for replica in &grant.replicas {
-            if let Err(e) = self.write(replica, grant.version, welcome.incarnation.0, crc32c, value).await {
+            if let Err(e) = self.write(replica, grant.version, welcome.incarnation.0, crc32c, &value).await {
                 let revoke = Request::PutRevoke { writer: self.writer, key, version: grant.version };
                 let _ = self.master.call(&revoke).await;
                 return Err(e);
@@ -173,6 +180,7 @@ impl RemoteStore {
         };
         // Memory replicas come first in the list, then disk replicas.
         let mut last = RemoteError::NotFound;
+        let mut corrupted = 0;
         for replica in &list.replicas {
             let (read, counter) = match replica {
                 ReplicaDescriptor::Memory(memory) => {
@@ -185,12 +193,25 @@ impl RemoteStore {
             match read {
                 Ok(bytes) => {
                     counter.fetch_add(1, Ordering::Relaxed);
+                    self.report_crc_failures(corrupted).await;
                     return Ok(bytes);
                 }
-                Err(e) => last = e,
+                Err(e) => {
+                    corrupted += u64::from(e == RemoteError::Corrupted);
+                    last = e;
+                }
             }
         }
+        self.report_crc_failures(corrupted).await;
         Err(last)
+    }
+
+    /// Tells the master of replicas whose bytes did not match their CRC32C (they were
+    /// skipped); a report that does not arrive is only a metric lost.
+    async fn report_crc_failures(&self, count: u64) {
+        if count > 0 {
+            let _ = self.master.call(&Request::ReportCrcFailures { reporter: self.writer, count }).await;
+        }
     }
 
     /// Waits until every object this cluster acknowledged before the call has a disk
@@ -240,13 +261,14 @@ impl RemoteStore {
         version: ObjectVersion,
         epoch: u64,
         crc32c: u32,
-        value: &[u8],
+        value: &Bytes,
     ) -> Result<(), RemoteError> {
         let peer = self.peer(replica.segment).await?;
-        let mut body = Vec::with_capacity(value.len() + WRITE_HEADER_LEN);
+        let mut head = Vec::with_capacity(WRITE_HEADER_LEN);
         let (segment, offset) = (replica.segment, replica.offset);
-        DataRequest::Write { segment, offset, version, epoch, crc32c, bytes: value }.encode(&mut body);
-        let answer = self.forget_on_failure(Some(segment), peer.call_raw(body).await)?;
+        DataRequest::Write { segment, offset, version, epoch, crc32c, bytes: value }.encode_head(&mut head);
+        let sent = peer.call_parts(vec![Bytes::from(head), value.clone()]).await;
+        let answer = self.forget_on_failure(Some(segment), sent)?;
         match DataResponse::decode(&answer) {
             Ok(DataResponse::Written) => Ok(()),
             Ok(DataResponse::Refused(e)) => Err(RemoteError::Data(e)),
@@ -338,34 +360,59 @@ impl RemoteStore {
         result
     }
 
-    /// The connection to the node serving at `addr`.
+    /// A connection to the node serving at `addr`: one of [`LINKS_PER_NODE`], taken in
+    /// turn, so that transfers to one node run side by side on several streams.
     async fn peer_at(&self, addr: SocketAddr) -> Result<Client, RemoteError> {
-        let existing =
-            self.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&addr).cloned();
-        let client = match existing {
-            // Redialing in the background: the caller tries another replica meanwhile.
-            Some(client) if matches!(client.link(), LinkState::Down(Some(_))) => {
-                return Err(RemoteError::Unreachable(CallError::NotConnected(addr)));
-            }
-            Some(client) => client,
-            None => {
+        let links = {
+            let mut peers = self.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let links = peers.entry(addr).or_insert_with(|| {
                 let hello = Hello { role: Role::Peer, ..hello(self.cluster, self.writer, self.incarnation) };
-                let (client, _) = Client::start(addr, ClientConfig::new(hello));
-                self.peers
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(addr, client.clone());
-                client
-            }
+                let clients = (0..LINKS_PER_NODE).map(|_| Client::start(addr, ClientConfig::new(hello)).0);
+                std::sync::Arc::new(PeerLinks { clients: clients.collect(), next: AtomicU64::new(0) })
+            });
+            std::sync::Arc::clone(links)
         };
+        let client = links.pick().ok_or(RemoteError::Unreachable(CallError::NotConnected(addr)))?;
         client.wait_up(std::time::Duration::from_secs(5)).await?;
-        Ok(client)
+        Ok(client.clone())
+    }
+}
+
+/// Connections opened to each node a client transfers to.
+pub const LINKS_PER_NODE: usize = 4;
+
+/// A client's connections to one node.
+#[derive(Debug)]
+struct PeerLinks {
+    clients: Vec<Client>,
+    /// Which to take next.
+    next: AtomicU64,
+}
+
+impl PeerLinks {
+    /// The next connection in turn that is up, else one still being dialed for the
+    /// first time; `None` if every one was lost and is being redialed in the
+    /// background (the caller tries another replica meanwhile).
+    fn pick(&self) -> Option<&Client> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed) as usize;
+        let in_turn = (0..self.clients.len()).map(|i| &self.clients[(start + i) % self.clients.len()]);
+        let mut first_dial = None;
+        for client in in_turn {
+            match client.link() {
+                LinkState::Up(_) => return Some(client),
+                LinkState::Down(None) => {
+                    first_dial.get_or_insert(client);
+                }
+                LinkState::Down(Some(_)) => {}
+            }
+        }
+        first_dial
     }
 }
 
 /// The value in a read answer, without a copy: the answer's bytes past its header.
-fn value_of(answer: Vec<u8>) -> Bytes {
-    Bytes::from(answer).slice(READ_ANSWER_HEADER_LEN..)
+fn value_of(answer: Bytes) -> Bytes {
+    answer.slice(READ_ANSWER_HEADER_LEN..)
 }
 
 /// The largest value a put takes: one frame's body less the write's header.

@@ -47,7 +47,10 @@ async fn phases(c: &BenchConfig, cluster: &ClusterBench) -> Result<Summary, Stri
     let mut phases = Vec::new();
     let start = Instant::now();
     for_all(&store, c, bars.add(bar(c.count, "put")), |store, i, len| async move {
-        store.put(&key(i), &value(i, len), 1).await.map_err(|e| format!("put {i}: {e}"))
+        store
+            .put_bytes(&key(i), bytes::Bytes::from(value(i, len)), 1)
+            .await
+            .map_err(|e| format!("put {i}: {e}"))
     })
     .await?;
     phases.push(phase("put (memory; SSD behind)", start.elapsed(), total));
