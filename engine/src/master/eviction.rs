@@ -10,11 +10,18 @@ use crate::time::Instant;
 use crate::wire::{NodeCommand, PersistReason};
 
 impl Master {
-    /// Allocates replicas. If there is no room and no eviction is already owed, sweeps
+    /// Allocates replicas (the writer's own segment first, then the most free).
+    /// If there is no room and no eviction is already owed, sweeps
     /// for enough room first; an owed eviction means a sweep found nothing evictable,
     /// so another would only cost time: the put fails fast with no space.
-    pub(super) fn place(&mut self, now: Instant, size: u64, replicas: u8) -> Option<Placements> {
-        if let Some(p) = self.segments.place(size, replicas) {
+    pub(super) fn place(
+        &mut self,
+        now: Instant,
+        size: u64,
+        replicas: u8,
+        writer: NodeId,
+    ) -> Option<Placements> {
+        if let Some(p) = self.segments.place(size, replicas, Some(writer)) {
             return Some(p);
         }
         if self.eviction_owed {
@@ -23,7 +30,7 @@ impl Master {
         let needed = self.segments.granules(size) * self.config.granule * u64::from(replicas);
         let target = self.low_watermark_bytes().min(self.segments.used_bytes().saturating_sub(needed));
         self.evict(now, target);
-        self.segments.place(size, replicas)
+        self.segments.place(size, replicas, Some(writer))
     }
 
     pub(super) fn low_watermark_bytes(&self) -> u64 {

@@ -200,7 +200,7 @@ impl Master {
         if let Some(slot) = existing {
             self.drop_object(slot, DropReason::Preempted);
         }
-        let placements = self.place(now, size, replicas).ok_or(MasterError::NoSpace)?;
+        let placements = self.place(now, size, replicas, writer).ok_or(MasterError::NoSpace)?;
         let version = self.next_version;
         self.next_version = version.next();
         let grant = PutGrant {
@@ -368,7 +368,7 @@ impl Master {
         if !o.memory.is_empty() || self.effective_used_bytes() + needed > self.high_watermark_bytes() {
             return Ok(None);
         }
-        let Some(placements) = self.segments.place(size, 1) else { return Ok(None) };
+        let Some(placements) = self.segments.place(size, 1, None) else { return Ok(None) };
         let replica = self.segments.replica(placements[0], size);
         let o = self.objects.get_mut(slot).expect("found above");
         o.memory = placements;

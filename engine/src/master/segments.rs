@@ -111,15 +111,21 @@ impl Segments {
         self.iter().any(|(_, s)| u64::from(s.alloc.capacity()) >= needed)
     }
 
-    /// Allocates `count` replicas of `size` bytes on distinct segments, most free space
-    /// first. All or nothing.
-    pub(crate) fn place(&mut self, size: u64, count: u8) -> Option<SmallVec<[Placement; 1]>> {
+    /// Allocates `count` replicas of `size` bytes on distinct segments: on a segment of
+    /// `writer` first if it has one (its value is copied in without crossing the
+    /// network), then on the segments with the most free space. All or nothing.
+    pub(crate) fn place(
+        &mut self,
+        size: u64,
+        count: u8,
+        writer: Option<NodeId>,
+    ) -> Option<SmallVec<[Placement; 1]>> {
         let granules = u32::try_from(self.granules(size)).ok()?;
-        let mut candidates: SmallVec<[(u32, SegmentSlot); 8]> =
-            self.iter().map(|(slot, s)| (s.alloc.free_granules(), slot)).collect();
-        candidates.sort_unstable_by_key(|c| core::cmp::Reverse(c.0));
+        let mut candidates: SmallVec<[(bool, u32, SegmentSlot); 8]> =
+            self.iter().map(|(slot, s)| (Some(s.node) == writer, s.alloc.free_granules(), slot)).collect();
+        candidates.sort_unstable_by_key(|&(own, free, _)| core::cmp::Reverse((own, free)));
         let mut placed: SmallVec<[Placement; 1]> = SmallVec::new();
-        for (_, slot) in candidates {
+        for (_, _, slot) in candidates {
             if placed.len() == usize::from(count) {
                 break;
             }

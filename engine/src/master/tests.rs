@@ -5,6 +5,7 @@
 
 use alloc::format;
 use alloc::string::String;
+use alloc::vec;
 use alloc::vec::Vec;
 
 use super::*;
@@ -1160,4 +1161,37 @@ fn object_size_reports_complete_objects_only_and_grants_no_lease() {
     assert_eq!(m.object_size(k("b")), None);
     assert_eq!(m.object_size(k("zz")), None);
     m.handle_remove(at(1), k("a"), false).unwrap();
+}
+
+/// Where the replicas of a put by `writer` land.
+fn placed_on(m: &mut Master, writer: NodeId, key: &str, size: u64, replicas: u8) -> Vec<SegmentId> {
+    let grant = m.handle_put_start(at(1), writer, k(key), size, replicas).unwrap();
+    m.handle_put_end(at(1), writer, k(key), grant.version).unwrap();
+    grant.replicas.iter().map(|r| r.segment).collect()
+}
+
+#[test]
+fn a_writer_with_a_segment_gets_its_own_first_and_others_get_the_most_free() {
+    let mut m = plain();
+    assert_eq!(m.handle_ping(at(0), B, Incarnation(1), false).outcome, PingOutcome::Registered);
+    m.handle_mount_segment(at(0), B, SEG_B, 4 * MIB).unwrap();
+    // A's segment (1 MiB) has less room than B's (4 MiB): A's own comes first all the same.
+    assert_eq!(placed_on(&mut m, A, "a/own", 64 * KIB, 1), vec![SEG_A]);
+    // With two replicas, the second goes to the other segment.
+    assert_eq!(placed_on(&mut m, A, "a/two", 64 * KIB, 2), vec![SEG_A, SEG_B]);
+    // A writer holding no segment gets the most free one.
+    let client = NodeId(99);
+    assert_eq!(placed_on(&mut m, client, "client", 64 * KIB, 1), vec![SEG_B]);
+    // A's puts keep landing in its own segment until it is full, then go elsewhere.
+    let mut own = 2;
+    loop {
+        let segments = placed_on(&mut m, A, &format!("a/fill{own}"), 64 * KIB, 1);
+        if segments == vec![SEG_B] {
+            break;
+        }
+        assert_eq!(segments, vec![SEG_A]);
+        own += 1;
+        assert!(own <= 16, "more than 1 MiB placed in A's 1 MiB segment");
+    }
+    assert_eq!(own, 16, "A's segment took 16 values of 64 KiB before one went to B");
 }
