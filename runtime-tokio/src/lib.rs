@@ -1,4 +1,4 @@
-//! Larder's embedded store on tokio.
+//! Larder on tokio: the embedded store, and the distributed mode ([`cluster`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), larder_tokio::StoreError> {
@@ -23,13 +23,21 @@ pub use larder_engine::embedded::{
     Clock, ConfigError, ManualClock, StoreConfig, StoreError, StoreStats, parse_size,
 };
 
-/// The store on tokio.
-pub type Store = larder_engine::embedded::Store<TokioRuntime>;
+mod store;
 
-/// Opens an embedded store on the current tokio runtime (which needs its time and I/O
-/// drivers: `enable_all`).
+pub use store::{EmbeddedStore, Store};
+
+/// Opens the store `config` describes on the current tokio runtime (which needs its
+/// time and I/O drivers: `enable_all`): the embedded store, or with
+/// [`StoreConfig::master`] a member of that cluster.
 pub async fn open(config: StoreConfig) -> Result<Store, StoreError> {
-    Store::open(TokioRuntime::current(), config).await
+    Store::open(config).await
+}
+
+/// Opens the embedded store (a configured master is refused) on the current tokio
+/// runtime.
+pub async fn open_embedded(config: StoreConfig) -> Result<EmbeddedStore, StoreError> {
+    EmbeddedStore::open(TokioRuntime::current(), config).await
 }
 
 /// [`larder_engine::embedded::Runtime`] for tokio.

@@ -14,8 +14,8 @@ impl suite::Harness for Tokio {
     fn open(
         &self,
         config: StoreConfig,
-    ) -> impl Future<Output = Result<larder_tokio::Store, StoreError>> + Send {
-        larder_tokio::open(config)
+    ) -> impl Future<Output = Result<larder_tokio::EmbeddedStore, StoreError>> + Send {
+        larder_tokio::open_embedded(config)
     }
 }
 

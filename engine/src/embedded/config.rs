@@ -43,11 +43,12 @@ impl ManualClock {
     }
 }
 
-/// Embedded store configuration. [`StoreConfig::default`] needs nothing: memory only,
-/// 512 MiB. [`StoreConfig::from_env`] applies `LARDER_*` variables on top.
+/// Store configuration. [`StoreConfig::default`] needs nothing: the embedded store,
+/// memory only, 512 MiB. [`StoreConfig::from_env`] applies `LARDER_*` variables on top.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// Bytes of the memory segment (`LARDER_MEMORY_BYTES`).
+    /// Bytes of the memory segment (`LARDER_MEMORY_BYTES`). With a master, the memory
+    /// this process contributes to the cluster: 0 makes it a pure client.
     pub memory_bytes: u64,
     /// The storage root for persistence (`LARDER_STORAGE_ROOT`); `None`: memory only.
     /// When set it must be an existing, writable directory.
@@ -71,6 +72,17 @@ pub struct StoreConfig {
     pub write_behind_bytes: u64,
     /// Where time comes from (the monotonic clock; tests pass a [`ManualClock`]).
     pub clock: Clock,
+    /// A `larder master` to join (`LARDER_MASTER`, `host:port`; empty or `embedded`:
+    /// none). `None`, the default, is the embedded store: master and node in this
+    /// process. With a master the process is a member of that cluster: it contributes
+    /// `memory_bytes` and, with a storage root, its SSD; its puts and gets go through
+    /// the cluster. Only a runtime crate that runs the distributed mode opens it
+    /// (larder-tokio); the embedded [`Store`](super::Store) refuses it.
+    pub master: Option<String>,
+    /// Where a member serves its segment to the cluster (`LARDER_LISTEN`); `None`: any
+    /// free port on every interface, advertised to the master as this host's address on
+    /// the route to it.
+    pub listen: Option<core::net::SocketAddr>,
 }
 
 impl Default for StoreConfig {
@@ -87,6 +99,8 @@ impl Default for StoreConfig {
             direct_io: DirectIo::Auto,
             write_behind_bytes: 256 << 20,
             clock: Clock::System,
+            master: None,
+            listen: None,
         }
     }
 }
@@ -115,7 +129,8 @@ pub enum ConfigError {
 
 impl StoreConfig {
     /// The defaults with `LARDER_MEMORY_BYTES`, `LARDER_STORAGE_ROOT`, `LARDER_CLUSTER`,
-    /// `LARDER_MAX_DISK_BYTES` and `LARDER_WRITE_BEHIND_BYTES` applied.
+    /// `LARDER_MAX_DISK_BYTES`, `LARDER_WRITE_BEHIND_BYTES`, `LARDER_MASTER` and
+    /// `LARDER_LISTEN` applied.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::default().with_env(|name| std::env::var(name).ok())
     }
@@ -138,6 +153,17 @@ impl StoreConfig {
         if let Some(v) = var("LARDER_WRITE_BEHIND_BYTES") {
             self.write_behind_bytes = parse_size("LARDER_WRITE_BEHIND_BYTES", &v)?;
         }
+        if let Some(v) = var("LARDER_MASTER") {
+            let v = v.trim();
+            self.master = (!v.is_empty() && v != "embedded").then(|| v.into());
+        }
+        if let Some(v) = var("LARDER_LISTEN").filter(|v| !v.trim().is_empty()) {
+            let listen = v.trim().parse().map_err(|_| ConfigError::Invalid {
+                name: "LARDER_LISTEN".into(),
+                reason: "must be an IP address and port, e.g. 0.0.0.0:50052",
+            })?;
+            self.listen = Some(listen);
+        }
         self.validate()?;
         Ok(self)
     }
@@ -145,8 +171,19 @@ impl StoreConfig {
     /// Checks the values against each other.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |name: &str, reason| Err(ConfigError::Invalid { name: name.into(), reason });
-        if self.memory_bytes < 1 << 20 {
-            return invalid("memory_bytes", "must be at least 1 MiB");
+        // A member of a cluster may contribute nothing (a pure client); a store of its
+        // own needs room.
+        let pure_client = self.master.is_some() && self.memory_bytes == 0;
+        if self.memory_bytes < 1 << 20 && !pure_client {
+            return invalid("memory_bytes", "must be at least 1 MiB (0 only with a master: a pure client)");
+        }
+        if let Some(master) = &self.master {
+            if master
+                .rsplit_once(':')
+                .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+            {
+                return invalid("master", "must be host:port, e.g. 127.0.0.1:50051");
+            }
         }
         if usize::try_from(self.memory_bytes).is_err() {
             return invalid("memory_bytes", "does not fit in this machine's address space");
@@ -224,5 +261,36 @@ mod tests {
         );
         let tiny = StoreConfig { memory_bytes: 4096, ..StoreConfig::default() };
         assert!(matches!(tiny.validate(), Err(ConfigError::Invalid { .. })));
+    }
+
+    #[test]
+    fn a_master_makes_a_member_and_only_a_member_may_contribute_no_memory() {
+        let env = |master: &'static str| {
+            move |name: &str| match name {
+                "LARDER_MASTER" => Some(master.into()),
+                "LARDER_MEMORY_BYTES" => Some("0".into()),
+                "LARDER_LISTEN" => Some("0.0.0.0:50052".into()),
+                _ => None,
+            }
+        };
+        let member = StoreConfig::default().with_env(env("10.0.0.7:50051")).unwrap();
+        assert_eq!(member.master.as_deref(), Some("10.0.0.7:50051"));
+        assert_eq!(member.memory_bytes, 0);
+        assert_eq!(member.listen, Some("0.0.0.0:50052".parse().unwrap()));
+        let named = StoreConfig::default().with_env(env("master.local:50051")).unwrap();
+        assert_eq!(named.master.as_deref(), Some("master.local:50051"));
+        // "embedded" (Mooncake's word) and "" mean no master: then 0 bytes is refused.
+        for embedded in ["embedded", ""] {
+            let err = StoreConfig::default().with_env(env(embedded)).unwrap_err();
+            assert!(matches!(&err, ConfigError::Invalid { name, .. } if name == "memory_bytes"), "{err}");
+        }
+        for bad in ["10.0.0.7", "10.0.0.7:port", ":50051", "10.0.0.7:70000"] {
+            let err = StoreConfig::default().with_env(env(bad)).unwrap_err();
+            assert!(matches!(&err, ConfigError::Invalid { name, .. } if name == "master"), "{bad}: {err}");
+        }
+        let bad_listen = StoreConfig::default()
+            .with_env(|n: &str| (n == "LARDER_LISTEN").then(|| "anywhere".into()))
+            .unwrap_err();
+        assert!(matches!(&bad_listen, ConfigError::Invalid { name, .. } if name == "LARDER_LISTEN"));
     }
 }

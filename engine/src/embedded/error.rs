@@ -3,6 +3,7 @@
 use crate::disk::TierError;
 use crate::key::{Key, KeyError};
 use crate::master::MasterError;
+use crate::net::data::DataError;
 
 use super::config::ConfigError;
 
@@ -73,6 +74,17 @@ pub enum StoreError {
     /// The store was closed.
     #[error("the store is closed")]
     Closed,
+    /// A member of a cluster could not reach its master or a node in time (the
+    /// connection is redialed in the background; the call may be tried again).
+    #[error("the cluster is unreachable: {0}")]
+    Unreachable(std::string::String),
+    /// A node refused a transfer of a member of a cluster (a range fenced by a newer
+    /// grant, a segment no longer mounted, bytes that arrived damaged).
+    #[error("a node refused the transfer: {0}")]
+    Transfer(DataError),
+    /// A peer in the cluster answered something this build does not understand.
+    #[error("protocol: {0}")]
+    Protocol(std::string::String),
 }
 
 impl From<TierError> for StoreError {
@@ -86,9 +98,9 @@ impl From<TierError> for StoreError {
 }
 
 impl StoreError {
-    /// The error a master refusal means for the caller. `segment` is the segment size,
-    /// for `TooLarge`.
-    pub(super) fn from_master(e: MasterError, len: u64, segment: u64) -> Self {
+    /// The error a master refusal means for the caller. `segment` is the largest value
+    /// the store takes, for `TooLarge`.
+    pub fn from_master(e: MasterError, len: u64, segment: u64) -> Self {
         match e {
             MasterError::ObjectNotFound | MasterError::StaleVersion => StoreError::NotFound,
             MasterError::ObjectAlreadyExists => StoreError::AlreadyExists,

@@ -6,7 +6,7 @@ use std::vec::Vec;
 
 use bytes::Bytes;
 
-use super::config::StoreConfig;
+use super::config::{ConfigError, StoreConfig};
 use super::error::StoreError;
 use super::node::Node;
 use super::runtime::{FdWatch, Runtime};
@@ -82,6 +82,12 @@ impl<R: Runtime> Store<R> {
     /// newer build.
     pub async fn open(runtime: R, config: StoreConfig) -> Result<Self, StoreError> {
         config.validate()?;
+        if config.master.is_some() {
+            return Err(StoreError::Config(ConfigError::Invalid {
+                name: "master".into(),
+                reason: "the embedded store runs no cluster member: open it with larder-tokio's `open`",
+            }));
+        }
         let wake = Arc::new(Notifier::new().map_err(|e| {
             StoreError::Storage(TierError::io("create notifier", std::path::Path::new("eventfd"), e))
         })?);

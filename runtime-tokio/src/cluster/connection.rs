@@ -71,7 +71,8 @@ enum Wake {
     Timer,
 }
 
-/// Accepts connections for ever, each served by its own task.
+/// Accepts connections for ever, each served by its own task; the loop owns those
+/// tasks, so that aborting it ends every connection too.
 pub(crate) async fn accept_loop<S: Service>(
     listener: tokio::net::TcpListener,
     config: ServerConfig,
@@ -79,17 +80,22 @@ pub(crate) async fn accept_loop<S: Service>(
     service: Arc<S>,
 ) {
     let mut next_conn = 0u64;
+    let mut connections = tokio::task::JoinSet::new();
     loop {
-        match listener.accept().await {
-            Ok((socket, _)) => {
-                next_conn += 1;
-                tokio::spawn(serve(socket, next_conn, config, clock, Arc::clone(&service)));
-            }
-            Err(e) => {
-                // Out of descriptors, usually: give the others a moment to close.
-                tracing::warn!("accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, _)) => {
+                    next_conn += 1;
+                    connections.spawn(serve(socket, next_conn, config, clock, Arc::clone(&service)));
+                }
+                Err(e) => {
+                    // Out of descriptors, usually: give the others a moment to close.
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            },
+            // Reaps the connections that ended.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
 }

@@ -8,11 +8,13 @@ pub mod client;
 mod clock;
 mod connection;
 pub mod master;
+pub mod member;
 mod metrics;
 pub mod node;
 pub mod remote;
 
 pub use client::{CallError, Client, LinkState, PushedCommand};
 pub use master::{MasterServer, MasterServerConfig};
+pub use member::Member;
 pub use node::{NodeServer, NodeServerConfig};
 pub use remote::{RemoteError, RemoteStats, RemoteStore};

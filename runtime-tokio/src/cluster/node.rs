@@ -57,7 +57,8 @@ pub struct NodeServerConfig {
     pub storage_root: Option<PathBuf>,
 }
 
-/// A running node.
+/// A running node. Dropping it leaves the node running (for the life of the runtime);
+/// [`NodeServer::stop`] stops it.
 #[derive(Debug)]
 pub struct NodeServer {
     /// Its id.
@@ -68,6 +69,58 @@ pub struct NodeServer {
     pub data_addr: SocketAddr,
     /// Records its SSD tier recovered at start.
     pub recovered: usize,
+    /// Its segment.
+    pub segment: SegmentId,
+    state: Arc<NodeState>,
+    registered: tokio::sync::watch::Receiver<bool>,
+    /// The listener's accept loop (which owns every connection's task) and the link to
+    /// the master.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl NodeServer {
+    /// Waits until the master has the segment mounted and every disk record of the
+    /// node registered; false if that did not happen within `timeout`.
+    pub async fn wait_registered(&self, timeout: std::time::Duration) -> bool {
+        let mut registered = self.registered.clone();
+        matches!(tokio::time::timeout(timeout, registered.wait_for(|r| *r)).await, Ok(Ok(_)))
+    }
+
+    /// The SSD tier's statistics, if the node has one.
+    pub fn tier_stats(&self) -> Option<larder_engine::disk::TierStats> {
+        self.state.tier.as_ref().map(|t| t.tier.stats())
+    }
+
+    /// Stops the node: no more connections, pings or commands; then writes out what
+    /// its SSD tier accepted and releases the node directory (so the same process can
+    /// start the node again). The master learns of it by the node's TTL, or at once if
+    /// the caller unmounts the segment first.
+    pub async fn stop(self) -> Result<(), larder_engine::disk::TierError> {
+        for task in &self.tasks {
+            task.abort();
+        }
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        // The tasks are gone with their references; a blocking tier call they started
+        // (a persist's put, a drop) still holds one until it returns.
+        let mut state = self.state;
+        let state = loop {
+            match Arc::try_unwrap(state) {
+                Ok(state) => break state,
+                Err(shared) => {
+                    state = shared;
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            }
+        };
+        match state.tier {
+            Some(tier) => tokio::task::spawn_blocking(move || tier.tier.close())
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A node's segment: its bytes and what was written where.
@@ -222,7 +275,7 @@ pub async fn start(config: NodeServerConfig) -> std::io::Result<NodeServer> {
         max_frame_body: DEFAULT_MAX_FRAME_BODY,
     };
     let service = Arc::new(DataService { state: Arc::clone(&state), outbound: Default::default() });
-    tokio::spawn(connection::accept_loop(listener, server_config, clock, service));
+    let serving = tokio::spawn(connection::accept_loop(listener, server_config, clock, service));
     let hello = Hello {
         min_version: PROTOCOL_VERSIONS.0,
         max_version: PROTOCOL_VERSIONS.1,
@@ -232,8 +285,25 @@ pub async fn start(config: NodeServerConfig) -> std::io::Result<NodeServer> {
         incarnation,
         serves: Some(data_addr),
     };
-    tokio::spawn(keep_registered(config.master, hello, config.memory_bytes, state));
-    Ok(NodeServer { node, incarnation, data_addr, recovered })
+    let (registered_tx, registered) = tokio::sync::watch::channel(false);
+    let linked = tokio::spawn(keep_registered(
+        config.master,
+        hello,
+        config.memory_bytes,
+        Arc::clone(&state),
+        registered_tx,
+    ));
+    let segment = SegmentId(node.0);
+    Ok(NodeServer {
+        node,
+        incarnation,
+        data_addr,
+        recovered,
+        segment,
+        state,
+        registered,
+        tasks: vec![serving, linked],
+    })
 }
 
 /// The address the node gives the master for its listener: the bound one, except that
@@ -270,7 +340,13 @@ fn local_ip_towards(peer: SocketAddr) -> Option<std::net::IpAddr> {
 /// every record of the SSD tier is registered again. Persist commands copy the range
 /// (checked against its version and CRC) into the tier; the tier's events register the
 /// disk replicas or report the failures.
-async fn keep_registered(master: SocketAddr, hello: Hello, size: u64, state: Arc<NodeState>) {
+async fn keep_registered(
+    master: SocketAddr,
+    hello: Hello,
+    size: u64,
+    state: Arc<NodeState>,
+    registered: tokio::sync::watch::Sender<bool>,
+) {
     let (client, mut commands) = Client::start(master, ClientConfig::new(hello));
     let events = match &state.tier {
         Some(tier) => {
@@ -292,6 +368,7 @@ async fn keep_registered(master: SocketAddr, hello: Hello, size: u64, state: Arc
         size,
         state,
         registration: Registration::Unknown,
+        registered,
         ping_every: std::time::Duration::from_secs(1),
     };
     loop {
@@ -340,6 +417,8 @@ struct Agent {
     size: u64,
     state: Arc<NodeState>,
     registration: Registration,
+    /// Whether `registration` is `Done`, for [`NodeServer::wait_registered`].
+    registered: tokio::sync::watch::Sender<bool>,
     ping_every: std::time::Duration,
 }
 
@@ -373,6 +452,7 @@ impl Agent {
             s.extents.clear();
             s.epoch = None;
             self.registration = Registration::Pinged;
+            self.registered.send_replace(false);
         }
         if self.registration == Registration::Unknown {
             self.registration = Registration::Pinged;
@@ -414,6 +494,7 @@ impl Agent {
                 tracing::info!("node {}: {count} disk replicas registered", self.node);
             }
             self.registration = Registration::Done;
+            self.registered.send_replace(true);
         }
     }
 

@@ -19,7 +19,7 @@ use larder_engine::net::data::{
     DataError, DataRequest, DataResponse, READ_ANSWER_HEADER_LEN, WRITE_HEADER_LEN,
 };
 use larder_engine::net::{ClientConfig, ClusterName, DEFAULT_MAX_FRAME_BODY, Hello, PROTOCOL_VERSIONS, Role};
-use larder_engine::wire::{FlushStatus, MasterError, Request, Response};
+use larder_engine::wire::{FlushStatus, MasterError, ReplicaList, Request, Response};
 use larder_engine::{
     DiskReplica, Incarnation, KeyRef, MemoryReplica, NodeId, ObjectVersion, ReplicaDescriptor, SegmentId,
 };
@@ -68,6 +68,14 @@ pub enum RemoteError {
         /// How many.
         objects: u64,
     },
+    /// The caller's buffer cannot hold the value.
+    #[error("buffer of {len} bytes cannot hold the value's {needed} bytes")]
+    BufferTooSmall {
+        /// The buffer's length.
+        len: usize,
+        /// The value's length.
+        needed: u64,
+    },
     /// An answer of the wrong kind.
     #[error("unexpected answer: {0}")]
     Protocol(String),
@@ -102,8 +110,19 @@ impl RemoteStore {
         cluster: ClusterName,
         timeout: std::time::Duration,
     ) -> Result<Self, RemoteError> {
-        let writer = NodeId(rand::random::<u64>() | 1);
-        let incarnation = Incarnation(1);
+        Self::connect_as(addr, cluster, NodeId(rand::random::<u64>() | 1), Incarnation(1), timeout).await
+    }
+
+    /// Connects as node `writer` in its run `incarnation`: a process that contributes a
+    /// segment (an in-process [`NodeServer`](super::NodeServer)) speaks as that node, so
+    /// that its puts are placed in its own segment first.
+    pub async fn connect_as(
+        addr: SocketAddr,
+        cluster: ClusterName,
+        writer: NodeId,
+        incarnation: Incarnation,
+        timeout: std::time::Duration,
+    ) -> Result<Self, RemoteError> {
         let (master, _commands) = Client::start(addr, ClientConfig::new(hello(cluster, writer, incarnation)));
         master.wait_up(timeout).await?;
         Ok(Self {
@@ -172,12 +191,17 @@ impl RemoteStore {
 
     /// The value under `key`, read from the first replica that gives verified bytes.
     pub async fn get(&self, key: &[u8]) -> Result<Bytes, RemoteError> {
+        self.get_within(key, None).await
+    }
+
+    /// [`RemoteStore::get`] for a caller with room for `room` bytes: a larger value is
+    /// `BufferTooSmall` before any byte moves.
+    pub async fn get_within(&self, key: &[u8], room: Option<usize>) -> Result<Bytes, RemoteError> {
         let key = KeyRef::new(key).map_err(|_| RemoteError::InvalidKey)?;
-        let list = match self.master.call(&Request::GetReplicaList { key }).await? {
-            Response::GetReplicaList(Ok(list)) => list,
-            Response::GetReplicaList(Err(e)) => return Err(master_error(e)),
-            other => return Err(RemoteError::Protocol(format!("{other:?}"))),
-        };
+        let list = self.replica_list(key).await?;
+        if let Some(len) = room.filter(|room| (*room as u64) < list.size) {
+            return Err(RemoteError::BufferTooSmall { len, needed: list.size });
+        }
         // Memory replicas come first in the list, then disk replicas.
         let mut last = RemoteError::NotFound;
         let mut corrupted = 0;
@@ -204,6 +228,21 @@ impl RemoteStore {
         }
         self.report_crc_failures(corrupted).await;
         Err(last)
+    }
+
+    /// The size of the value under `key`.
+    pub async fn get_size(&self, key: &[u8]) -> Result<u64, RemoteError> {
+        let key = KeyRef::new(key).map_err(|_| RemoteError::InvalidKey)?;
+        Ok(self.replica_list(key).await?.size)
+    }
+
+    /// Where the replicas of `key` are (a read lease on them comes with the answer).
+    async fn replica_list(&self, key: KeyRef<'_>) -> Result<ReplicaList, RemoteError> {
+        match self.master.call(&Request::GetReplicaList { key }).await? {
+            Response::GetReplicaList(Ok(list)) => Ok(list),
+            Response::GetReplicaList(Err(e)) => Err(master_error(e)),
+            other => Err(RemoteError::Protocol(format!("{other:?}"))),
+        }
     }
 
     /// Tells the master of replicas whose bytes did not match their CRC32C (they were
@@ -251,6 +290,24 @@ impl RemoteStore {
         match self.master.call(&Request::Remove { key, force }).await? {
             Response::Remove(Ok(())) => Ok(()),
             Response::Remove(Err(e)) => Err(master_error(e)),
+            other => Err(RemoteError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Removes every object (`force`: leased ones too); returns how many went.
+    pub async fn remove_all(&self, force: bool) -> Result<u64, RemoteError> {
+        match self.master.call(&Request::RemoveAll { force }).await? {
+            Response::RemoveAll(summary) => Ok(summary.removed),
+            other => Err(RemoteError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Withdraws this client's own node's segment from the cluster (objects whose only
+    /// replica it held are gone; disk replicas stay registered).
+    pub async fn unmount(&self, segment: SegmentId) -> Result<(), RemoteError> {
+        match self.master.call(&Request::UnmountSegment { node: self.writer, segment }).await? {
+            Response::UnmountSegment(Ok(())) => Ok(()),
+            Response::UnmountSegment(Err(e)) => Err(master_error(e)),
             other => Err(RemoteError::Protocol(format!("{other:?}"))),
         }
     }
@@ -416,7 +473,7 @@ fn value_of(answer: Bytes) -> Bytes {
 }
 
 /// The largest value a put takes: one frame's body less the write's header.
-const MAX_VALUE: usize = DEFAULT_MAX_FRAME_BODY as usize - WRITE_HEADER_LEN;
+pub const MAX_VALUE: usize = DEFAULT_MAX_FRAME_BODY as usize - WRITE_HEADER_LEN;
 
 /// A node the master knows that has no connection to it just now.
 fn not_serving(node: NodeId) -> RemoteError {
