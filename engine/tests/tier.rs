@@ -3,9 +3,10 @@
 
 mod support;
 
+use bytes::Bytes;
 use larder_engine::disk::{DirectIo, DropCause, LOCK_FILE, Tier, TierError, TierEvent};
 use larder_engine::uring::{DriverChoice, DriverKind};
-use larder_engine::{NodeId, ObjectVersion};
+use larder_engine::{BucketId, DiskReplica, NodeId, ObjectVersion};
 use support::{config, files, k, key, read_all, scratch, value};
 
 fn put_range(tier: &Tier, range: std::ops::Range<u64>, version: u64) {
@@ -303,4 +304,50 @@ fn removing_an_old_version_never_cancels_a_newer_one_queued_behind_it() {
     let (tier, recovered) = Tier::open(config(&root)).unwrap();
     assert_eq!(recovered.len(), 1);
     check_range(&tier, 1..2, 2);
+}
+
+/// A reader that sees the node directory (a shared root) reads a record straight from
+/// its bucket file, with the tier open or closed, and gets only that record's bytes: a
+/// descriptor naming another key, another version, a wrong CRC or a missing bucket
+/// gives no bytes, and a flipped byte in the file is caught.
+#[test]
+fn a_record_is_read_straight_from_its_bucket_file_and_only_as_described() {
+    use larder_engine::disk::direct::{DirectReadError, read_replica, replica_path};
+    let root = scratch("direct");
+    let mut c = config(&root);
+    c.events = true;
+    let (tier, _) = Tier::open(c).unwrap();
+    put_range(&tier, 0..4, 9);
+    tier.flush().unwrap();
+    let persisted: Vec<_> = std::iter::from_fn(|| tier.poll_event())
+        .map(|e| match e {
+            TierEvent::Persisted { key, version, replica } => (key, version, replica),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(persisted.len(), 4);
+    tier.close().unwrap();
+    for (key, version, replica) in &persisted {
+        let i: u64 = std::str::from_utf8(&key.as_bytes()[7..]).unwrap().parse().unwrap();
+        let read = read_replica(&root, "test-cluster", key.as_ref(), *version, replica).unwrap();
+        assert_eq!(read, value(i, 9), "object {i}");
+    }
+    let (key, version, replica) = &persisted[1];
+    let other_key = &persisted[2].0;
+    let mismatch = |r: Result<Bytes, DirectReadError>| matches!(r, Err(DirectReadError::Mismatch { .. }));
+    assert!(mismatch(read_replica(&root, "test-cluster", other_key.as_ref(), *version, replica)));
+    assert!(mismatch(read_replica(&root, "test-cluster", key.as_ref(), ObjectVersion(8), replica)));
+    let wrong_crc = DiskReplica { crc32c: replica.crc32c ^ 1, ..*replica };
+    assert!(mismatch(read_replica(&root, "test-cluster", key.as_ref(), *version, &wrong_crc)));
+    let elsewhere = DiskReplica { bucket: BucketId(replica.bucket.0 + 1000), ..*replica };
+    assert!(matches!(
+        read_replica(&root, "test-cluster", key.as_ref(), *version, &elsewhere),
+        Err(DirectReadError::Missing(_))
+    ));
+    // One flipped bit in the value on disk.
+    let path = replica_path(&root, "test-cluster", replica);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[replica.offset as usize + 100] ^= 0x10;
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(mismatch(read_replica(&root, "test-cluster", key.as_ref(), *version, replica)));
 }

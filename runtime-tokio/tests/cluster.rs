@@ -377,3 +377,50 @@ async fn a_node_cut_off_is_expired_rejoins_and_what_its_old_session_granted_is_r
     assert_eq!(refused, DataResponse::Refused(DataError::Fenced), "the late write landed");
     assert_same(&client.get(b"fresh").await.unwrap(), &value(8, 4096), "an object put after the rejoin");
 }
+
+/// Nodes sharing one storage root (the DFS mode, each under its own `--node-id`), the
+/// master told so: when a node is killed, its flushed objects still read back
+/// byte-identical, straight from its bucket files, for a client that sees the root; a
+/// client that does not gets a typed error for them, never wrong bytes; the restarted
+/// node serves them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_shared_root_a_killed_nodes_flushed_objects_read_back_from_its_files() {
+    let master = MasterProcess::start("127.0.0.1:0", &["--node-ttl", "3s", "--shared-root"]);
+    let root = tempfile::tempdir().unwrap();
+    let ids = ["11", "12"];
+    let mut nodes: Vec<NodeProcess> = ids
+        .iter()
+        .map(|id| NodeProcess::start_with(master.addr, "16MiB", root.path(), &["--node-id", id]))
+        .collect();
+    assert_eq!((nodes[0].node, nodes[1].node), (11, 12));
+    master.wait_for_metric("larder_master_segments", 2.0);
+    let sees_root = store(&master).await.with_shared_root(root.path().to_path_buf());
+    let elsewhere = store(&master).await;
+    for i in 0..12u64 {
+        sees_root.put(format!("shared/{i}").as_bytes(), &value(i, 200_000), 1).await.unwrap();
+    }
+    sees_root.flush().await.unwrap();
+    nodes[0].kill();
+    master.wait_for_metric("larder_master_nodes", 1.0);
+    let mut unreachable_elsewhere = 0;
+    for i in 0..12u64 {
+        let key = format!("shared/{i}");
+        assert_same(&sees_root.get(key.as_bytes()).await.unwrap(), &value(i, 200_000), "with the root");
+        match elsewhere.get(key.as_bytes()).await {
+            Ok(bytes) => assert_same(&bytes, &value(i, 200_000), "without the root"),
+            Err(RemoteError::NodeUnreachable(NodeId(11))) => unreachable_elsewhere += 1,
+            Err(e) => panic!("object {i} without the root: {e}"),
+        }
+    }
+    // Most free placement put some on the killed node: those came from its files.
+    assert!(unreachable_elsewhere > 0, "no object was on the killed node");
+    assert_eq!(sees_root.stats().direct_disk_reads, unreachable_elsewhere);
+    // It restarts on the same root and id, and serves them to everyone again.
+    let _back = NodeProcess::start_with(master.addr, "16MiB", root.path(), &["--node-id", "11"]);
+    master.wait_for_metric("larder_master_nodes", 2.0);
+    master.wait_for_metric("larder_master_segments", 2.0);
+    for i in 0..12u64 {
+        let key = format!("shared/{i}");
+        assert_same(&elsewhere.get(key.as_bytes()).await.unwrap(), &value(i, 200_000), "after the restart");
+    }
+}

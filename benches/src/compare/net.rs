@@ -352,6 +352,7 @@ impl LarderCluster {
                     cluster,
                     memory_bytes: memory,
                     storage_root: None,
+                    node_id: None,
                 };
                 larder_tokio::cluster::node::start(node).await.map_err(|e| e.to_string())?;
             }

@@ -6,6 +6,7 @@
 //!   are sealed), a sans-IO machine.
 //! - [`queue`]: the write-behind queue and its flush barrier.
 //! - [`removals`]: the removal log that keeps removed records removed across restarts.
+//! - [`direct`]: a disk replica read straight from its bucket file on a shared root.
 //! - [`Tier`]: bucket files in a locked node directory, written behind the caller,
 //!   read back checksummed, evicted for capacity, recovered at open.
 
@@ -19,6 +20,8 @@ pub mod queue;
 mod config;
 #[cfg(feature = "std")]
 mod dir;
+#[cfg(feature = "std")]
+pub mod direct;
 #[cfg(feature = "std")]
 mod error;
 #[cfg(feature = "std")]

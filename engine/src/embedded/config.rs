@@ -79,7 +79,7 @@ pub struct StoreConfig {
     /// the cluster. Only a runtime crate that runs the distributed mode opens it
     /// (larder-tokio); the embedded [`Store`](super::Store) refuses it.
     pub master: Option<String>,
-    /// Where a member serves its segment to the cluster (`LARDER_LISTEN`); `None`: any
+    /// Where a member serves its segment to the cluster (`LARDER_NODE_LISTEN`); `None`: any
     /// free port on every interface, advertised to the master as this host's address on
     /// the route to it.
     pub listen: Option<core::net::SocketAddr>,
@@ -130,7 +130,7 @@ pub enum ConfigError {
 impl StoreConfig {
     /// The defaults with `LARDER_MEMORY_BYTES`, `LARDER_STORAGE_ROOT`, `LARDER_CLUSTER`,
     /// `LARDER_MAX_DISK_BYTES`, `LARDER_WRITE_BEHIND_BYTES`, `LARDER_MASTER` and
-    /// `LARDER_LISTEN` applied.
+    /// `LARDER_NODE_LISTEN` applied.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::default().with_env(|name| std::env::var(name).ok())
     }
@@ -157,9 +157,9 @@ impl StoreConfig {
             let v = v.trim();
             self.master = (!v.is_empty() && v != "embedded").then(|| v.into());
         }
-        if let Some(v) = var("LARDER_LISTEN").filter(|v| !v.trim().is_empty()) {
+        if let Some(v) = var("LARDER_NODE_LISTEN").filter(|v| !v.trim().is_empty()) {
             let listen = v.trim().parse().map_err(|_| ConfigError::Invalid {
-                name: "LARDER_LISTEN".into(),
+                name: "LARDER_NODE_LISTEN".into(),
                 reason: "must be an IP address and port, e.g. 0.0.0.0:50052",
             })?;
             self.listen = Some(listen);
@@ -269,7 +269,7 @@ mod tests {
             move |name: &str| match name {
                 "LARDER_MASTER" => Some(master.into()),
                 "LARDER_MEMORY_BYTES" => Some("0".into()),
-                "LARDER_LISTEN" => Some("0.0.0.0:50052".into()),
+                "LARDER_NODE_LISTEN" => Some("0.0.0.0:50052".into()),
                 _ => None,
             }
         };
@@ -289,8 +289,8 @@ mod tests {
             assert!(matches!(&err, ConfigError::Invalid { name, .. } if name == "master"), "{bad}: {err}");
         }
         let bad_listen = StoreConfig::default()
-            .with_env(|n: &str| (n == "LARDER_LISTEN").then(|| "anywhere".into()))
+            .with_env(|n: &str| (n == "LARDER_NODE_LISTEN").then(|| "anywhere".into()))
             .unwrap_err();
-        assert!(matches!(&bad_listen, ConfigError::Invalid { name, .. } if name == "LARDER_LISTEN"));
+        assert!(matches!(&bad_listen, ConfigError::Invalid { name, .. } if name == "LARDER_NODE_LISTEN"));
     }
 }

@@ -47,6 +47,12 @@ pub struct MasterConfig {
     pub persist_retry: Duration,
     /// The longest delay between retries of a failed persist (default 10 s).
     pub persist_retry_max: Duration,
+    /// The nodes' storage roots are one shared filesystem (the DFS mode), so a node's
+    /// bucket files stay readable by others after it is lost: its disk replicas stay
+    /// listed when it expires (readers read them straight from the files) instead of
+    /// going offline until it re-registers them. A node that restarts still
+    /// re-registers what it recovered. Default false.
+    pub shared_storage: bool,
 }
 
 impl Default for MasterConfig {
@@ -64,6 +70,7 @@ impl Default for MasterConfig {
             hash_seed: 0x6c61_7264_6572,
             persist_retry: Duration::from_millis(100),
             persist_retry_max: Duration::from_secs(10),
+            shared_storage: false,
         }
     }
 }

@@ -65,7 +65,8 @@ impl Master {
                 PingOutcome::Refreshed
             }
             Some(_) => {
-                self.drop_node(now, node);
+                // A new run registers again what it recovered, and only that.
+                self.drop_node(now, node, false);
                 PingOutcome::Restarted
             }
             None => PingOutcome::Registered,
@@ -92,7 +93,8 @@ impl Master {
         let expired: Vec<NodeId> =
             self.nodes.iter().filter(|(_, i)| i.last_seen + ttl <= now).map(|(n, _)| *n).collect();
         for node in expired {
-            self.drop_node(now, node);
+            // Its bucket files outlive it on a shared root; elsewhere they went with it.
+            self.drop_node(now, node, self.config.shared_storage);
             self.nodes.remove(&node);
         }
         self.trim_in_progress();
@@ -165,8 +167,9 @@ impl Master {
     }
 
     /// Forgets what a node's lost run contributed (segments, unfinished puts) and takes
-    /// its disk replicas offline until it re-registers them.
-    pub(super) fn drop_node(&mut self, now: Instant, node: NodeId) {
+    /// its disk replicas offline until it re-registers them, unless
+    /// `disk_stays_readable` (its files are on a shared root).
+    pub(super) fn drop_node(&mut self, now: Instant, node: NodeId, disk_stays_readable: bool) {
         let segs: Vec<SegmentSlot> =
             self.segments.iter().filter(|(_, s)| s.node == node).map(|(s, _)| s).collect();
         for seg in segs {
@@ -178,8 +181,11 @@ impl Master {
                 self.release_object(slot);
                 continue;
             }
-            for d in o.disk.iter_mut().filter(|d| d.replica.node == node && d.state == DiskState::Online) {
-                d.state = DiskState::Offline;
+            if !disk_stays_readable {
+                for d in o.disk.iter_mut().filter(|d| d.replica.node == node && d.state == DiskState::Online)
+                {
+                    d.state = DiskState::Offline;
+                }
             }
             if !o.is_readable_somewhere() {
                 self.drop_object(slot, DropReason::NodeLost);

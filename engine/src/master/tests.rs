@@ -658,6 +658,41 @@ fn a_lost_nodes_records_go_offline_and_a_remove_still_tombstones_them() {
 }
 
 #[test]
+fn on_shared_storage_an_expired_nodes_records_stay_readable_and_a_restart_re_registers() {
+    for shared_storage in [false, true] {
+        let config = MasterConfig { shared_storage, ..MasterConfig::default() };
+        let mut m = master(config, true, MIB);
+        m.handle_ping(at(0), B, Incarnation(1), true);
+        m.handle_mount_segment(at(0), B, SEG_B, MIB).unwrap();
+        // "a" lives in A's memory (its writer's own segment) and on A's disk.
+        let a = put(&mut m, at(0), "a", 100);
+        m.handle_add_disk_replica(at(0), k("a"), a, disk(A, 100), DiskReplicaOrigin::Persisted).unwrap();
+        // A falls silent; B keeps pinging.
+        m.handle_ping(at(9_000), B, Incarnation(1), true);
+        m.handle_timeout(at(10_000));
+        assert_eq!(m.stats().nodes, 1);
+        let listed = m.handle_get_replica_list(at(10_000), k("a"));
+        if shared_storage {
+            let list = listed.unwrap();
+            assert_eq!(
+                list.replicas.as_slice(),
+                [ReplicaDescriptor::Disk(disk(A, 100))],
+                "only its file is left"
+            );
+        } else {
+            assert_eq!(listed.unwrap_err(), MasterError::ObjectNotFound, "readable nowhere without A");
+        }
+        m.verify().unwrap();
+        // A restarts on its directory and registers what it recovered: listed once.
+        m.handle_ping(at(11_000), A, Incarnation(2), true);
+        m.handle_add_disk_replica(at(11_000), k("a"), a, disk(A, 100), DiskReplicaOrigin::Recovered).unwrap();
+        let list = m.handle_get_replica_list(at(11_000), k("a")).unwrap();
+        assert_eq!((list.version, list.replicas.len()), (a, 1), "shared_storage {shared_storage}");
+        m.verify().unwrap();
+    }
+}
+
+#[test]
 fn re_registering_brings_an_offline_record_back_online() {
     let mut m = master(MasterConfig::default(), true, MIB);
     m.handle_ping(at(0), B, Incarnation(1), false);

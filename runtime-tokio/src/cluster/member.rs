@@ -57,7 +57,11 @@ impl Member {
             None => RemoteStore::connect(master, cluster, JOIN_TIMEOUT).await,
         };
         let remote = match connected {
-            Ok(remote) => remote,
+            // Disk replicas of nodes sharing this root are read straight from their files.
+            Ok(remote) => match &config.storage_root {
+                Some(root) => remote.with_shared_root(root.clone()),
+                None => remote,
+            },
             Err(e) => {
                 if let Some(node) = node {
                     let _ = node.stop().await;
@@ -224,6 +228,7 @@ async fn start_node(
         cluster,
         memory_bytes: config.memory_bytes,
         storage_root: config.storage_root.clone(),
+        node_id: None,
     };
     let place = config.storage_root.clone().unwrap_or_else(|| listen.to_string().into());
     node::start(node)

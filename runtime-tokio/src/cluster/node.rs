@@ -55,6 +55,10 @@ pub struct NodeServerConfig {
     /// The storage root: the node's id is kept in `<root>/<cluster>/node-id` and its SSD
     /// tier in `<root>/<cluster>/<node>/`. `None`: memory only, a new id every run.
     pub storage_root: Option<PathBuf>,
+    /// The node's id, given rather than kept under the root: nodes sharing one storage
+    /// root (the DFS mode) each need their own. `None`: the id kept in
+    /// `<root>/<cluster>/node-id` (made at the first start).
+    pub node_id: Option<NodeId>,
 }
 
 /// A running node. Dropping it leaves the node running (for the life of the runtime);
@@ -235,7 +239,10 @@ fn open_tier(root: &Path, cluster: &ClusterName, node: NodeId) -> std::io::Resul
 /// and returns.
 pub async fn start(config: NodeServerConfig) -> std::io::Result<NodeServer> {
     let cluster_dir = config.storage_root.as_ref().map(|r| r.join(config.cluster.as_str()));
-    let node = node_id(cluster_dir.as_deref())?;
+    let node = match config.node_id {
+        Some(id) => id,
+        None => node_id(cluster_dir.as_deref())?,
+    };
     let incarnation = wall_clock_incarnation();
     let (tier, recovered) = match &config.storage_root {
         Some(root) => {

@@ -15,6 +15,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use larder_engine::disk::direct::DirectReadError;
 use larder_engine::net::data::{
     DataError, DataRequest, DataResponse, READ_ANSWER_HEADER_LEN, WRITE_HEADER_LEN,
 };
@@ -90,8 +91,12 @@ pub struct RemoteStore {
     incarnation: Incarnation,
     peers: Mutex<HashMap<SocketAddr, std::sync::Arc<PeerLinks>>>,
     locations: Mutex<HashMap<SegmentId, SocketAddr>>,
+    /// A storage root the nodes share with this client: disk replicas are read straight
+    /// from their bucket files there.
+    shared_root: Option<std::path::PathBuf>,
     memory_reads: AtomicU64,
     disk_reads: AtomicU64,
+    direct_disk_reads: AtomicU64,
 }
 
 /// Where a client's gets were served from.
@@ -99,8 +104,10 @@ pub struct RemoteStore {
 pub struct RemoteStats {
     /// Gets answered from a memory replica.
     pub memory_reads: u64,
-    /// Gets answered from a disk replica (through its node).
+    /// Gets answered from a disk replica (through its node, or from its file).
     pub disk_reads: u64,
+    /// Of those, read straight from the bucket file on the shared root.
+    pub direct_disk_reads: u64,
 }
 
 impl RemoteStore {
@@ -132,9 +139,20 @@ impl RemoteStore {
             incarnation,
             peers: Mutex::default(),
             locations: Mutex::default(),
+            shared_root: None,
             memory_reads: AtomicU64::new(0),
             disk_reads: AtomicU64::new(0),
+            direct_disk_reads: AtomicU64::new(0),
         })
+    }
+
+    /// Reads disk replicas straight from their bucket files under `root` when they are
+    /// there (the nodes' shared storage root, `<root>/<cluster>/<node>/`), so that they
+    /// stay readable after their node is gone; through their node when they are not.
+    #[must_use]
+    pub fn with_shared_root(mut self, root: std::path::PathBuf) -> Self {
+        self.shared_root = Some(root);
+        self
     }
 
     /// Where this client's gets were served from.
@@ -142,6 +160,7 @@ impl RemoteStore {
         RemoteStats {
             memory_reads: self.memory_reads.load(Ordering::Relaxed),
             disk_reads: self.disk_reads.load(Ordering::Relaxed),
+            direct_disk_reads: self.direct_disk_reads.load(Ordering::Relaxed),
         }
     }
 
@@ -373,9 +392,47 @@ impl RemoteStore {
         self.peer_at(addr).await
     }
 
-    /// Reads a disk replica through the node that holds it; the bytes must match the
-    /// CRC32C the replica's descriptor carries.
+    /// Reads a disk replica from its bucket file on the shared root if there is one and
+    /// the file is there, else through the node that holds it; either way the bytes
+    /// must match the CRC32C the replica's descriptor carries.
     async fn read_disk(
+        &self,
+        key: KeyRef<'_>,
+        disk: &DiskReplica,
+        version: ObjectVersion,
+    ) -> Result<Bytes, RemoteError> {
+        if let Some(root) = &self.shared_root {
+            let (root, cluster, owned_key, replica) = (root.clone(), self.cluster, key.to_key(), *disk);
+            let read = tokio::task::spawn_blocking(move || {
+                larder_engine::disk::direct::read_replica(
+                    &root,
+                    cluster.as_str(),
+                    owned_key.as_ref(),
+                    version,
+                    &replica,
+                )
+            })
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            match read {
+                Ok(bytes) => {
+                    self.direct_disk_reads.fetch_add(1, Ordering::Relaxed);
+                    return Ok(bytes);
+                }
+                Err(DirectReadError::Mismatch { path, what }) => {
+                    tracing::warn!("{}: {what}", path.display());
+                    return Err(RemoteError::Corrupted);
+                }
+                // Not on this root (not shared after all, or the bucket was evicted): the
+                // node may still have it.
+                Err(e) => tracing::debug!("{e}"),
+            }
+        }
+        self.read_disk_through_node(key, disk, version).await
+    }
+
+    /// Reads a disk replica through the node that holds it.
+    async fn read_disk_through_node(
         &self,
         key: KeyRef<'_>,
         disk: &DiskReplica,
@@ -383,6 +440,8 @@ impl RemoteStore {
     ) -> Result<Bytes, RemoteError> {
         let addr = match self.master.call(&Request::LocateNode { node: disk.node }).await? {
             Response::LocateNode(Ok(location)) => location.serves.ok_or(not_serving(disk.node))?,
+            // Gone (its files outlive it on a shared root, which this client does not see).
+            Response::LocateNode(Err(MasterError::NodeNotRegistered)) => return Err(not_serving(disk.node)),
             Response::LocateNode(Err(e)) => return Err(master_error(e)),
             other => return Err(RemoteError::Protocol(format!("{other:?}"))),
         };

@@ -33,6 +33,7 @@ async fn phases(c: &BenchConfig, cluster: &ClusterBench) -> Result<Summary, Stri
             cluster: cluster.cluster,
             memory_bytes: memory,
             storage_root: cluster.storage_root.clone(),
+            node_id: None,
         };
         larder_tokio::cluster::node::start(node).await.map_err(|e| format!("contributing memory: {e}"))?;
     }

@@ -13,7 +13,7 @@ use serde::Deserialize;
 #[derive(Args, Debug)]
 pub(crate) struct MasterArgs {
     /// A TOML file with any of: listen, metrics, cluster, lease_ttl, node_ttl,
-    /// high_watermark, low_watermark.
+    /// high_watermark, low_watermark, shared_root.
     #[arg(long, env = "LARDER_CONFIG")]
     config: Option<PathBuf>,
     /// Where nodes and clients connect [default: 127.0.0.1:50051].
@@ -37,6 +37,11 @@ pub(crate) struct MasterArgs {
     /// Segment use eviction brings it down to [default: 0.8].
     #[arg(long, env = "LARDER_LOW_WATERMARK")]
     low_watermark: Option<f64>,
+    /// The nodes' storage roots are one shared filesystem (each node under its own
+    /// `--node-id`): a lost node's disk replicas stay listed, and readers that see the
+    /// root read them straight from its bucket files.
+    #[arg(long, env = "LARDER_SHARED_ROOT")]
+    shared_root: bool,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -49,6 +54,7 @@ struct MasterFile {
     node_ttl: Option<String>,
     high_watermark: Option<f64>,
     low_watermark: Option<f64>,
+    shared_root: Option<bool>,
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -81,6 +87,7 @@ pub(crate) fn resolve(args: MasterArgs) -> Result<MasterServerConfig, String> {
     if let Some(l) = args.low_watermark.or(file.low_watermark) {
         master.low_watermark = l;
     }
+    master.shared_storage = args.shared_root || file.shared_root.unwrap_or(false);
     larder_engine::master::Master::new(master.clone()).map_err(|e| format!("master settings: {e}"))?;
     config.master = master;
     config.metrics = args.metrics.or(file.metrics);

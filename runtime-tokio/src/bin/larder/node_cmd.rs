@@ -13,7 +13,7 @@ use serde::Deserialize;
 /// Flags of `larder node` (each also readable from the environment).
 #[derive(Args, Debug)]
 pub(crate) struct NodeArgs {
-    /// A TOML file with any of: master, listen, memory, root, cluster.
+    /// A TOML file with any of: master, listen, memory, root, cluster, node_id.
     #[arg(long, env = "LARDER_CONFIG")]
     config: Option<PathBuf>,
     /// The master's address [default: 127.0.0.1:50051].
@@ -35,6 +35,10 @@ pub(crate) struct NodeArgs {
     /// The cluster's name [default: default].
     #[arg(long, env = "LARDER_CLUSTER")]
     cluster: Option<String>,
+    /// The node's id (a number above 0) instead of the one kept under the root: nodes
+    /// sharing one storage root each need their own, the same at every restart.
+    #[arg(long, env = "LARDER_NODE_ID")]
+    node_id: Option<u64>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -45,6 +49,7 @@ struct NodeFile {
     memory: Option<String>,
     root: Option<PathBuf>,
     cluster: Option<String>,
+    node_id: Option<u64>,
 }
 
 pub(crate) fn resolve(args: NodeArgs) -> Result<NodeServerConfig, String> {
@@ -68,7 +73,11 @@ pub(crate) fn resolve(args: NodeArgs) -> Result<NodeServerConfig, String> {
             return Err(format!("storage root {}: not a directory", root.display()));
         }
     }
-    Ok(NodeServerConfig { master, listen, cluster, memory_bytes, storage_root })
+    let node_id = match args.node_id.or(file.node_id) {
+        Some(0) => return Err(String::from("node id must not be 0")),
+        id => id.map(larder_engine::NodeId),
+    };
+    Ok(NodeServerConfig { master, listen, cluster, memory_bytes, storage_root, node_id })
 }
 
 /// Runs until ctrl-c or SIGTERM.
