@@ -424,3 +424,59 @@ async fn on_a_shared_root_a_killed_nodes_flushed_objects_read_back_from_its_file
         assert_same(&elsewhere.get(key.as_bytes()).await.unwrap(), &value(i, 200_000), "after the restart");
     }
 }
+
+/// A client in the same process as a node, speaking as that node, writes its replicas
+/// into the node's segment and reads them back in memory (no network), under the same
+/// fencing as a peer's write; replicas on another node still go over TCP; and once the
+/// node is stopped the handle refuses instead of keeping it alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_beside_its_own_node_writes_and_reads_its_segment_in_memory() {
+    use larder_tokio::cluster::{NodeServerConfig, SegmentWrite, node};
+    let master = MasterProcess::start("127.0.0.1:0", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let _other = NodeProcess::start(master.addr, "64MiB", dir.path());
+    master.wait_for_metric("larder_master_segments", 1.0);
+    let config = NodeServerConfig {
+        master: master.addr,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        cluster: cluster(),
+        memory_bytes: 8 << 20,
+        storage_root: None,
+        node_id: None,
+    };
+    let own = node::start(config).await.unwrap();
+    assert!(own.wait_registered(HANG_GUARD).await);
+    let local = own.local_segment();
+    let client = RemoteStore::connect_as(master.addr, cluster(), own.node, own.incarnation, HANG_GUARD)
+        .await
+        .unwrap()
+        .with_local_segment(local.clone());
+    for i in 0..4u64 {
+        client.put(format!("local/{i}").as_bytes(), &value(i, 500_000), 1).await.unwrap();
+    }
+    // Two replicas: one in its own segment, one on the other node (over TCP).
+    client.put(b"local/both", &value(9, 300_000), 2).await.unwrap();
+    let stats = client.stats();
+    assert_eq!(stats.local_writes, 5, "{stats:?}");
+    for i in 0..4u64 {
+        assert_same(&client.get(format!("local/{i}").as_bytes()).await.unwrap(), &value(i, 500_000), "local");
+    }
+    assert_eq!(client.stats().local_reads, 4);
+    // Another client reads them over TCP from the node's listener.
+    let other_client = store(&master).await;
+    assert_same(&other_client.get(b"local/2").await.unwrap(), &value(2, 500_000), "over TCP");
+    assert_eq!(other_client.stats().local_reads, 0);
+
+    // The local path fences as a peer's write is fenced: another master run's grant.
+    let write = SegmentWrite {
+        segment: local.id(),
+        offset: 0,
+        version: larder_engine::ObjectVersion(u64::MAX),
+        epoch: 12345,
+        crc32c: larder_engine::checksum::crc32c(&[1u8; 4096]),
+    };
+    assert_eq!(local.write(&write, &[1u8; 4096]), Err(DataError::Fenced));
+    assert_same(&client.get(b"local/0").await.unwrap(), &value(0, 500_000), "after the refused write");
+    own.stop().await.unwrap();
+    assert_eq!(local.write(&write, &[1u8; 4096]), Err(DataError::UnknownSegment));
+}

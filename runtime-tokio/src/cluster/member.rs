@@ -3,7 +3,8 @@
 //!
 //! A member that contributes memory runs a [`NodeServer`] in the process (its segment,
 //! and its SSD tier with a storage root) and speaks to the master as that node, so that
-//! its puts are placed in its own segment first; a member with `memory_bytes` 0 is a
+//! its puts are placed in its own segment first — and written (and read back) there in
+//! memory, under the node's checks, without crossing the network; a member with `memory_bytes` 0 is a
 //! pure client and every byte it puts or gets crosses the network. Its calls map the
 //! cluster's failures to [`StoreError`]s: a master or node out of reach is
 //! `Unreachable`, a refused transfer `Transfer`, bytes failing their CRC32C `Corrupted`.
@@ -58,10 +59,16 @@ impl Member {
         };
         let remote = match connected {
             // Disk replicas of nodes sharing this root are read straight from their files.
-            Ok(remote) => match &config.storage_root {
-                Some(root) => remote.with_shared_root(root.clone()),
-                None => remote,
-            },
+            Ok(remote) => {
+                let remote = match &node {
+                    Some(n) => remote.with_local_segment(n.local_segment()),
+                    None => remote,
+                };
+                match &config.storage_root {
+                    Some(root) => remote.with_shared_root(root.clone()),
+                    None => remote,
+                }
+            }
             Err(e) => {
                 if let Some(node) = node {
                     let _ = node.stop().await;

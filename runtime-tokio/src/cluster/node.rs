@@ -90,6 +90,11 @@ impl NodeServer {
         matches!(tokio::time::timeout(timeout, registered.wait_for(|r| *r)).await, Ok(Ok(_)))
     }
 
+    /// A handle on the node's segment for a client in this process.
+    pub fn local_segment(&self) -> LocalSegment {
+        LocalSegment { id: self.segment, state: Arc::downgrade(&self.state) }
+    }
+
     /// The SSD tier's statistics, if the node has one.
     pub fn tier_stats(&self) -> Option<larder_engine::disk::TierStats> {
         self.state.tier.as_ref().map(|t| t.tier.stats())
@@ -141,6 +146,49 @@ struct Segment {
     version_floor: ObjectVersion,
 }
 
+/// Where one write goes, and what it must match.
+#[derive(Debug, Clone, Copy)]
+pub struct SegmentWrite {
+    /// The segment.
+    pub segment: SegmentId,
+    /// Where in it.
+    pub offset: u64,
+    /// The object version the master granted the range to.
+    pub version: ObjectVersion,
+    /// The master run that granted it.
+    pub epoch: u64,
+    /// The writer's CRC32C of the bytes.
+    pub crc32c: u32,
+}
+
+/// The segment of a node in this process, for a client in the same process (a member
+/// of the cluster contributing memory): its writes and reads of that segment skip the
+/// network, under the same checks as a peer's. It does not keep the node alive: once
+/// the node is stopped every call is `UnknownSegment`.
+#[derive(Debug, Clone)]
+pub struct LocalSegment {
+    id: SegmentId,
+    state: std::sync::Weak<NodeState>,
+}
+
+impl LocalSegment {
+    /// The segment's id.
+    pub fn id(&self) -> SegmentId {
+        self.id
+    }
+
+    /// Writes `bytes` as a peer's write would be taken.
+    pub fn write(&self, write: &SegmentWrite, bytes: &[u8]) -> Result<(), DataError> {
+        self.state.upgrade().ok_or(DataError::UnknownSegment)?.write(write, bytes)
+    }
+
+    /// The bytes of `version` at `replica`, if the range holds exactly it and they
+    /// match their CRC32C.
+    pub fn read(&self, replica: &MemoryReplica, version: ObjectVersion) -> Result<Bytes, DataError> {
+        self.state.upgrade().ok_or(DataError::UnknownSegment)?.copy_replica(replica, version)
+    }
+}
+
 /// The SSD tier and the eventfd its events are signalled on.
 #[derive(Debug)]
 struct NodeTier {
@@ -161,6 +209,30 @@ impl NodeState {
     /// Bytes did not match their CRC32C (refused, never used): counted for the master.
     fn note_crc_failure(&self) {
         self.crc_failures_unreported.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Writes `bytes` as object `write.version` at `write.offset` if the write is the
+    /// segment's (mounted with the master run `write.epoch`, not fenced by a newer
+    /// object or a remount) and the bytes match the writer's CRC32C.
+    fn write(&self, write: &SegmentWrite, bytes: &[u8]) -> Result<(), DataError> {
+        // The checksum first, outside the lock: what arrived is what was sent.
+        let arrived = larder_engine::checksum::crc32c(bytes) == write.crc32c;
+        let mut s = self.segment.write().unwrap_or_else(PoisonError::into_inner);
+        let len = bytes.len() as u64;
+        if write.segment != s.id {
+            return Err(DataError::UnknownSegment);
+        }
+        if s.epoch != Some(write.epoch) || write.version < s.version_floor {
+            return Err(DataError::Fenced);
+        }
+        if !arrived {
+            self.note_crc_failure();
+            return Err(DataError::Corrupted);
+        }
+        s.extents.check_write(write.offset, len, write.version)?;
+        s.range_mut(write.offset, len).copy_from_slice(bytes);
+        s.extents.record_write(write.offset, len, write.version, write.crc32c);
+        Ok(())
     }
 
     /// A copy of object `version`'s replica in the segment, if the range holds exactly
@@ -611,28 +683,9 @@ impl DataService {
         };
         match request {
             DataRequest::Write { segment, offset, version, epoch, crc32c, bytes } => {
-                // The checksum first, outside the lock: what arrived is what was sent.
-                let arrived = larder_engine::checksum::crc32c(bytes) == crc32c;
-                let mut s = self.state.segment.write().unwrap_or_else(PoisonError::into_inner);
-                let len = bytes.len() as u64;
-                let checked = if segment != s.id {
-                    Err(DataError::UnknownSegment)
-                } else if s.epoch != Some(epoch) || version < s.version_floor {
-                    Err(DataError::Fenced)
-                } else if !arrived {
-                    Err(DataError::Corrupted)
-                } else {
-                    s.extents.check_write(offset, len, version)
-                };
-                if checked == Err(DataError::Corrupted) {
-                    self.state.note_crc_failure();
-                }
-                match checked {
-                    Ok(()) => {
-                        s.range_mut(offset, len).copy_from_slice(bytes);
-                        s.extents.record_write(offset, len, version, crc32c);
-                        DataResponse::Written.encode(&mut out);
-                    }
+                let write = SegmentWrite { segment, offset, version, epoch, crc32c };
+                match self.state.write(&write, bytes) {
+                    Ok(()) => DataResponse::Written.encode(&mut out),
                     Err(e) => DataResponse::Refused(e).encode(&mut out),
                 }
             }

@@ -3,7 +3,8 @@
 //! Puts every value through the cluster, flushes (everything durable on the nodes'
 //! SSD), reads everything back verified, and reads it all again; the same table and
 //! JSON as the embedded bench. The bench contributes memory (an in-process node) only
-//! with `--memory`; otherwise every byte crosses the network to the cluster's nodes.
+//! with `--memory`, and is then a member whose puts go to its own segment first, in
+//! memory; otherwise every byte crosses the network to the cluster's nodes.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,23 +27,38 @@ pub(crate) async fn run(config: BenchConfig) -> Result<(), String> {
 }
 
 async fn phases(c: &BenchConfig, cluster: &ClusterBench) -> Result<Summary, String> {
-    if let Some(memory) = cluster.memory_bytes {
-        let node = NodeServerConfig {
-            master: cluster.master,
-            listen: "127.0.0.1:0".parse().expect("an address"),
-            cluster: cluster.cluster,
-            memory_bytes: memory,
-            storage_root: cluster.storage_root.clone(),
-            node_id: None,
-        };
-        larder_tokio::cluster::node::start(node).await.map_err(|e| format!("contributing memory: {e}"))?;
-    }
     let timeout = std::time::Duration::from_secs(10);
-    let store = Arc::new(
-        RemoteStore::connect(cluster.master, cluster.cluster, timeout)
+    let (connecting, own_node) = match cluster.memory_bytes {
+        Some(memory) => {
+            // A member: its own node, whose segment its puts go to first, in memory.
+            let node = NodeServerConfig {
+                master: cluster.master,
+                listen: "127.0.0.1:0".parse().expect("an address"),
+                cluster: cluster.cluster,
+                memory_bytes: memory,
+                storage_root: cluster.storage_root.clone(),
+                node_id: None,
+            };
+            let node = larder_tokio::cluster::node::start(node)
+                .await
+                .map_err(|e| format!("contributing memory: {e}"))?;
+            if !node.wait_registered(timeout).await {
+                return Err(format!("master {}: the bench's segment was not registered", cluster.master));
+            }
+            let store = RemoteStore::connect_as(
+                cluster.master,
+                cluster.cluster,
+                node.node,
+                node.incarnation,
+                timeout,
+            )
             .await
-            .map_err(|e| format!("master {}: {e}", cluster.master))?,
-    );
+            .map(|r| r.with_local_segment(node.local_segment()));
+            (store, Some(node))
+        }
+        None => (RemoteStore::connect(cluster.master, cluster.cluster, timeout).await, None),
+    };
+    let store = Arc::new(connecting.map_err(|e| format!("master {}: {e}", cluster.master))?);
     let total = c.count * c.value_size as u64;
     let bars = MultiProgress::new();
     let mut phases = Vec::new();
@@ -69,6 +85,12 @@ async fn phases(c: &BenchConfig, cluster: &ClusterBench) -> Result<Summary, Stri
         })
         .await?;
         phases.push(phase("remove", start.elapsed(), 0));
+    }
+    if let Some(node) = own_node {
+        // Leaves the cluster at once rather than by the node TTL, so that no later put is
+        // placed in a segment that is gone.
+        store.unmount(node.segment).await.map_err(|e| format!("withdrawing the bench's segment: {e}"))?;
+        node.stop().await.map_err(|e| format!("stopping the bench's node: {e}"))?;
     }
     Ok(Summary {
         value_size: c.value_size,
