@@ -43,12 +43,14 @@ impl Drop for Process {
 }
 
 /// Spawns `larder ARGS` and reads its stdout until `ready` has seen what it waits for.
-fn spawn(args: &[&str], mut ready: impl FnMut(&str) -> bool) -> Process {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_larder"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("larder starts");
+fn spawn(args: &[&str], ready: impl FnMut(&str) -> bool) -> Process {
+    spawn_command(Command::new(env!("CARGO_BIN_EXE_larder")), args, ready)
+}
+
+/// Spawns `command ARGS` (a `larder`, or `ip netns exec NS larder`) and reads its
+/// stdout until `ready` has seen what it waits for.
+fn spawn_command(mut command: Command, args: &[&str], mut ready: impl FnMut(&str) -> bool) -> Process {
+    let mut child = command.args(args).stdout(Stdio::piped()).spawn().expect("larder starts");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     loop {
         let line = lines.next().expect("larder printed where it serves").unwrap();
@@ -128,13 +130,30 @@ impl NodeProcess {
 
     /// [`NodeProcess::start`] with more flags.
     pub(crate) fn start_with(master: SocketAddr, memory: &str, root: &Path, extra: &[&str]) -> Self {
+        Self::start_by(Command::new(env!("CARGO_BIN_EXE_larder")), master, memory, root, extra)
+    }
+
+    /// [`NodeProcess::start_with`] inside network namespace `netns`.
+    pub(crate) fn start_in_netns(
+        netns: &str,
+        master: SocketAddr,
+        memory: &str,
+        root: &Path,
+        extra: &[&str],
+    ) -> Self {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_larder")]);
+        Self::start_by(command, master, memory, root, extra)
+    }
+
+    fn start_by(command: Command, master: SocketAddr, memory: &str, root: &Path, extra: &[&str]) -> Self {
         let master = master.to_string();
         let root = root.to_str().unwrap();
         let mut args =
             vec!["node", "--master", &master, "--memory", memory, "--root", root, "--cluster", "larder"];
         args.extend_from_slice(extra);
         let (mut node, mut addr, mut recovered) = (None, None, None);
-        let process = spawn(&args, |line| {
+        let process = spawn_command(command, &args, |line| {
             let Some(rest) = line.strip_prefix("larder node ") else { return false };
             let (id, at) = rest.split_once(" serving on ").unwrap();
             let (at, rest) = at.split_once(" (").unwrap();
