@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{HANG_GUARD, MasterProcess, NodeProcess, unused_fixed_port};
+use common::{HANG_GUARD, MasterProcess, NodeProcess, assert_same, unused_fixed_port, value};
 use larder_engine::net::data::{DataError, DataRequest, DataResponse};
 use larder_engine::net::{ClientConfig, ClusterName, Hello, Role};
 use larder_engine::wire::{Request, Response};
@@ -13,28 +13,6 @@ use larder_tokio::cluster::{Client, RemoteError, RemoteStore};
 
 fn cluster() -> ClusterName {
     ClusterName::new(b"larder").unwrap()
-}
-
-/// A value of `len` bytes that differs for every `seed`.
-fn value(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
-/// Compares bytes without printing megabytes when they differ.
-#[track_caller]
-fn assert_same(got: &[u8], want: &[u8], what: &str) {
-    if got != want {
-        let first = got.iter().zip(want).position(|(a, b)| a != b);
-        panic!("{what}: {} bytes read, {} put, first difference at {first:?}", got.len(), want.len());
-    }
 }
 
 async fn store(master: &MasterProcess) -> RemoteStore {
@@ -313,6 +291,8 @@ async fn the_bench_runs_as_a_client_of_the_cluster_and_verifies_every_byte() {
     let s = cluster_bench(&master, &["--memory", "32MiB"]);
     assert_eq!(s["memory_bytes"], 32 << 20);
     assert_eq!(s["bytes_verified"], 2 * working_set);
+    // It withdrew its segment before it exited: no later put is placed in it.
+    assert_eq!(master.metric("larder_master_segments"), Some(1.0), "the bench's segment stayed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

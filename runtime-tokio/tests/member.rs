@@ -5,28 +5,8 @@
 
 mod common;
 
-use common::{HANG_GUARD, MasterProcess, NodeProcess};
+use common::{HANG_GUARD, MasterProcess, NodeProcess, assert_same, value};
 use larder_engine::embedded::{ConfigError, StoreConfig, StoreError};
-
-fn value(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
-#[track_caller]
-fn assert_same(got: &[u8], want: &[u8], what: &str) {
-    if got != want {
-        let first = got.iter().zip(want).position(|(a, b)| a != b);
-        panic!("{what}: {} bytes read, {} put, first difference at {first:?}", got.len(), want.len());
-    }
-}
 
 /// A member of the test cluster contributing `memory` (and SSD under `root`).
 fn member(master: &MasterProcess, memory: u64, root: Option<&std::path::Path>) -> StoreConfig {

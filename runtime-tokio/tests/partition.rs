@@ -8,7 +8,7 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 
-use common::{HANG_GUARD, MasterProcess, NodeProcess};
+use common::{HANG_GUARD, MasterProcess, NodeProcess, value};
 use larder_engine::net::data::{DataError, DataRequest, DataResponse};
 use larder_engine::net::{ClientConfig, ClusterName, Hello, Role};
 use larder_engine::wire::{Request, Response};
@@ -72,18 +72,6 @@ impl Drop for Netns {
         let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
         let _ = Command::new("ip").args(["link", "del", &self.outside]).status();
     }
-}
-
-fn value(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
 }
 
 /// Cut off by the network, alive: the master expires the node after the TTL; when the

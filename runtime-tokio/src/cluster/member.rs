@@ -269,10 +269,8 @@ fn store_error(e: RemoteError, key: KeyRef<'_>, len: u64) -> StoreError {
         RemoteError::Corrupted => StoreError::Corrupted(key.to_key()),
         RemoteError::Unreachable(e) => StoreError::Unreachable(e.to_string()),
         e @ RemoteError::NodeUnreachable(_) => StoreError::Unreachable(e.to_string()),
-        RemoteError::InvalidKey => match KeyRef::new(key.as_bytes()) {
-            Err(e) => StoreError::InvalidKey(e),
-            Ok(_) => StoreError::Protocol("a valid key was refused as invalid".into()),
-        },
+        // Every call checks its key first, so this is a disagreement, not bad input.
+        RemoteError::InvalidKey => StoreError::Protocol("a valid key was refused as invalid".into()),
         RemoteError::TooLarge { len, max } => StoreError::TooLarge { len, max },
         RemoteError::NotDurable { objects } => {
             StoreError::Storage(TierError::NotDurable { records: objects, cause: None })

@@ -188,3 +188,25 @@ pub(crate) fn unused_fixed_port() -> u16 {
     let start = 20_000 + (std::process::id() % 5_000) as u16;
     (start..low).find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()).expect("a free port")
 }
+
+/// A value of `len` bytes that differs for every `seed`.
+pub(crate) fn value(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// Compares bytes without printing megabytes when they differ.
+#[track_caller]
+pub(crate) fn assert_same(got: &[u8], want: &[u8], what: &str) {
+    if got != want {
+        let first = got.iter().zip(want).position(|(a, b)| a != b);
+        panic!("{what}: {} bytes read, {} put, first difference at {first:?}", got.len(), want.len());
+    }
+}
