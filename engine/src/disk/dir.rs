@@ -26,6 +26,11 @@ pub fn bucket_file_name(id: BucketId) -> String {
     std::format!("{:016x}{BUCKET_SUFFIX}", id.0)
 }
 
+/// Where node `node`'s directory is under `root`: `<root>/<cluster>/<node>/`.
+pub(super) fn node_dir_path(root: &Path, cluster: &str, node: NodeId) -> PathBuf {
+    root.join(cluster).join(node.0.to_string())
+}
+
 /// The names of one bucket's file: while it is written, once published, and once
 /// retired while readers still hold it (recovery deletes retired files).
 #[derive(Debug, Clone)]
@@ -63,7 +68,7 @@ impl NodeDir {
                 reason: "cluster name must be one path component",
             });
         }
-        let path = root.join(cluster).join(node.0.to_string());
+        let path = node_dir_path(root, cluster, node);
         fs::create_dir_all(&path).map_err(|e| {
             if e.kind() == io::ErrorKind::PermissionDenied {
                 TierError::BadRoot { path: root.to_path_buf(), reason: "not writable" }

@@ -12,11 +12,10 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::string::ToString;
 
 use bytes::Bytes;
 
-use super::dir::bucket_file_name;
+use super::dir::{bucket_file_name, node_dir_path};
 use super::format::{RecordHeader, RecordLayout};
 use crate::checksum::crc32c;
 use crate::descriptor::DiskReplica;
@@ -51,7 +50,7 @@ pub enum DirectReadError {
 
 /// The path of the bucket file holding `replica` under `root`.
 pub fn replica_path(root: &Path, cluster: &str, replica: &DiskReplica) -> PathBuf {
-    root.join(cluster).join(replica.node.0.to_string()).join(bucket_file_name(replica.bucket))
+    node_dir_path(root, cluster, replica.node).join(bucket_file_name(replica.bucket))
 }
 
 /// Reads the value of `key` at `version` that `replica` describes from its bucket file
