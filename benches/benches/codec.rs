@@ -18,6 +18,7 @@ mod fixtures {
             version: ObjectVersion(123_456),
             size: 1 << 20,
             lease: Duration::from_secs(10),
+            crc32c: Some(0x5eed_0001),
             replicas: [
                 ReplicaDescriptor::Memory(MemoryReplica {
                     segment: SegmentId(3),

@@ -30,7 +30,7 @@ fn master_ops(c: &mut Criterion) {
             for key in &keys {
                 let key = KeyRef::new(key).expect("key");
                 let grant = m.handle_put_start(now, WRITER, key, VALUE, 1).expect("room");
-                m.handle_put_end(now, WRITER, key, grant.version).expect("writer");
+                m.handle_put_end(now, WRITER, key, grant.version, Some(0)).expect("writer");
             }
             let elapsed = start.elapsed();
             // Back to one million resident objects, outside the timed part.

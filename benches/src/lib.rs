@@ -46,6 +46,6 @@ pub fn fill(m: &mut Master, range: std::ops::Range<u64>, value_size: u64) {
         let key = key_bytes(i);
         let key = KeyRef::new(&key).expect("key");
         let grant = m.handle_put_start(now, WRITER, key, value_size, 1).expect("put start");
-        m.handle_put_end(now, WRITER, key, grant.version).expect("put end");
+        m.handle_put_end(now, WRITER, key, grant.version, Some(0)).expect("put end");
     }
 }

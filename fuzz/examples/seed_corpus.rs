@@ -69,7 +69,7 @@ fn main() {
         panic!("put start failed")
     };
     let v = grant.version;
-    send(&mut master, Request::PutEnd { writer: a, key: k("prefix/0001"), version: v });
+    send(&mut master, Request::PutEnd { writer: a, key: k("prefix/0001"), version: v, crc32c: 0x1234_5678 });
     let disk =
         DiskReplica { node: a, bucket: BucketId(7), offset: 4096, len: 256 << 10, crc32c: 0x1234_5678 };
     let origin = DiskReplicaOrigin::Persisted;
@@ -93,13 +93,16 @@ fn main() {
     else {
         panic!("batch put start failed")
     };
-    let ended: Vec<(KeyRef<'_>, ObjectVersion)> = [k("batch/1"), k("batch/2")]
+    let ended: Vec<(KeyRef<'_>, ObjectVersion, u32)> = [k("batch/1"), k("batch/2")]
         .into_iter()
         .zip(&grants)
-        .filter_map(|(key, g)| g.as_ref().ok().map(|g| (key, g.version)))
+        .filter_map(|(key, g)| g.as_ref().ok().map(|g| (key, g.version, 0x0bad_cafe)))
         .collect();
     send(&mut master, Request::BatchPutEnd { writer: b, items: ended.clone() });
-    send(&mut master, Request::BatchPutRevoke { writer: b, items: ended });
+    send(
+        &mut master,
+        Request::BatchPutRevoke { writer: b, items: ended.iter().map(|(k, v, _)| (*k, *v)).collect() },
+    );
     send(&mut master, Request::BatchGetReplicaList { keys: vec![k("batch/1"), k("batch/2"), k("nope")] });
     send(&mut master, Request::BatchExists { keys: vec![k("batch/1"), k("nope")] });
     send(&mut master, Request::BatchRemove { force: false, keys: vec![k("batch/2")] });

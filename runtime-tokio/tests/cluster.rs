@@ -198,6 +198,61 @@ async fn a_late_write_of_an_older_version_is_refused_by_the_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_that_are_not_the_writers_are_never_returned_from_memory_or_disk() {
+    let master = MasterProcess::start("127.0.0.1:0", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(master.addr, "16MiB", dir.path());
+    master.wait_for_metric("larder_master_segments", 1.0);
+    // A writer whose bytes differ from the value it names at the put's end (a buffer
+    // changed under it mid-put, say): each node copy is self-consistent, the value's
+    // CRC32C in the replica list is not theirs.
+    let writer = NodeId(777);
+    let hello = Hello {
+        min_version: 1,
+        max_version: 1,
+        cluster: cluster(),
+        role: Role::Client,
+        node: writer,
+        incarnation: Incarnation(1),
+        serves: None,
+    };
+    let (to_master, _) = Client::start(master.addr, ClientConfig::new(hello));
+    to_master.wait_up(HANG_GUARD).await.unwrap();
+    let larder_tokio::cluster::LinkState::Up(welcome) = to_master.link() else { panic!("up") };
+    let key = KeyRef::new(b"torn").unwrap();
+    let (meant, sent) = (value(1, 8192), value(2, 8192));
+    let start = Request::PutStart { writer, key, size: 8192, replicas: 1 };
+    let Response::PutStart(Ok(grant)) = to_master.call(&start).await.unwrap() else { panic!("granted") };
+    let (to_node, _) = Client::start(node.addr, ClientConfig::new(Hello { role: Role::Peer, ..hello }));
+    to_node.wait_up(HANG_GUARD).await.unwrap();
+    let (segment, offset) = (grant.replicas[0].segment, grant.replicas[0].offset);
+    let (version, epoch) = (grant.version, welcome.incarnation.0);
+    let crc32c = larder_engine::checksum::crc32c(&sent);
+    let mut body = Vec::new();
+    DataRequest::Write { segment, offset, version, epoch, crc32c, bytes: &sent }.encode(&mut body);
+    let answer = to_node.call_raw(body).await.unwrap();
+    assert_eq!(DataResponse::decode(&answer), Ok(DataResponse::Written));
+    let end = Request::PutEnd { writer, key, version, crc32c: larder_engine::checksum::crc32c(&meant) };
+    assert_eq!(to_master.call(&end).await.unwrap(), Response::PutEnd(Ok(())));
+
+    let client = store(&master).await;
+    assert_eq!(client.get(b"torn").await, Err(RemoteError::Corrupted), "from the memory replica");
+    master.wait_for_metric("larder_master_crc_failures_total", 1.0);
+    // The node persisted what it holds: its record is self-consistent too, and refused.
+    client.flush().await.unwrap();
+    let Response::GetReplicaList(Ok(list)) = to_master.call(&Request::GetReplicaList { key }).await.unwrap()
+    else {
+        panic!("listed")
+    };
+    assert!(
+        list.replicas.iter().any(|r| matches!(r, ReplicaDescriptor::Disk(d) if d.crc32c == crc32c)),
+        "the node's record of what it was sent: {list:?}"
+    );
+    assert_eq!(client.get(b"torn").await, Err(RemoteError::Corrupted), "from memory, then disk");
+    master.wait_for_metric("larder_master_crc_failures_total", 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_serves_its_flushed_objects_again_without_a_re_put() {
     let master = MasterProcess::start("127.0.0.1:0", &[]);
     let root = tempfile::tempdir().unwrap();
@@ -332,7 +387,7 @@ async fn a_node_cut_off_is_expired_rejoins_and_what_its_old_session_granted_is_r
     assert_same(&client.get(b"kept").await.unwrap(), &value(7, 100_000), "a flushed object after the rejoin");
 
     // The old put cannot end: its range went with the expiry.
-    let end = Request::PutEnd { writer, key, version: grant.version };
+    let end = Request::PutEnd { writer, key, version: grant.version, crc32c: 0 };
     assert!(
         matches!(raw.call(&end).await.unwrap(), Response::PutEnd(Err(_))),
         "a put of the old session ended"
@@ -423,6 +478,7 @@ async fn a_client_beside_its_own_node_writes_and_reads_its_segment_in_memory() {
         memory_bytes: 8 << 20,
         storage_root: None,
         node_id: None,
+        tier: Default::default(),
     };
     let own = node::start(config).await.unwrap();
     assert!(own.wait_registered(HANG_GUARD).await);

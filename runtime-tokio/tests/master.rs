@@ -66,7 +66,7 @@ async fn put(client: &Client, writer: u64, k: &str) -> ObjectVersion {
     let Response::PutStart(Ok(grant)) = client.call(&start).await.unwrap() else {
         panic!("put start refused")
     };
-    let end = Request::PutEnd { writer: NodeId(writer), key: key(k), version: grant.version };
+    let end = Request::PutEnd { writer: NodeId(writer), key: key(k), version: grant.version, crc32c: 0 };
     assert_eq!(client.call(&end).await.unwrap(), Response::PutEnd(Ok(())));
     grant.version
 }

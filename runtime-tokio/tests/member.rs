@@ -97,6 +97,43 @@ async fn an_application_member_puts_into_its_own_memory_and_its_flushed_objects_
     client.close().await.unwrap();
 }
 
+/// `close` alone makes what it acknowledged durable: puts racing it are either refused
+/// (`Closed`) or, acknowledged, read back after the member is opened again on its root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_acknowledged_while_the_member_closes_reads_back_after_a_reopen() {
+    let master = MasterProcess::start("127.0.0.1:0", &[]);
+    let root = tempfile::tempdir().unwrap();
+    let app = std::sync::Arc::new(open(member(&master, 16 << 20, Some(root.path()))).await);
+    let (done, mut results) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..40 {
+        let (app, done) = (std::sync::Arc::clone(&app), done.clone());
+        tokio::spawn(async move { done.send((i, app.put(&key(i), &value(i, 100_000)).await)).unwrap() });
+    }
+    // Close once ten puts are acknowledged, with the rest in flight.
+    let mut outcomes = Vec::new();
+    while outcomes.len() < 10 {
+        outcomes.push(results.recv().await.unwrap());
+    }
+    app.close().await.unwrap();
+    while outcomes.len() < 40 {
+        outcomes.push(results.recv().await.unwrap());
+    }
+    let acknowledged: Vec<u64> = outcomes
+        .iter()
+        .filter_map(|(i, outcome)| match outcome {
+            Ok(()) => Some(*i),
+            Err(StoreError::Closed) => None,
+            Err(e) => panic!("put {i}: {e}"),
+        })
+        .collect();
+    assert!(acknowledged.len() >= 10);
+    let app = open(member(&master, 16 << 20, Some(root.path()))).await;
+    for i in acknowledged {
+        assert_same(&app.get(&key(i)).await.unwrap(), &value(i, 100_000), "acknowledged before the close");
+    }
+    app.close().await.unwrap();
+}
+
 /// A master that does not answer is a typed error from open, never a hang.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joining_a_master_that_is_not_there_is_unreachable() {

@@ -60,7 +60,7 @@ fn fill(master: &mut Master, now: Instant) {
         let k = key(i);
         let k = KeyRef::new(k.as_bytes()).expect("key");
         let grant = master.handle_put_start(now, NODE, k, VALUE, 1).expect("put start");
-        master.handle_put_end(now, NODE, k, grant.version).expect("put end");
+        master.handle_put_end(now, NODE, k, grant.version, Some(0)).expect("put end");
     }
 }
 
@@ -136,7 +136,7 @@ fn fill_over_tcp(addr: SocketAddr) -> Result<(), String> {
             let Response::PutStart(Ok(grant)) = client.call(&start).await.map_err(|e| e.to_string())? else {
                 return Err(String::from("put start refused"));
             };
-            let end = Request::PutEnd { writer: NODE, key: k, version: grant.version };
+            let end = Request::PutEnd { writer: NODE, key: k, version: grant.version, crc32c: 0 };
             client.call(&end).await.map_err(|e| e.to_string())?;
         }
         Ok(())
@@ -353,6 +353,7 @@ impl LarderCluster {
                     memory_bytes: memory,
                     storage_root: None,
                     node_id: None,
+                    tier: Default::default(),
                 };
                 larder_tokio::cluster::node::start(node).await.map_err(|e| e.to_string())?;
             }

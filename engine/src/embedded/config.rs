@@ -83,6 +83,12 @@ pub struct StoreConfig {
     /// free port on every interface, advertised to the master as this host's address on
     /// the route to it.
     pub listen: Option<core::net::SocketAddr>,
+    /// A member's node id (`LARDER_NODE_ID`, a number above 0), given rather than kept
+    /// under its storage root: members sharing one root (a shared filesystem) each need
+    /// their own, the same at every start. `None`: the id kept in
+    /// `<root>/<cluster>/node-id` (a new one every run without a root). The embedded
+    /// store's directory is `node`'s.
+    pub node_id: Option<NodeId>,
 }
 
 impl Default for StoreConfig {
@@ -101,6 +107,7 @@ impl Default for StoreConfig {
             clock: Clock::System,
             master: None,
             listen: None,
+            node_id: None,
         }
     }
 }
@@ -129,8 +136,8 @@ pub enum ConfigError {
 
 impl StoreConfig {
     /// The defaults with `LARDER_MEMORY_BYTES`, `LARDER_STORAGE_ROOT`, `LARDER_CLUSTER`,
-    /// `LARDER_MAX_DISK_BYTES`, `LARDER_WRITE_BEHIND_BYTES`, `LARDER_MASTER` and
-    /// `LARDER_NODE_LISTEN` applied.
+    /// `LARDER_MAX_DISK_BYTES`, `LARDER_WRITE_BEHIND_BYTES`, `LARDER_MASTER`,
+    /// `LARDER_NODE_LISTEN` and `LARDER_NODE_ID` applied.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::default().with_env(|name| std::env::var(name).ok())
     }
@@ -163,6 +170,12 @@ impl StoreConfig {
                 reason: "must be an IP address and port, e.g. 0.0.0.0:50052",
             })?;
             self.listen = Some(listen);
+        }
+        if let Some(v) = var("LARDER_NODE_ID").filter(|v| !v.trim().is_empty()) {
+            let id = v.trim().parse::<u64>().ok().filter(|id| *id > 0).ok_or_else(|| {
+                ConfigError::Invalid { name: "LARDER_NODE_ID".into(), reason: "must be a number above 0" }
+            })?;
+            self.node_id = Some(NodeId(id));
         }
         self.validate()?;
         Ok(self)
@@ -270,6 +283,7 @@ mod tests {
                 "LARDER_MASTER" => Some(master.into()),
                 "LARDER_MEMORY_BYTES" => Some("0".into()),
                 "LARDER_NODE_LISTEN" => Some("0.0.0.0:50052".into()),
+                "LARDER_NODE_ID" => Some("42".into()),
                 _ => None,
             }
         };
@@ -277,6 +291,7 @@ mod tests {
         assert_eq!(member.master.as_deref(), Some("10.0.0.7:50051"));
         assert_eq!(member.memory_bytes, 0);
         assert_eq!(member.listen, Some("0.0.0.0:50052".parse().unwrap()));
+        assert_eq!(member.node_id, Some(NodeId(42)));
         let named = StoreConfig::default().with_env(env("master.local:50051")).unwrap();
         assert_eq!(named.master.as_deref(), Some("master.local:50051"));
         // "embedded" (Mooncake's word) and "" mean no master: then 0 bytes is refused.
@@ -292,5 +307,12 @@ mod tests {
             .with_env(|n: &str| (n == "LARDER_NODE_LISTEN").then(|| "anywhere".into()))
             .unwrap_err();
         assert!(matches!(&bad_listen, ConfigError::Invalid { name, .. } if name == "LARDER_NODE_LISTEN"));
+        for bad in ["0", "-1", "node7"] {
+            let err = StoreConfig::default().with_env(|n: &str| (n == "LARDER_NODE_ID").then(|| bad.into()));
+            assert!(
+                matches!(&err, Err(ConfigError::Invalid { name, .. }) if name == "LARDER_NODE_ID"),
+                "{bad}: {err:?}"
+            );
+        }
     }
 }

@@ -210,7 +210,9 @@ impl<R: Runtime> Store<R> {
         let offset = grant.replicas[0].offset;
         let ((), work) = self.inner.with_node(|node| {
             let (now, writer) = (node.now(), node.id());
-            node.master.handle_put_end(now, writer, key, grant.version).map_err(StoreError::Internal)?;
+            node.master
+                .handle_put_end(now, writer, key, grant.version, None)
+                .map_err(StoreError::Internal)?;
             node.set_value(offset, value);
             Ok(())
         })?;

@@ -82,6 +82,7 @@ impl Master {
             key: key.as_bytes().into(),
             version,
             size: replica.len,
+            crc32c: Some(replica.crc32c),
             writer: replica.node,
             started: Instant::ZERO,
             lease_until: Instant::ZERO,

@@ -13,8 +13,8 @@ impl Master {
             Request::PutStart { writer, key, size, replicas } => {
                 Response::PutStart(self.handle_put_start(now, *writer, *key, *size, *replicas))
             }
-            Request::PutEnd { writer, key, version } => {
-                Response::PutEnd(self.handle_put_end(now, *writer, *key, *version))
+            Request::PutEnd { writer, key, version, crc32c } => {
+                Response::PutEnd(self.handle_put_end(now, *writer, *key, *version, Some(*crc32c)))
             }
             Request::PutRevoke { writer, key, version } => {
                 Response::PutRevoke(self.handle_put_revoke(now, *writer, *key, *version))
@@ -50,7 +50,10 @@ impl Master {
                     .collect(),
             ),
             Request::BatchPutEnd { writer, items } => Response::BatchPutEnd(
-                items.iter().map(|(k, v)| self.handle_put_end(now, *writer, *k, *v)).collect(),
+                items
+                    .iter()
+                    .map(|(k, v, crc)| self.handle_put_end(now, *writer, *k, *v, Some(*crc)))
+                    .collect(),
             ),
             Request::BatchPutRevoke { writer, items } => Response::BatchPutRevoke(
                 items.iter().map(|(k, v)| self.handle_put_revoke(now, *writer, *k, *v)).collect(),

@@ -211,6 +211,7 @@ impl Master {
             key: key.as_bytes().into(),
             version,
             size,
+            crc32c: None,
             writer,
             started: now,
             lease_until: Instant::ZERO,
@@ -224,8 +225,9 @@ impl Master {
         Ok(grant)
     }
 
-    /// Ends a put: the writer copied the value into every replica, which become
-    /// readable. With write-behind on, asks the owning node to persist it (if a node
+    /// Ends a put: the writer copied the value, whose CRC32C is `crc32c` (given to
+    /// every reader to check the bytes it gets; `None` from a writer whose readers share
+    /// its buffer), into every replica, which become readable. With write-behind on, asks the owning node to persist it (if a node
     /// with an SSD tier holds a replica), and the object counts towards the next
     /// flush's barrier.
     ///
@@ -237,10 +239,12 @@ impl Master {
         writer: NodeId,
         key: KeyRef<'_>,
         version: ObjectVersion,
+        crc32c: Option<u32>,
     ) -> Result<(), MasterError> {
         let slot = self.writers_put(writer, key, version)?;
         let o = self.objects.get_mut(slot).expect("found above");
         o.status = ReplicaStatus::Complete;
+        o.crc32c = crc32c;
         // Only objects some node can persist count towards a flush: one placed on
         // nodes without an SSD tier is memory-only by the cluster's own layout.
         if self.config.persist == PersistPolicy::WriteBehind
@@ -329,7 +333,7 @@ impl Master {
         let memory = o.memory.iter().map(|p| ReplicaDescriptor::Memory(self.segments.replica(*p, o.size)));
         let disk = o.readable_disk().map(|d| ReplicaDescriptor::Disk(*d));
         let replicas = memory.chain(disk).take(MAX_REPLICAS).collect();
-        Ok(ReplicaList { version: o.version, size: o.size, lease: lease_ttl, replicas })
+        Ok(ReplicaList { version: o.version, size: o.size, lease: lease_ttl, crc32c: o.crc32c, replicas })
     }
 
     /// The size of the complete object under `key`, without granting a lease.

@@ -86,6 +86,9 @@ pub(crate) struct Object {
     pub(crate) key: ObjectKey,
     pub(crate) version: ObjectVersion,
     pub(crate) size: u64,
+    /// The writer's CRC32C of the value (set when the put ends, or from the disk
+    /// replica an object is recovered from; `None` from a writer that gave none).
+    pub(crate) crc32c: Option<u32>,
     /// The node that started the put (meaningful while Processing).
     pub(crate) writer: NodeId,
     /// When the put started (meaningful while Processing).

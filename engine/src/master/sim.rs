@@ -568,7 +568,7 @@ impl Cluster {
         let key = self.key(key);
         let Some(&(version, writer)) = self.model.grants.get(&key) else { return Ok(()) };
         let sender = if by_other_node { NodeId(writer.0 + 1000) } else { writer };
-        match self.master.handle_put_end(self.now, sender, key.as_ref(), version) {
+        match self.master.handle_put_end(self.now, sender, key.as_ref(), version, None) {
             Ok(()) => {
                 ensure!(sender == writer, "put end accepted from a non-writer");
                 ensure!(self.model.completed.insert(version), "{version:?} ended twice");

@@ -51,7 +51,7 @@ fn with_storage() -> Master {
 
 fn put(m: &mut Master, now: Instant, key: &str, size: u64) -> ObjectVersion {
     let grant = m.handle_put_start(now, A, k(key), size, 1).unwrap();
-    m.handle_put_end(now, A, k(key), grant.version).unwrap();
+    m.handle_put_end(now, A, k(key), grant.version, None).unwrap();
     grant.version
 }
 
@@ -184,8 +184,11 @@ fn put_start_preempts_a_stale_put_in_progress() {
         }]
     );
     // The preempted writer can no longer end its put; the new one can.
-    assert_eq!(m.handle_put_end(at(30_001), A, k("a"), old.version), Err(MasterError::PutNotInProgress));
-    m.handle_put_end(at(30_001), B, k("a"), new.version).unwrap();
+    assert_eq!(
+        m.handle_put_end(at(30_001), A, k("a"), old.version, None),
+        Err(MasterError::PutNotInProgress)
+    );
+    m.handle_put_end(at(30_001), B, k("a"), new.version, None).unwrap();
     m.verify().unwrap();
 }
 
@@ -243,7 +246,7 @@ fn put_end_makes_the_object_readable() {
 fn put_end_is_refused_to_a_non_writer() {
     let mut m = plain();
     let g = m.handle_put_start(at(1), A, k("a"), 100, 1).unwrap();
-    refused(&mut m, MasterError::NotWriter, |m| m.handle_put_end(at(2), B, k("a"), g.version));
+    refused(&mut m, MasterError::NotWriter, |m| m.handle_put_end(at(2), B, k("a"), g.version, None));
     refused(&mut m, MasterError::NotWriter, |m| m.handle_put_revoke(at(2), B, k("a"), g.version));
 }
 
@@ -251,7 +254,7 @@ fn put_end_is_refused_to_a_non_writer() {
 fn a_second_put_end_is_refused() {
     let mut m = plain();
     let v = put(&mut m, at(1), "a", 100);
-    refused(&mut m, MasterError::PutNotInProgress, |m| m.handle_put_end(at(2), A, k("a"), v));
+    refused(&mut m, MasterError::PutNotInProgress, |m| m.handle_put_end(at(2), A, k("a"), v, None));
     refused(&mut m, MasterError::PutNotInProgress, |m| m.handle_put_revoke(at(2), A, k("a"), v));
 }
 
@@ -259,8 +262,10 @@ fn a_second_put_end_is_refused() {
 fn put_end_of_another_version_or_key_is_refused() {
     let mut m = plain();
     let g = m.handle_put_start(at(1), A, k("a"), 100, 1).unwrap();
-    refused(&mut m, MasterError::PutNotInProgress, |m| m.handle_put_end(at(2), A, k("a"), g.version.next()));
-    refused(&mut m, MasterError::ObjectNotFound, |m| m.handle_put_end(at(2), A, k("b"), g.version));
+    refused(&mut m, MasterError::PutNotInProgress, |m| {
+        m.handle_put_end(at(2), A, k("a"), g.version.next(), None)
+    });
+    refused(&mut m, MasterError::ObjectNotFound, |m| m.handle_put_end(at(2), A, k("b"), g.version, None));
 }
 
 #[test]
@@ -284,9 +289,9 @@ fn every_freed_memory_range_is_reported_to_its_holder() {
     m.handle_put_revoke(at(1), A, k("revoked"), revoked.version).unwrap();
     assert_eq!(freed(&mut m), [(SEG_A, revoked.replicas[0].offset)]);
     let kept = m.handle_put_start(at(1), A, k("kept"), 100, 1).unwrap();
-    m.handle_put_end(at(1), A, k("kept"), kept.version).unwrap();
+    m.handle_put_end(at(1), A, k("kept"), kept.version, None).unwrap();
     let removed = m.handle_put_start(at(1), A, k("removed"), 100, 1).unwrap();
-    m.handle_put_end(at(1), A, k("removed"), removed.version).unwrap();
+    m.handle_put_end(at(1), A, k("removed"), removed.version, None).unwrap();
     assert!(freed(&mut m).is_empty());
     m.handle_remove(at(2), k("removed"), false).unwrap();
     assert_eq!(freed(&mut m), [(SEG_A, removed.replicas[0].offset)]);
@@ -473,7 +478,7 @@ fn remove_during_a_persist_pins_the_memory_until_the_node_answers() {
     );
     assert_eq!(m.stats().used_bytes, 4096);
     assert_eq!(m.stats().pinned_removed, 0);
-    m.handle_put_end(at(3), A, k("a"), g.version).unwrap();
+    m.handle_put_end(at(3), A, k("a"), g.version, None).unwrap();
     m.verify().unwrap();
 }
 
@@ -572,7 +577,7 @@ fn unmount_drops_its_replicas_and_cancels_puts_in_progress() {
     let v_mem = put(&mut m, at(0), "memory-only", 100);
     let writing = m.handle_put_start(at(0), A, k("writing"), 100, 1).unwrap();
     let two = m.handle_put_start(at(0), A, k("two"), 100, 2).unwrap();
-    m.handle_put_end(at(0), A, k("two"), two.version).unwrap();
+    m.handle_put_end(at(0), A, k("two"), two.version, None).unwrap();
     commands(&mut m);
     events(&mut m);
     // Unmount whichever segment holds "memory-only".
@@ -597,7 +602,7 @@ fn unmount_drops_its_replicas_and_cancels_puts_in_progress() {
     }
     if writing_seg == segment {
         assert_eq!(
-            m.handle_put_end(at(1), A, k("writing"), writing.version),
+            m.handle_put_end(at(1), A, k("writing"), writing.version, None),
             Err(MasterError::ObjectNotFound)
         );
     }
@@ -698,7 +703,7 @@ fn re_registering_brings_an_offline_record_back_online() {
     m.handle_ping(at(0), B, Incarnation(1), false);
     m.handle_mount_segment(at(0), B, SEG_B, MIB).unwrap();
     let g = m.handle_put_start(at(0), A, k("a"), 100, 2).unwrap();
-    m.handle_put_end(at(0), A, k("a"), g.version).unwrap();
+    m.handle_put_end(at(0), A, k("a"), g.version, None).unwrap();
     m.handle_add_disk_replica(at(0), k("a"), g.version, disk(A, 100), DiskReplicaOrigin::Persisted).unwrap();
     m.handle_ping(at(1), A, Incarnation(2), true);
     assert_eq!(m.handle_get_replica_list(at(1), k("a")).unwrap().replicas.len(), 1);
@@ -1026,7 +1031,7 @@ fn add_disk_replica_checks_state_and_length() {
     refused(&mut m, MasterError::ReplicaNotReady, |m| {
         m.handle_add_disk_replica(at(0), k("a"), g.version, disk(A, 100), DiskReplicaOrigin::Persisted)
     });
-    m.handle_put_end(at(0), A, k("a"), g.version).unwrap();
+    m.handle_put_end(at(0), A, k("a"), g.version, None).unwrap();
     refused(&mut m, MasterError::InvalidSize, |m| {
         m.handle_add_disk_replica(at(0), k("a"), g.version, disk(A, 99), DiskReplicaOrigin::Persisted)
     });
@@ -1112,7 +1117,7 @@ fn batch_requests_answer_item_by_item() {
     };
     assert!(grants[0].is_ok() && grants[1].is_ok());
     assert_eq!(grants[2].as_ref().err(), Some(&MasterError::ObjectAlreadyExists));
-    let items = vec_of(&[(k("a"), grants[0].as_ref().unwrap().version), (k("b"), ObjectVersion(999))]);
+    let items = vec_of(&[(k("a"), grants[0].as_ref().unwrap().version, 7), (k("b"), ObjectVersion(999), 8)]);
     let Response::BatchPutEnd(ends) = m.handle_request(at(0), &Request::BatchPutEnd { writer: A, items })
     else {
         panic!()
@@ -1201,7 +1206,7 @@ fn object_size_reports_complete_objects_only_and_grants_no_lease() {
 /// Where the replicas of a put by `writer` land.
 fn placed_on(m: &mut Master, writer: NodeId, key: &str, size: u64, replicas: u8) -> Vec<SegmentId> {
     let grant = m.handle_put_start(at(1), writer, k(key), size, replicas).unwrap();
-    m.handle_put_end(at(1), writer, k(key), grant.version).unwrap();
+    m.handle_put_end(at(1), writer, k(key), grant.version, None).unwrap();
     grant.replicas.iter().map(|r| r.segment).collect()
 }
 

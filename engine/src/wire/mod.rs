@@ -70,6 +70,11 @@ pub struct ReplicaList {
     /// How long the read lease lasts from when the master answered: the replicas will
     /// not be evicted or (unless forced) removed before then.
     pub lease: Duration,
+    /// The writer's CRC32C of the value, which every replica holds: a reader checks the
+    /// bytes it got against it. `None` only for an object put by the embedded store,
+    /// whose readers share the writer's own buffer (its disk replicas carry their
+    /// CRC32C in their descriptors all the same).
+    pub crc32c: Option<u32>,
     /// Readable replicas, memory replicas first.
     pub replicas: SmallVec<[ReplicaDescriptor; 2]>,
 }

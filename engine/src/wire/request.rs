@@ -58,6 +58,9 @@ pub enum Request<'a> {
         key: KeyRef<'a>,
         /// The version the put start granted.
         version: ObjectVersion,
+        /// The writer's CRC32C of the value: every reader checks the bytes it got
+        /// against it.
+        crc32c: u32,
     },
     /// The writer gives up; free the replicas.
     PutRevoke {
@@ -158,8 +161,8 @@ pub enum Request<'a> {
     BatchPutEnd {
         /// The writer.
         writer: NodeId,
-        /// Key and granted version of each object.
-        items: Vec<(KeyRef<'a>, ObjectVersion)>,
+        /// Key, granted version and CRC32C of the value of each object.
+        items: Vec<(KeyRef<'a>, ObjectVersion, u32)>,
     },
     /// [`Request::PutRevoke`] for many objects.
     BatchPutRevoke {
@@ -267,9 +270,10 @@ impl<'a> Request<'a> {
                 w.u64(*size);
                 w.u8(*replicas);
             }
-            Request::PutEnd { writer, key, version } => {
+            Request::PutEnd { writer, key, version, crc32c } => {
                 write_header(w, KIND_REQUEST, TAG_PUT_END);
                 write_writer_key_version(w, *writer, *key, *version);
+                w.u32(*crc32c);
             }
             Request::PutRevoke { writer, key, version } => {
                 write_header(w, KIND_REQUEST, TAG_PUT_REVOKE);
@@ -336,7 +340,7 @@ impl<'a> Request<'a> {
             }
             Request::BatchPutEnd { writer, items } => {
                 write_header(w, KIND_REQUEST, TAG_BATCH_PUT_END);
-                write_versioned_items(w, *writer, items)?;
+                write_put_end_items(w, *writer, items)?;
             }
             Request::BatchPutRevoke { writer, items } => {
                 write_header(w, KIND_REQUEST, TAG_BATCH_PUT_REVOKE);
@@ -390,7 +394,7 @@ impl<'a> Request<'a> {
             },
             TAG_PUT_END => {
                 let (writer, key, version) = read_writer_key_version(&mut r)?;
-                Request::PutEnd { writer, key, version }
+                Request::PutEnd { writer, key, version, crc32c: r.u32("crc32c")? }
             }
             TAG_PUT_REVOKE => {
                 let (writer, key, version) = read_writer_key_version(&mut r)?;
@@ -439,7 +443,7 @@ impl<'a> Request<'a> {
                 Request::BatchPutStart { writer, replicas, items }
             }
             TAG_BATCH_PUT_END => {
-                let (writer, items) = read_versioned_items(&mut r)?;
+                let (writer, items) = read_put_end_items(&mut r)?;
                 Request::BatchPutEnd { writer, items }
             }
             TAG_BATCH_PUT_REVOKE => {
@@ -503,6 +507,34 @@ fn read_versioned_items<'a>(
     let mut items = Vec::with_capacity(n);
     for _ in 0..n {
         items.push((r.key()?, ObjectVersion(r.u64("version")?)));
+    }
+    Ok((writer, items))
+}
+
+fn write_put_end_items(
+    w: &mut Writer<'_>,
+    writer: NodeId,
+    items: &[(KeyRef<'_>, ObjectVersion, u32)],
+) -> Result<(), EncodeError> {
+    w.u64(writer.0);
+    w.count("batch", items.len(), MAX_BATCH)?;
+    for (key, version, crc32c) in items {
+        w.key(*key);
+        w.u64(version.0);
+        w.u32(*crc32c);
+    }
+    Ok(())
+}
+
+#[allow(clippy::type_complexity)] // plain types, named at the call sites
+fn read_put_end_items<'a>(
+    r: &mut Reader<'a>,
+) -> Result<(NodeId, Vec<(KeyRef<'a>, ObjectVersion, u32)>), DecodeError> {
+    let writer = NodeId(r.u64("writer")?);
+    let n = r.count("batch", MAX_BATCH, MIN_KEY_LEN + 12)?;
+    let mut items = Vec::with_capacity(n);
+    for _ in 0..n {
+        items.push((r.key()?, ObjectVersion(r.u64("version")?), r.u32("crc32c")?));
     }
     Ok((writer, items))
 }

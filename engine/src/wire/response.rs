@@ -311,6 +311,8 @@ fn write_replica_list(w: &mut Writer<'_>, l: &ReplicaList) -> Result<(), EncodeE
     w.u64(l.version.0);
     w.u64(l.size);
     write_duration(w, l.lease);
+    w.bool(l.crc32c.is_some());
+    w.u32(l.crc32c.unwrap_or(0));
     w.count("replicas", l.replicas.len(), MAX_REPLICAS)?;
     l.replicas.iter().for_each(|d| d.write_to(w));
     Ok(())
@@ -320,10 +322,16 @@ fn read_replica_list(r: &mut Reader<'_>) -> Result<ReplicaList, DecodeError> {
     let version = ObjectVersion(r.u64("version")?);
     let size = r.u64("size")?;
     let lease = read_duration(r, "lease")?;
+    let checksummed = r.bool("checksummed")?;
+    let crc32c = r.u32("crc32c")?;
+    if !checksummed && crc32c != 0 {
+        return Err(DecodeError::InvalidValue { what: "crc32c of an unchecksummed value" });
+    }
+    let crc32c = checksummed.then_some(crc32c);
     let n = r.count("replicas", MAX_REPLICAS, ReplicaDescriptor::MIN_ENCODED_LEN)?;
     let mut replicas = SmallVec::with_capacity(n);
     for _ in 0..n {
         replicas.push(ReplicaDescriptor::read_from(r)?);
     }
-    Ok(ReplicaList { version, size, lease, replicas })
+    Ok(ReplicaList { version, size, lease, crc32c, replicas })
 }

@@ -29,6 +29,7 @@ fn list() -> ReplicaList {
         version: ObjectVersion(9),
         size: 65536,
         lease: Duration::from_secs(10),
+        crc32c: Some(0xcafe_f00d),
         replicas: smallvec![ReplicaDescriptor::Memory(mem()), ReplicaDescriptor::Disk(disk())],
     }
 }
@@ -43,7 +44,7 @@ fn requests() -> Vec<Request<'static>> {
     let n = NodeId(7);
     vec![
         Request::PutStart { writer: n, key: a, size: 1 << 20, replicas: 2 },
-        Request::PutEnd { writer: n, key: a, version: v },
+        Request::PutEnd { writer: n, key: a, version: v, crc32c: 0xdead_beef },
         Request::PutRevoke { writer: n, key: a, version: v },
         Request::GetReplicaList { key: a },
         Request::Exists { key: b },
@@ -56,7 +57,7 @@ fn requests() -> Vec<Request<'static>> {
         Request::RemoveDiskReplica { node: n, key: a, version: v },
         Request::PersistFailed { node: n, key: b, version: v },
         Request::BatchPutStart { writer: n, replicas: 1, items: vec![(a, 10), (b, 20)] },
-        Request::BatchPutEnd { writer: n, items: vec![(a, v), (b, v.next())] },
+        Request::BatchPutEnd { writer: n, items: vec![(a, v, 1), (b, v.next(), u32::MAX)] },
         Request::BatchPutRevoke { writer: n, items: vec![(b, v)] },
         Request::BatchGetReplicaList { keys: vec![a, b] },
         Request::BatchExists { keys: vec![] },
@@ -77,6 +78,7 @@ fn responses() -> Vec<Response> {
         Response::PutEnd(Ok(())),
         Response::PutRevoke(Err(MasterError::NotWriter)),
         Response::GetReplicaList(Ok(list())),
+        Response::GetReplicaList(Ok(ReplicaList { crc32c: None, ..list() })),
         Response::GetReplicaList(Err(MasterError::ObjectNotFound)),
         Response::Exists(true),
         Response::Remove(Err(e)),
@@ -242,6 +244,21 @@ fn batch_counts_are_bounded_on_both_sides() {
     assert!(matches!(Message::decode(&bytes), Err(DecodeError::Truncated { .. })));
     bytes[3..7].copy_from_slice(&u32::MAX.to_le_bytes());
     assert!(matches!(Message::decode(&bytes), Err(DecodeError::TooLong { .. })));
+}
+
+#[test]
+fn a_replica_list_without_a_checksum_has_one_encoding() {
+    let unchecksummed =
+        Message::Response(Response::GetReplicaList(Ok(ReplicaList { crc32c: None, ..list() })));
+    let mut bytes = encode(&unchecksummed);
+    // The header (3), the status (2), version, size, lease (8 each), the flag (1).
+    let crc_at = 3 + 2 + 8 + 8 + 8 + 1;
+    assert_eq!(bytes[crc_at - 1..crc_at + 4], [0, 0, 0, 0, 0]);
+    bytes[crc_at] = 1;
+    assert_eq!(
+        Message::decode(&bytes),
+        Err(DecodeError::InvalidValue { what: "crc32c of an unchecksummed value" })
+    );
 }
 
 #[test]

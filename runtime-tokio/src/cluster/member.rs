@@ -11,7 +11,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use larder_engine::disk::TierError;
@@ -35,7 +34,10 @@ pub struct Member {
     segment: Option<SegmentId>,
     memory_bytes: u64,
     recovered: u64,
-    closed: AtomicBool,
+    /// Whether the member is closed. Every call holds it shared for as long as it runs
+    /// and `close` holds it alone: a put acknowledged is one `close` waited for (and
+    /// flushed), never one that slipped in after its flush.
+    closed: tokio::sync::RwLock<bool>,
 }
 
 impl Member {
@@ -90,12 +92,14 @@ impl Member {
             recovered: node.as_ref().map_or(0, |n| n.recovered as u64),
             node: Mutex::new(node),
             memory_bytes: config.memory_bytes,
-            closed: AtomicBool::new(false),
+            closed: tokio::sync::RwLock::new(false),
         })
     }
 
-    fn check_open(&self) -> Result<(), StoreError> {
-        if self.closed.load(Ordering::Acquire) { Err(StoreError::Closed) } else { Ok(()) }
+    /// Enters a call: `Closed` once `close` began; the guard keeps `close` waiting.
+    async fn enter(&self) -> Result<tokio::sync::RwLockReadGuard<'_, bool>, StoreError> {
+        let closed = self.closed.read().await;
+        if *closed { Err(StoreError::Closed) } else { Ok(closed) }
     }
 
     /// Stores `value` under `key` (one memory replica; its owner persists it behind).
@@ -109,7 +113,7 @@ impl Member {
     }
 
     async fn put_bytes(&self, key: &[u8], value: Bytes) -> Result<(), StoreError> {
-        self.check_open()?;
+        let _open = self.enter().await?;
         let checked = KeyRef::new(key)?;
         if value.is_empty() {
             return Err(StoreError::EmptyValue);
@@ -120,7 +124,7 @@ impl Member {
 
     /// The value under `key`, read from the first replica whose bytes pass their CRC32C.
     pub async fn get(&self, key: &[u8]) -> Result<Bytes, StoreError> {
-        self.check_open()?;
+        let _open = self.enter().await?;
         let checked = KeyRef::new(key)?;
         self.remote.get(key).await.map_err(|e| store_error(e, checked, 0))
     }
@@ -128,7 +132,7 @@ impl Member {
     /// Copies the value under `key` into `buf`; returns its length (a value larger than
     /// `buf` is `BufferTooSmall` before it is transferred).
     pub async fn get_into(&self, key: &[u8], buf: &mut [u8]) -> Result<usize, StoreError> {
-        self.check_open()?;
+        let _open = self.enter().await?;
         let checked = KeyRef::new(key)?;
         let value =
             self.remote.get_within(key, Some(buf.len())).await.map_err(|e| store_error(e, checked, 0))?;
@@ -138,49 +142,53 @@ impl Member {
 
     /// The size of the value under `key`.
     pub async fn get_size(&self, key: &[u8]) -> Result<u64, StoreError> {
-        self.check_open()?;
+        let _open = self.enter().await?;
         let checked = KeyRef::new(key)?;
         self.remote.get_size(key).await.map_err(|e| store_error(e, checked, 0))
     }
 
     /// Whether `key` holds a complete object.
     pub async fn exists(&self, key: &[u8]) -> Result<bool, StoreError> {
-        self.check_open()?;
+        let _open = self.enter().await?;
         let checked = KeyRef::new(key)?;
         self.remote.exists(key).await.map_err(|e| store_error(e, checked, 0))
     }
 
     /// Removes the object under `key` (`force`: even while a reader holds a lease).
     pub async fn remove(&self, key: &[u8], force: bool) -> Result<(), StoreError> {
-        self.check_open()?;
+        let _open = self.enter().await?;
         let checked = KeyRef::new(key)?;
         self.remote.remove(key, force).await.map_err(|e| store_error(e, checked, 0))
     }
 
     /// Removes every object of the cluster (`force`: leased ones too); returns how many.
     pub async fn remove_all(&self, force: bool) -> Result<u64, StoreError> {
-        self.check_open()?;
+        let _open = self.enter().await?;
         let any = KeyRef::new(b"*").expect("a valid key");
         self.remote.remove_all(force).await.map_err(|e| store_error(e, any, 0))
     }
 
     /// Waits until everything the cluster acknowledged before the call is on SSD.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.check_open()?;
+        let _open = self.enter().await?;
         let any = KeyRef::new(b"*").expect("a valid key");
         self.remote.flush().await.map_err(|e| store_error(e, any, 0))
     }
 
-    /// Flushes (when the member has an SSD tier), withdraws its segment from the
-    /// cluster and stops its node, releasing the storage root. Every later call fails
-    /// with `Closed`. Objects whose only replica was in this member's memory and that
-    /// were not on SSD are gone from the cluster.
+    /// Waits for the calls in progress, flushes (everything the cluster acknowledged
+    /// is on SSD, where a node can persist it), withdraws this member's segment from the
+    /// cluster and stops its node, releasing the storage root. Calls that begin meanwhile
+    /// or later fail with `Closed`. Objects whose only replica was in this member's
+    /// memory and that no node could persist are gone from the cluster. A failed flush
+    /// is returned after the rest is done.
     pub async fn close(&self) -> Result<(), StoreError> {
-        let persistent = self.lock_node().as_ref().is_some_and(|n| n.tier_stats().is_some());
-        let flushed = if persistent { self.flush().await } else { self.check_open() };
-        if self.closed.swap(true, Ordering::AcqRel) {
+        let mut closed = self.closed.write().await;
+        if *closed {
             return Err(StoreError::Closed);
         }
+        *closed = true;
+        let any = KeyRef::new(b"*").expect("a valid key");
+        let flushed = self.remote.flush().await.map_err(|e| store_error(e, any, 0));
         let node = self.lock_node().take();
         if let Some(node) = node {
             let segment = self.segment.expect("a node has a segment");
@@ -222,6 +230,17 @@ impl Member {
     }
 }
 
+impl Drop for Member {
+    /// A member dropped without `close` stops its node's work (its segment expires by
+    /// the master's node TTL); what its SSD tier accepted is written out when the tier
+    /// is let go.
+    fn drop(&mut self) {
+        if let Some(node) = self.lock_node().as_ref() {
+            node.abort();
+        }
+    }
+}
+
 /// Starts the member's node, contributing `config.memory_bytes` (and SSD with a root).
 async fn start_node(
     config: &StoreConfig,
@@ -235,7 +254,12 @@ async fn start_node(
         cluster,
         memory_bytes: config.memory_bytes,
         storage_root: config.storage_root.clone(),
-        node_id: None,
+        node_id: config.node_id,
+        tier: node::TierSettings {
+            max_disk_bytes: config.max_disk_bytes,
+            write_behind_bytes: usize::try_from(config.write_behind_bytes).expect("validated"),
+            direct_io: config.direct_io,
+        },
     };
     let place = config.storage_root.clone().unwrap_or_else(|| listen.to_string().into());
     node::start(node)

@@ -16,5 +16,5 @@ pub mod remote;
 pub use client::{CallError, Client, LinkState, PushedCommand};
 pub use master::{MasterServer, MasterServerConfig};
 pub use member::Member;
-pub use node::{LocalSegment, NodeServer, NodeServerConfig, SegmentWrite};
+pub use node::{LocalSegment, NodeServer, NodeServerConfig, SegmentWrite, TierSettings};
 pub use remote::{RemoteError, RemoteStats, RemoteStore};

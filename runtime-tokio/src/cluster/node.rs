@@ -59,6 +59,29 @@ pub struct NodeServerConfig {
     /// root (the DFS mode) each need their own. `None`: the id kept in
     /// `<root>/<cluster>/node-id` (made at the first start).
     pub node_id: Option<NodeId>,
+    /// How its SSD tier runs.
+    pub tier: TierSettings,
+}
+
+/// How a node's SSD tier runs: the embedded store's settings of the same names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TierSettings {
+    /// The most bytes of bucket files (`None`: as the filesystem has room).
+    pub max_disk_bytes: Option<u64>,
+    /// Bytes of values waiting to be written before persists wait for the disk.
+    pub write_behind_bytes: usize,
+    /// Whether bucket files are written with O_DIRECT.
+    pub direct_io: larder_engine::disk::DirectIo,
+}
+
+impl Default for TierSettings {
+    fn default() -> Self {
+        Self {
+            max_disk_bytes: None,
+            write_behind_bytes: 256 << 20,
+            direct_io: larder_engine::disk::DirectIo::Auto,
+        }
+    }
 }
 
 /// A running node. Dropping it leaves the node running (for the life of the runtime);
@@ -90,6 +113,15 @@ impl NodeServer {
         matches!(tokio::time::timeout(timeout, registered.wait_for(|r| *r)).await, Ok(Ok(_)))
     }
 
+    /// Stops serving, pinging and carrying out commands at once, without waiting and
+    /// without closing the SSD tier (it closes when its last user lets it go): for a
+    /// node dropped without [`NodeServer::stop`].
+    pub fn abort(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+
     /// A handle on the node's segment for a client in this process.
     pub fn local_segment(&self) -> LocalSegment {
         LocalSegment { id: self.segment, state: Arc::downgrade(&self.state) }
@@ -104,22 +136,35 @@ impl NodeServer {
     /// its SSD tier accepted and releases the node directory (so the same process can
     /// start the node again). The master learns of it by the node's TTL, or at once if
     /// the caller unmounts the segment first.
+    ///
+    /// Errors: the tier's, closing; `Io` (timed out) if a blocking tier call the node
+    /// started (a persist's put, a drop) has not returned within [`STOP_TIMEOUT`]: the
+    /// tier is then left to that call, not closed under it.
     pub async fn stop(self) -> Result<(), larder_engine::disk::TierError> {
-        for task in &self.tasks {
-            task.abort();
-        }
+        self.abort();
         for task in self.tasks {
-            let _ = task.await;
+            if let Err(e) = task.await {
+                if e.is_panic() {
+                    tracing::error!("node {}: a task had panicked: {e}", self.node);
+                }
+            }
         }
         // The tasks are gone with their references; a blocking tier call they started
-        // (a persist's put, a drop) still holds one until it returns.
+        // still holds one until it returns.
+        let give_up = tokio::time::Instant::now() + STOP_TIMEOUT;
         let mut state = self.state;
         let state = loop {
             match Arc::try_unwrap(state) {
                 Ok(state) => break state,
-                Err(shared) => {
+                Err(shared) if tokio::time::Instant::now() < give_up => {
                     state = shared;
                     tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                Err(shared) => {
+                    let dir = shared.tier.as_ref().map_or_else(PathBuf::new, |t| t.tier.dir().to_path_buf());
+                    let stuck =
+                        std::io::Error::new(std::io::ErrorKind::TimedOut, "a tier call never returned");
+                    return Err(larder_engine::disk::TierError::io("stopping the node", &dir, stuck));
                 }
             }
         };
@@ -131,6 +176,9 @@ impl NodeServer {
         }
     }
 }
+
+/// How long [`NodeServer::stop`] waits for a blocking tier call the node started.
+pub const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A node's segment: its bytes and what was written where.
 #[derive(Debug)]
@@ -183,9 +231,15 @@ impl LocalSegment {
     }
 
     /// The bytes of `version` at `replica`, if the range holds exactly it and they
-    /// match their CRC32C.
-    pub fn read(&self, replica: &MemoryReplica, version: ObjectVersion) -> Result<Bytes, DataError> {
-        self.state.upgrade().ok_or(DataError::UnknownSegment)?.copy_replica(replica, version)
+    /// match their CRC32C, which must be `crc32c` if given (the writer's, from the
+    /// replica list).
+    pub fn read(
+        &self,
+        replica: &MemoryReplica,
+        version: ObjectVersion,
+        crc32c: Option<u32>,
+    ) -> Result<Bytes, DataError> {
+        self.state.upgrade().ok_or(DataError::UnknownSegment)?.copy_replica(replica, version, crc32c)
     }
 }
 
@@ -236,8 +290,13 @@ impl NodeState {
     }
 
     /// A copy of object `version`'s replica in the segment, if the range holds exactly
-    /// it and its bytes still match their CRC32C.
-    fn copy_replica(&self, replica: &MemoryReplica, version: ObjectVersion) -> Result<Bytes, DataError> {
+    /// it and its bytes still match their CRC32C (which must be `expected`, if given).
+    fn copy_replica(
+        &self,
+        replica: &MemoryReplica,
+        version: ObjectVersion,
+        expected: Option<u32>,
+    ) -> Result<Bytes, DataError> {
         let s = self.segment.read().unwrap_or_else(PoisonError::into_inner);
         if replica.segment != s.id {
             return Err(DataError::UnknownSegment);
@@ -245,7 +304,7 @@ impl NodeState {
         let crc = s.extents.check_read(replica.offset, replica.len, version)?;
         let bytes = s.range(replica.offset, replica.len).to_vec();
         drop(s);
-        if larder_engine::checksum::crc32c(&bytes) != crc {
+        if expected.is_some_and(|e| e != crc) || larder_engine::checksum::crc32c(&bytes) != crc {
             self.note_crc_failure();
             return Err(DataError::Corrupted);
         }
@@ -297,9 +356,17 @@ fn wall_clock_incarnation() -> Incarnation {
 }
 
 /// Opens the node's SSD tier under `root`.
-fn open_tier(root: &Path, cluster: &ClusterName, node: NodeId) -> std::io::Result<(NodeTier, usize)> {
+fn open_tier(
+    root: &Path,
+    cluster: &ClusterName,
+    node: NodeId,
+    settings: TierSettings,
+) -> std::io::Result<(NodeTier, usize)> {
     let notifier = Arc::new(Notifier::new()?);
     let mut config = TierConfig::new(root, cluster.as_str(), node);
+    config.max_bytes = settings.max_disk_bytes;
+    config.queue_bytes = settings.write_behind_bytes;
+    config.direct_io = settings.direct_io;
     config.event_signal = Some(Arc::clone(&notifier));
     // The master learns of every persist, failure and drop through these events.
     config.events = true;
@@ -318,7 +385,7 @@ pub async fn start(config: NodeServerConfig) -> std::io::Result<NodeServer> {
     let incarnation = wall_clock_incarnation();
     let (tier, recovered) = match &config.storage_root {
         Some(root) => {
-            let (tier, recovered) = open_tier(root, &config.cluster, node)?;
+            let (tier, recovered) = open_tier(root, &config.cluster, node, config.tier)?;
             (Some(tier), recovered)
         }
         None => {
@@ -447,6 +514,7 @@ async fn keep_registered(
         size,
         state,
         registration: Registration::Unknown,
+        unreported: std::collections::VecDeque::new(),
         registered,
         ping_every: std::time::Duration::from_secs(1),
     };
@@ -475,6 +543,9 @@ async fn keep_registered(
     }
 }
 
+/// Disk records registered with the master at once when it (re)learns of the node.
+const REGISTRATION_WINDOW: usize = 128;
+
 /// How far the node's registration with the present master run has got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Registration {
@@ -496,6 +567,8 @@ struct Agent {
     size: u64,
     state: Arc<NodeState>,
     registration: Registration,
+    /// Tier events the master could not be told of yet, oldest first.
+    unreported: std::collections::VecDeque<TierEvent>,
     /// Whether `registration` is `Done`, for [`NodeServer::wait_registered`].
     registered: tokio::sync::watch::Sender<bool>,
     ping_every: std::time::Duration,
@@ -559,21 +632,38 @@ impl Agent {
             if let Some(tier) = &self.state.tier {
                 let records = tier.tier.records();
                 let count = records.len();
+                // Many at once on the one connection (pipelined): a node with a million
+                // records is registered in seconds, not one round trip after another.
+                let mut in_flight = tokio::task::JoinSet::new();
+                let mut all_taken = true;
                 for record in records {
-                    let add = Request::AddDiskReplica {
-                        key: record.key.as_ref(),
-                        version: record.version,
-                        replica: record.replica,
-                        origin: DiskReplicaOrigin::Recovered,
-                    };
-                    if self.call(&add).await.is_none() {
-                        return; // unreachable: all of them again at the next ping
+                    if in_flight.len() >= REGISTRATION_WINDOW {
+                        all_taken &= matches!(in_flight.join_next().await, Some(Ok(true)));
                     }
+                    let client = self.client.clone();
+                    in_flight.spawn(async move {
+                        let add = Request::AddDiskReplica {
+                            key: record.key.as_ref(),
+                            version: record.version,
+                            replica: record.replica,
+                            origin: DiskReplicaOrigin::Recovered,
+                        };
+                        client.call(&add).await.is_ok()
+                    });
+                }
+                while let Some(done) = in_flight.join_next().await {
+                    all_taken &= matches!(done, Ok(true));
+                }
+                if !all_taken {
+                    return; // the master out of reach: all of them again at the next ping
                 }
                 tracing::info!("node {}: {count} disk replicas registered", self.node);
             }
             self.registration = Registration::Done;
             self.registered.send_replace(true);
+        }
+        if self.registration == Registration::Done && !self.unreported.is_empty() {
+            self.report_tier_events().await;
         }
     }
 
@@ -598,7 +688,7 @@ impl Agent {
         let node = self.node;
         match command {
             NodeCommand::Persist { key, version, source, .. } => {
-                let copied = self.state.copy_replica(&source, version);
+                let copied = self.state.copy_replica(&source, version, None);
                 let handed = match (copied, &self.state.tier) {
                     (Ok(bytes), Some(_)) => {
                         let (state, key) = (Arc::clone(&self.state), key.clone());
@@ -638,33 +728,47 @@ impl Agent {
         }
     }
 
-    /// Tells the master what the tier made durable, failed or dropped.
-    async fn report_tier_events(&self) {
+    /// Tells the master what the tier made durable, failed or dropped; what cannot be
+    /// told now (the master out of reach) is kept, in order, for the next ping — a lost
+    /// drop would leave the master listing a record the node no longer has.
+    async fn report_tier_events(&mut self) {
         let Some(tier) = &self.state.tier else { return };
         tier.notifier.reset();
         while let Some(event) = tier.tier.poll_event() {
-            let node = self.node;
-            let request = match &event {
-                TierEvent::Persisted { key, version, replica } => Request::AddDiskReplica {
-                    key: key.as_ref(),
-                    version: *version,
-                    replica: *replica,
-                    origin: DiskReplicaOrigin::Persisted,
-                },
-                TierEvent::PersistFailed { key, version, .. } => {
-                    Request::PersistFailed { node, key: key.as_ref(), version: *version }
-                }
-                TierEvent::Dropped { key, version, cause } => {
-                    if *cause == DropCause::Corrupted {
-                        self.state.note_crc_failure();
-                    }
-                    Request::RemoveDiskReplica { node, key: key.as_ref(), version: *version }
-                }
-                _ => continue,
-            };
-            let _ = self.call(&request).await;
+            if matches!(event, TierEvent::Dropped { cause: DropCause::Corrupted, .. }) {
+                self.state.note_crc_failure();
+            }
+            if report_of(self.node, &event).is_some() {
+                self.unreported.push_back(event);
+            }
+        }
+        while let Some(event) = self.unreported.front() {
+            let request = report_of(self.node, event).expect("only reportable events are kept");
+            if self.call(&request).await.is_none() {
+                return;
+            }
+            self.unreported.pop_front();
         }
     }
+}
+
+/// What the master is told of a tier event, if anything.
+fn report_of(node: NodeId, event: &TierEvent) -> Option<Request<'_>> {
+    Some(match event {
+        TierEvent::Persisted { key, version, replica } => Request::AddDiskReplica {
+            key: key.as_ref(),
+            version: *version,
+            replica: *replica,
+            origin: DiskReplicaOrigin::Persisted,
+        },
+        TierEvent::PersistFailed { key, version, .. } => {
+            Request::PersistFailed { node, key: key.as_ref(), version: *version }
+        }
+        TierEvent::Dropped { key, version, .. } => {
+            Request::RemoveDiskReplica { node, key: key.as_ref(), version: *version }
+        }
+        _ => return None,
+    })
 }
 
 /// Answers data requests from the segment and the SSD tier.

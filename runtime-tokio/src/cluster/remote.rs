@@ -227,7 +227,7 @@ impl RemoteStore {
                 return Err(e);
             }
         }
-        let end = Request::PutEnd { writer: self.writer, key, version: grant.version };
+        let end = Request::PutEnd { writer: self.writer, key, version: grant.version, crc32c };
         match self.master.call(&end).await? {
             Response::PutEnd(Ok(())) => Ok(()),
             Response::PutEnd(Err(e)) => Err(master_error(e)),
@@ -248,16 +248,25 @@ impl RemoteStore {
         if let Some(len) = room.filter(|room| (*room as u64) < list.size) {
             return Err(RemoteError::BufferTooSmall { len, needed: list.size });
         }
-        // Memory replicas come first in the list, then disk replicas.
+        // Memory replicas come first in the list, then disk replicas. Whichever gives the
+        // bytes, they must match the writer's CRC32C (the list's; a disk replica's own
+        // for an object whose writer gave none).
         let mut last = RemoteError::NotFound;
         let mut corrupted = 0;
         for replica in &list.replicas {
             let (read, counter) = match replica {
                 ReplicaDescriptor::Memory(memory) => {
-                    (self.read(memory, list.version).await, &self.memory_reads)
+                    (self.read(memory, list.version, list.crc32c).await, &self.memory_reads)
                 }
                 ReplicaDescriptor::Disk(disk) => {
-                    (self.read_disk(key, disk, list.version).await, &self.disk_reads)
+                    let crc32c = list.crc32c.unwrap_or(disk.crc32c);
+                    let read = if disk.crc32c == crc32c {
+                        self.read_disk(key, disk, list.version).await
+                    } else {
+                        // Not the writer's bytes, whatever the file says.
+                        Err(RemoteError::Corrupted)
+                    };
+                    (read, &self.disk_reads)
                 }
             };
             match read {
@@ -273,7 +282,14 @@ impl RemoteStore {
             }
         }
         self.report_crc_failures(corrupted).await;
-        Err(last)
+        Err(match last {
+            // The replica went between the list and the read (removed, its node restarted):
+            // to the reader the object is not there, as when the master says so.
+            RemoteError::Data(DataError::NotHeld | DataError::UnknownSegment) => RemoteError::NotFound,
+            // Its own node's segment refused bytes failing their checksum.
+            RemoteError::Data(DataError::Corrupted) => RemoteError::Corrupted,
+            other => other,
+        })
     }
 
     /// The size of the value under `key`.
@@ -386,11 +402,19 @@ impl RemoteStore {
         }
     }
 
-    async fn read(&self, replica: &MemoryReplica, version: ObjectVersion) -> Result<Bytes, RemoteError> {
+    /// Reads a memory replica of `version`, whose bytes must match `crc32c` (the
+    /// writer's, from the replica list; `None` only for an object the embedded store
+    /// wrote, never seen by a cluster: then the CRC32C the node keeps).
+    async fn read(
+        &self,
+        replica: &MemoryReplica,
+        version: ObjectVersion,
+        crc32c: Option<u32>,
+    ) -> Result<Bytes, RemoteError> {
         if let Some(local) = self.local(replica.segment) {
-            // The node checks the bytes against the writer's CRC32C (and counts a
-            // mismatch itself, so it is a refusal here, not a failure to report).
-            let bytes = local.read(replica, version).map_err(RemoteError::Data)?;
+            // The node checks the bytes against the CRC32C (and counts a mismatch
+            // itself, so it is a refusal here, not a failure to report).
+            let bytes = local.read(replica, version, crc32c).map_err(RemoteError::Data)?;
             self.local_reads.fetch_add(1, Ordering::Relaxed);
             return Ok(bytes);
         }
@@ -400,8 +424,12 @@ impl RemoteStore {
             .encode(&mut body);
         let answer = self.forget_on_failure(Some(replica.segment), peer.call_raw(body).await)?;
         match DataResponse::decode(&answer) {
-            Ok(DataResponse::Read { crc32c, bytes }) => {
-                if bytes.len() as u64 != replica.len || larder_engine::checksum::crc32c(bytes) != crc32c {
+            Ok(DataResponse::Read { crc32c: kept, bytes }) => {
+                let expected = crc32c.unwrap_or(kept);
+                if bytes.len() as u64 != replica.len
+                    || kept != expected
+                    || larder_engine::checksum::crc32c(bytes) != expected
+                {
                     return Err(RemoteError::Corrupted);
                 }
                 Ok(value_of(answer))

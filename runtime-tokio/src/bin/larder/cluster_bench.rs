@@ -38,6 +38,7 @@ async fn phases(c: &BenchConfig, cluster: &ClusterBench) -> Result<Summary, Stri
                 memory_bytes: memory,
                 storage_root: cluster.storage_root.clone(),
                 node_id: None,
+                tier: Default::default(),
             };
             let node = larder_tokio::cluster::node::start(node)
                 .await

@@ -6,14 +6,14 @@ use std::path::PathBuf;
 
 use clap::Args;
 use larder_engine::net::ClusterName;
-use larder_tokio::cluster::NodeServerConfig;
+use larder_tokio::cluster::{NodeServerConfig, RemoteStore, TierSettings};
 use larder_tokio::parse_size;
 use serde::Deserialize;
 
 /// Flags of `larder node` (each also readable from the environment).
 #[derive(Args, Debug)]
 pub(crate) struct NodeArgs {
-    /// A TOML file with any of: master, listen, memory, root, cluster, node_id.
+    /// A TOML file with any of: master, listen, memory, root, cluster, node_id, max_disk.
     #[arg(long, env = "LARDER_CONFIG")]
     config: Option<PathBuf>,
     /// The master's address [default: 127.0.0.1:50051].
@@ -39,6 +39,10 @@ pub(crate) struct NodeArgs {
     /// sharing one storage root each need their own, the same at every restart.
     #[arg(long, env = "LARDER_NODE_ID")]
     node_id: Option<u64>,
+    /// The most bytes its SSD tier keeps in bucket files (e.g. 100GiB); the oldest
+    /// buckets are evicted past it [default: as the filesystem has room].
+    #[arg(long, env = "LARDER_MAX_DISK_BYTES")]
+    max_disk: Option<String>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -50,6 +54,7 @@ struct NodeFile {
     root: Option<PathBuf>,
     cluster: Option<String>,
     node_id: Option<u64>,
+    max_disk: Option<String>,
 }
 
 pub(crate) fn resolve(args: NodeArgs) -> Result<NodeServerConfig, String> {
@@ -77,16 +82,36 @@ pub(crate) fn resolve(args: NodeArgs) -> Result<NodeServerConfig, String> {
         Some(0) => return Err(String::from("node id must not be 0")),
         id => id.map(larder_engine::NodeId),
     };
-    Ok(NodeServerConfig { master, listen, cluster, memory_bytes, storage_root, node_id })
+    let max_disk_bytes = match args.max_disk.or(file.max_disk) {
+        Some(m) => Some(parse_size("max_disk", &m).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let tier = TierSettings { max_disk_bytes, ..TierSettings::default() };
+    Ok(NodeServerConfig { master, listen, cluster, memory_bytes, storage_root, node_id, tier })
 }
 
-/// Runs until ctrl-c or SIGTERM.
+/// Runs until ctrl-c or SIGTERM; then withdraws the segment from the cluster (if the
+/// master answers within a few seconds; else it expires by the node TTL) and stops,
+/// writing out what the SSD tier accepted.
 pub(crate) async fn run(config: NodeServerConfig) -> Result<(), String> {
+    let (master, cluster) = (config.master, config.cluster);
     let node = larder_tokio::cluster::node::start(config).await.map_err(|e| format!("node: {e}"))?;
     println!(
         "larder node {} serving on {} ({} records recovered)",
         node.node, node.data_addr, node.recovered
     );
     crate::master_cmd::stopped().await;
-    Ok(())
+    let timeout = std::time::Duration::from_secs(3);
+    let withdrawn = match RemoteStore::connect_as(master, cluster, node.node, node.incarnation, timeout).await
+    {
+        Ok(link) => link.unmount(node.segment).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = withdrawn {
+        eprintln!(
+            "larder node {}: the segment was not withdrawn ({e}); it expires by the node TTL",
+            node.node
+        );
+    }
+    node.stop().await.map_err(|e| format!("stopping the node: {e}"))
 }
