@@ -489,8 +489,17 @@ impl RemoteStore {
                     return Ok(bytes);
                 }
                 Err(DirectReadError::Mismatch { path, what }) => {
-                    tracing::warn!("{}: {what}", path.display());
-                    return Err(RemoteError::Corrupted);
+                    // A shared filesystem may show a stale view of a file (attribute
+                    // caches): the node that wrote it is asked before this is called
+                    // corruption; its answer is checked the same way.
+                    tracing::warn!("{}: {what}; reading through its node", path.display());
+                    return match self.read_disk_through_node(key, disk, version).await {
+                        Ok(bytes) => Ok(bytes),
+                        Err(RemoteError::NodeUnreachable(_) | RemoteError::Unreachable(_)) => {
+                            Err(RemoteError::Corrupted)
+                        }
+                        Err(e) => Err(e),
+                    };
                 }
                 // Not on this root (not shared after all, or the bucket was evicted): the
                 // node may still have it.
