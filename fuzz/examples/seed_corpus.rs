@@ -111,6 +111,30 @@ fn main() {
     send(&mut master, Request::RemoveAll { force: true });
     send(&mut master, Request::UnmountSegment { node: b, segment: SegmentId(2) });
     send(&mut master, Request::Ping { node: a, incarnation: Incarnation(2), has_storage: true });
+    // A segment restored after a master restart, and a range freed in it.
+    send(&mut master, Request::RestoreSegment { node: a, segment: SegmentId(3), size: 64 << 20 });
+    let restored = |key, version, offset| larder_engine::wire::RestoredReplica {
+        key: k(key),
+        version: ObjectVersion(version),
+        offset,
+        len: 4096,
+        crc32c: 0x0bad_f00d,
+    };
+    send(
+        &mut master,
+        Request::RestoreReplicas {
+            node: a,
+            segment: SegmentId(3),
+            items: vec![restored("restored/1", 0, 0), restored("restored/2", 0, 4096)],
+        },
+    );
+    send(&mut master, Request::MountSegment { node: a, segment: SegmentId(3), size: 64 << 20 });
+    messages.save(&encode(&Message::Command(larder_engine::wire::NodeCommand::ForgetRange {
+        node: a,
+        segment: SegmentId(3),
+        offset: 4096,
+        version: ObjectVersion(3),
+    })));
 
     let mut bucket = Corpus::new(&root, "bucket_decode");
     let mut footer = FooterBuilder::new(larder_fuzz::FUZZ_BUCKET);
@@ -237,6 +261,7 @@ fn net_seeds(root: &Path) -> usize {
             version: ObjectVersion(9),
             epoch: 3,
             crc32c: 0x1234_5678,
+            key: KeyRef::new(b"prefix/9").expect("key"),
             bytes: b"value bytes",
         };
         let read =

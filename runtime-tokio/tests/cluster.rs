@@ -173,7 +173,7 @@ async fn a_late_write_of_an_older_version_is_refused_by_the_node() {
     let (segment, offset) = (replica.segment, replica.offset);
     let write = |version, epoch, crc32c| {
         let mut body = Vec::new();
-        DataRequest::Write { segment, offset, version, epoch, crc32c, bytes: &junk }.encode(&mut body);
+        DataRequest::Write { segment, offset, version, epoch, crc32c, key, bytes: &junk }.encode(&mut body);
         body
     };
     let stale = larder_engine::ObjectVersion(list.version.0 - 1);
@@ -229,7 +229,7 @@ async fn bytes_that_are_not_the_writers_are_never_returned_from_memory_or_disk()
     let (version, epoch) = (grant.version, welcome.incarnation.0);
     let crc32c = larder_engine::checksum::crc32c(&sent);
     let mut body = Vec::new();
-    DataRequest::Write { segment, offset, version, epoch, crc32c, bytes: &sent }.encode(&mut body);
+    DataRequest::Write { segment, offset, version, epoch, crc32c, key, bytes: &sent }.encode(&mut body);
     let answer = to_node.call_raw(body).await.unwrap();
     assert_eq!(DataResponse::decode(&answer), Ok(DataResponse::Written));
     let end = Request::PutEnd { writer, key, version, crc32c: larder_engine::checksum::crc32c(&meant) };
@@ -302,6 +302,43 @@ async fn after_a_master_restart_every_flushed_object_is_readable() {
     for i in 0..8u64 {
         let got = client.get(format!("durable/{i}").as_bytes()).await.unwrap();
         assert_same(&got, &value(100 + i, 200_000), "a flushed object after the master's restart");
+    }
+}
+
+/// What was only in a node's memory (no SSD anywhere) survives a restart of the master:
+/// the node names it to the new run, which serves it where it is, byte-identical. An
+/// object removed before the restart stays removed, and new puts land beside the
+/// restored objects, never over them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_master_restart_objects_only_in_memory_read_back_and_removed_ones_stay_gone() {
+    let listen = format!("127.0.0.1:{}", unused_fixed_port());
+    let mut master = MasterProcess::start(&listen, &[]);
+    let _node = NodeProcess::start_memory_only(master.addr, "16MiB");
+    master.wait_for_metric("larder_master_segments", 1.0);
+    let client = store(&master).await;
+    let key = |i: u64| format!("live/{i}").into_bytes();
+    for i in 0..8u64 {
+        client.put(&key(i), &value(200 + i, 300_000), 1).await.unwrap();
+    }
+    client.remove(&key(3), true).await.unwrap();
+    // The node was told of the range freed (every command acknowledged).
+    master.wait_for_metric("larder_master_commands_unacked", 0.0);
+    master.kill();
+    let master = MasterProcess::start(&listen, &[]);
+    master.wait_for_metric("larder_master_segments", 1.0);
+    master.wait_for_metric("larder_master_objects", 7.0);
+    master.wait_for_metric("larder_master_segments_restoring", 0.0);
+    let client = store(&master).await;
+    let kept = || (0..8u64).filter(|i| *i != 3);
+    for i in kept() {
+        assert_same(&client.get(&key(i)).await.unwrap(), &value(200 + i, 300_000), "restored from memory");
+    }
+    assert_eq!(client.get(&key(3)).await, Err(RemoteError::NotFound), "removed before the restart");
+    for i in 8..24u64 {
+        client.put(&key(i), &value(200 + i, 300_000), 1).await.unwrap();
+    }
+    for i in kept().chain(8..24) {
+        assert_same(&client.get(&key(i)).await.unwrap(), &value(200 + i, 300_000), "after new puts");
     }
 }
 
@@ -404,6 +441,7 @@ async fn a_node_cut_off_is_expired_rejoins_and_what_its_old_session_granted_is_r
         version: grant.version,
         epoch: welcome.incarnation.0,
         crc32c: larder_engine::checksum::crc32c(&junk),
+        key,
         bytes: &junk,
     }
     .encode(&mut body);
@@ -510,6 +548,7 @@ async fn a_client_beside_its_own_node_writes_and_reads_its_segment_in_memory() {
         version: larder_engine::ObjectVersion(u64::MAX),
         epoch: 12345,
         crc32c: larder_engine::checksum::crc32c(&[1u8; 4096]),
+        key: larder_engine::KeyRef::new(b"local/fenced").unwrap(),
     };
     assert_eq!(local.write(&write, &[1u8; 4096]), Err(DataError::Fenced));
     assert_same(&client.get(b"local/0").await.unwrap(), &value(0, 500_000), "after the refused write");

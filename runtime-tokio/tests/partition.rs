@@ -129,6 +129,7 @@ async fn a_node_cut_off_by_the_network_is_expired_rejoins_and_its_old_session_is
         version: grant.version,
         epoch: welcome.incarnation.0,
         crc32c: larder_engine::checksum::crc32c(&junk),
+        key: KeyRef::new(b"late").unwrap(),
         bytes: &junk,
     }
     .encode(&mut body);

@@ -209,10 +209,13 @@ impl Node {
                     self.queue(TierWork::DropRecord { key, version });
                 }
                 NodeCommand::WipeDisk { .. } => self.queue(TierWork::Wipe),
+                // A cluster's master server tells remote nodes of freed ranges this way;
+                // here they arrive as `MemoryFreed` events, below.
+                NodeCommand::ForgetRange { .. } => {}
             }
         }
         while let Some(event) = self.master.poll_event() {
-            if let MasterEvent::MemoryFreed { segment: SEGMENT, offset } = event {
+            if let MasterEvent::MemoryFreed { segment: SEGMENT, offset, .. } = event {
                 self.values.remove(&offset);
             }
         }

@@ -134,6 +134,8 @@ pub struct SegmentAllocator {
     bin_heads: [u32; BINS],
     nodes: Vec<Node>,
     vacant: Vec<u32>,
+    /// Where [`SegmentAllocator::allocate_at`] starts looking: the last node it took.
+    cursor: u32,
 }
 
 impl SegmentAllocator {
@@ -148,6 +150,7 @@ impl SegmentAllocator {
             bin_heads: [NIL; BINS],
             nodes: Vec::new(),
             vacant: Vec::new(),
+            cursor: NIL,
         };
         if capacity > 0 {
             let n = a.new_node(0, capacity, NIL, NIL);
@@ -211,6 +214,62 @@ impl SegmentAllocator {
         self.free -= size;
         self.live += 1;
         Some(AllocId(n))
+    }
+
+    /// Allocates exactly granules `offset..offset + size` if every one is free, else
+    /// `None`: for a segment that still holds an earlier master run's values, named to
+    /// the new run in ascending offset order, which costs O(1) per call (each search
+    /// starts where the last one ended); any other order is correct but walks the
+    /// extents from the start.
+    pub fn allocate_at(&mut self, offset: u32, size: u32) -> Option<AllocId> {
+        let end = offset.checked_add(size)?;
+        if size == 0 || end > self.capacity {
+            return None;
+        }
+        let cursor = self.cursor;
+        let mut n = if cursor != NIL
+            && self.nodes[cursor as usize].state != NodeState::Vacant
+            && self.nodes[cursor as usize].offset <= offset
+        {
+            cursor
+        } else {
+            self.first_node()
+        };
+        while n != NIL && self.nodes[n as usize].offset + self.nodes[n as usize].len <= offset {
+            n = self.nodes[n as usize].phys_next;
+        }
+        let node = *self.nodes.get(n as usize)?;
+        if node.state != NodeState::Free || node.offset + node.len < end {
+            return None;
+        }
+        self.unfile(n);
+        let mut taken = n;
+        if node.offset < offset {
+            // The free front stays `n`; the rest is a node of its own.
+            let rest = self.new_node(offset, node.offset + node.len - offset, n, node.phys_next);
+            if node.phys_next != NIL {
+                self.nodes[node.phys_next as usize].phys_prev = rest;
+            }
+            self.nodes[n as usize].phys_next = rest;
+            self.nodes[n as usize].len = offset - node.offset;
+            self.file(n);
+            taken = rest;
+        }
+        let t = self.nodes[taken as usize];
+        if t.len > size {
+            let back = self.new_node(end, t.len - size, taken, t.phys_next);
+            if t.phys_next != NIL {
+                self.nodes[t.phys_next as usize].phys_prev = back;
+            }
+            self.nodes[taken as usize].phys_next = back;
+            self.nodes[taken as usize].len = size;
+            self.file(back);
+        }
+        self.nodes[taken as usize].state = NodeState::Used;
+        self.free -= size;
+        self.live += 1;
+        self.cursor = taken;
+        Some(AllocId(taken))
     }
 
     /// The slow path, taken only when every extent of the bins above is gone: an extent
@@ -545,5 +604,50 @@ mod tests {
                 prop_assert_eq!(used + a.free_granules(), 1024);
             }
         }
+
+        /// An exact allocation succeeds exactly when every granule it names is free,
+        /// and takes exactly those; mixed with ordinary allocations and frees.
+        #[test]
+        fn exact_allocations_take_exactly_the_free_granules_named(
+            ops in prop::collection::vec((0u8..3, 0u32..300, 1u32..40, any::<prop::sample::Index>()), 1..300)
+        ) {
+            let mut a = SegmentAllocator::new(256);
+            let mut live: vec::Vec<AllocId> = vec::Vec::new();
+            for (op, offset, size, pick) in ops {
+                let mut used = [false; 256];
+                a.for_each_allocation(|o, l| used[o as usize..(o + l) as usize].fill(true));
+                match op {
+                    0 => {
+                        let fits = offset + size <= 256
+                            && !used[offset as usize..(offset + size) as usize].contains(&true);
+                        let got = a.allocate_at(offset, size);
+                        prop_assert_eq!(got.is_some(), fits, "{} + {}", offset, size);
+                        if let Some(id) = got {
+                            prop_assert_eq!((a.offset(id), a.len(id)), (offset, size));
+                            live.push(id);
+                        }
+                    }
+                    1 => live.extend(a.allocate(size)),
+                    _ if !live.is_empty() => a.free(live.swap_remove(pick.index(live.len()))).unwrap(),
+                    _ => {}
+                }
+                a.verify().unwrap();
+                prop_assert_eq!(a.live_allocations() as usize, live.len());
+            }
+        }
+    }
+
+    #[test]
+    fn exact_allocations_in_ascending_order_tile_a_segment() {
+        let mut a = SegmentAllocator::new(1 << 16);
+        for i in 0..4096u32 {
+            assert!(a.allocate_at(i * 16, 8).is_some(), "{i}");
+        }
+        a.verify().unwrap();
+        assert_eq!(a.free_granules(), 1 << 15);
+        assert!(a.allocate_at(8, 16).is_none(), "overlaps the next one");
+        assert!(a.allocate_at(8, 8).is_some(), "the gap between two");
+        assert!(a.allocate_at((1 << 16) - 1, 2).is_none(), "past the end");
+        a.verify().unwrap();
     }
 }

@@ -39,7 +39,7 @@ impl Master {
             // Removed while the node persisted it: the memory can go now, the record
             // must not be registered (the tombstone stays until the node drops it).
             let pinned = self.pinned_removed.remove(&version).expect("checked above");
-            self.free_placements(&pinned.placements);
+            self.free_placements(&pinned.placements, version);
             return Err(MasterError::StaleVersion);
         }
         let Some(slot) = self.objects.find(key.as_bytes()) else {
@@ -141,7 +141,7 @@ impl Master {
     ) -> Result<(), MasterError> {
         if self.pinned_removed.get(&version).is_some_and(|p| p.node == node) {
             let pinned = self.pinned_removed.remove(&version).expect("checked above");
-            self.free_placements(&pinned.placements);
+            self.free_placements(&pinned.placements, version);
         }
         // The object was removed: no record was written, so nothing is left to refuse.
         if self.tombstones.remove(&(node, version)) {
@@ -206,6 +206,8 @@ impl Master {
             self.tombstones.retain(|(n, v)| n != node || *v >= f);
         }
         summary.removed = doomed.len() as u64;
+        // Nothing of an earlier run that a node still holds in memory comes back.
+        self.restore_floor = self.next_version;
         for slot in doomed {
             // Records on wiped nodes go with the wipe; those at or above the floor
             // still need a tombstone, since the floor does not cover them.
@@ -221,6 +223,9 @@ impl Master {
         let persist_node =
             if self.object(slot).has(PERSISTING) { self.persist_target(self.object(slot)) } else { None };
         let o = self.take_object(slot);
+        if o.version < self.config.first_version {
+            self.removed_earlier.insert(o.version);
+        }
         for d in &o.disk {
             if covered_by_wipe(d.replica.node) {
                 continue;
@@ -242,7 +247,7 @@ impl Master {
             Some(node) => {
                 self.pinned_removed.insert(o.version, PinnedRemoved { placements: o.memory, node });
             }
-            None => self.free_placements(&o.memory),
+            None => self.free_placements(&o.memory, o.version),
         }
     }
 }

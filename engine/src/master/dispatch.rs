@@ -80,6 +80,12 @@ impl Master {
                 self.crc_failures_reported = self.crc_failures_reported.saturating_add(*count);
                 Response::ReportCrcFailures(Ok(()))
             }
+            Request::RestoreSegment { node, segment, size } => {
+                Response::RestoreSegment(self.handle_restore_segment(now, *node, *segment, *size))
+            }
+            Request::RestoreReplicas { node, segment, items } => Response::RestoreReplicas(
+                items.iter().map(|r| self.handle_restore_replica(now, *node, *segment, r)).collect(),
+            ),
             Request::Flush => Response::Flush(self.handle_flush(now).barrier()),
             Request::FlushStatus { barrier } => {
                 Response::FlushStatus(self.flush_status(&super::FlushTicket::from_barrier(*barrier)))

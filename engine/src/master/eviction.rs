@@ -24,7 +24,9 @@ impl Master {
         if let Some(p) = self.segments.place(size, replicas, Some(writer)) {
             return Some(p);
         }
-        if self.eviction_owed {
+        // Evicting cannot help while too few segments take replicas at all (the others
+        // restoring): it would only drop what they are restoring.
+        if self.eviction_owed || self.segments.placeable() < usize::from(replicas) {
             return None;
         }
         let needed = self.segments.granules(size) * self.config.granule * u64::from(replicas);
@@ -118,8 +120,9 @@ impl Master {
     pub(super) fn evict_one(&mut self, slot: u32) {
         let o = self.object(slot);
         if o.has_readable_disk() {
-            let memory = core::mem::take(&mut self.objects.get_mut(slot).expect("live").memory);
-            self.free_placements(&memory);
+            let o = self.objects.get_mut(slot).expect("live");
+            let (memory, version) = (core::mem::take(&mut o.memory), o.version);
+            self.free_placements(&memory, version);
             self.evicted_to_disk += 1;
         } else if self.config.persist != PersistPolicy::Off
             && self.request_persist(slot, PersistReason::Offload)
@@ -180,8 +183,9 @@ impl Master {
         let evicting = self.object(slot).has(EVICT_AFTER_PERSIST);
         self.clear_persist(slot);
         if evicting {
-            let memory = core::mem::take(&mut self.objects.get_mut(slot).expect("live").memory);
-            self.free_placements(&memory);
+            let o = self.objects.get_mut(slot).expect("live");
+            let (memory, version) = (core::mem::take(&mut o.memory), o.version);
+            self.free_placements(&memory, version);
             self.evicted_to_disk += 1;
             self.settle_eviction(now);
         } else {

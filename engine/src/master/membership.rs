@@ -12,7 +12,8 @@ use crate::wire::{PingOutcome, PingReply};
 
 impl Master {
     /// Mounts a memory segment of `size` bytes (rounded down to whole granules) owned
-    /// by `node`.
+    /// by `node`; a segment `node` is restoring ([`Master::handle_restore_segment`]) is
+    /// done restoring and takes new replicas from now on.
     ///
     /// Errors: `NodeNotRegistered` (ping first); `SegmentAlreadyMounted`;
     /// `InvalidSegmentSize` (less than one granule, or more than 2^32 granules).
@@ -25,6 +26,14 @@ impl Master {
     ) -> Result<(), MasterError> {
         if !self.nodes.contains_key(&node) {
             return Err(MasterError::NodeNotRegistered);
+        }
+        if let Some(slot) = self.segments.find(segment) {
+            let restoring = self.segments.get_mut(slot);
+            if restoring.node == node && restoring.restoring {
+                // Restored: it takes new replicas from now on.
+                restoring.restoring = false;
+                return Ok(());
+            }
         }
         self.segments.mount(segment, node, size).map(|_| ())
     }
@@ -133,6 +142,7 @@ impl Master {
                 self.clear_persist(slot);
             }
             let o = self.objects.get_mut(slot).expect("live");
+            let version = o.version;
             let (gone, kept): (Placements, Placements) =
                 o.memory.iter().copied().partition(|p| p.segment == seg);
             o.memory = kept;
@@ -144,7 +154,7 @@ impl Master {
                     // longer among those the offload will free.
                     self.pending_evict_bytes -= self.segments.placement_bytes(p);
                 }
-                self.free_placement(p);
+                self.free_placement(p, version);
             }
             if empty {
                 self.drop_object(slot, reason);
@@ -160,7 +170,7 @@ impl Master {
             .collect();
         for version in pinned {
             let p = self.pinned_removed.remove(&version).expect("listed above");
-            self.free_placements(&p.placements);
+            self.free_placements(&p.placements, version);
         }
         self.segments.unmount(seg);
         self.trim_in_progress();

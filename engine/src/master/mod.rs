@@ -45,6 +45,7 @@ mod eviction;
 mod membership;
 mod objects;
 mod outputs;
+mod restore;
 mod segments;
 #[cfg(feature = "sim")]
 pub mod sim;
@@ -98,6 +99,12 @@ pub struct Master {
     pinned_removed: BTreeMap<ObjectVersion, PinnedRemoved>,
     tombstones: BTreeSet<(NodeId, ObjectVersion)>,
     wipe_floors: BTreeMap<NodeId, ObjectVersion>,
+    /// Replicas a restarted node names from an earlier run are refused below this
+    /// (raised by a remove-all).
+    restore_floor: ObjectVersion,
+    /// Versions of an earlier run that a client removed in this one: a node that still
+    /// holds one in memory must not bring it back.
+    removed_earlier: BTreeSet<ObjectVersion>,
     /// Bytes of objects chosen for eviction whose persist has not finished.
     pending_evict_bytes: u64,
     clock_hand: u32,
@@ -141,6 +148,8 @@ impl Master {
             pinned_removed: BTreeMap::new(),
             tombstones: BTreeSet::new(),
             wipe_floors: BTreeMap::new(),
+            restore_floor: ObjectVersion(0),
+            removed_earlier: BTreeSet::new(),
             pending_evict_bytes: 0,
             clock_hand: 0,
             eviction_owed: false,
@@ -450,6 +459,7 @@ impl Master {
         MasterStats {
             objects: self.objects.len() as u64,
             segments: self.segments.count() as u64,
+            segments_restoring: (self.segments.count() - self.segments.placeable()) as u64,
             nodes: self.nodes.len() as u64,
             capacity_bytes: self.segments.capacity_bytes(),
             used_bytes: self.segments.used_bytes(),
@@ -479,17 +489,22 @@ impl Master {
         self.objects.get(slot).expect("slot of a live object")
     }
 
-    pub(super) fn free_placements(&mut self, placements: &[Placement]) {
+    /// Frees the memory replicas of object `version`.
+    pub(super) fn free_placements(&mut self, placements: &[Placement], version: ObjectVersion) {
         for p in placements {
-            self.free_placement(*p);
+            self.free_placement(*p, version);
         }
     }
 
-    /// Frees one memory replica's range, telling its holder.
-    pub(super) fn free_placement(&mut self, p: Placement) {
+    /// Frees one memory replica's range (object `version`'s), telling its holder.
+    pub(super) fn free_placement(&mut self, p: Placement, version: ObjectVersion) {
         let replica = self.segments.replica(p, 0);
         self.segments.free(p);
-        self.events.push_back(MasterEvent::MemoryFreed { segment: replica.segment, offset: replica.offset });
+        self.events.push_back(MasterEvent::MemoryFreed {
+            segment: replica.segment,
+            offset: replica.offset,
+            version,
+        });
     }
 
     /// Takes an object out of the table, settling its eviction bookkeeping. The caller
@@ -504,13 +519,13 @@ impl Master {
     /// Takes an object out of the table and frees its memory (no drop event).
     pub(super) fn release_object(&mut self, slot: u32) {
         let o = self.take_object(slot);
-        self.free_placements(&o.memory);
+        self.free_placements(&o.memory, o.version);
     }
 
     /// Drops an object that leaves for a reason other than a client's remove.
     pub(super) fn drop_object(&mut self, slot: u32, reason: DropReason) {
         let o = self.take_object(slot);
-        self.free_placements(&o.memory);
+        self.free_placements(&o.memory, o.version);
         self.events.push_back(MasterEvent::ObjectDropped {
             key: Key::from_boxed_unchecked(o.key.as_slice().into()),
             version: o.version,

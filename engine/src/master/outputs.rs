@@ -41,6 +41,8 @@ pub enum MasterEvent {
         segment: SegmentId,
         /// The range's offset in it.
         offset: u64,
+        /// The object version it held.
+        version: ObjectVersion,
     },
 }
 
@@ -51,6 +53,9 @@ pub struct MasterStats {
     pub objects: u64,
     /// Mounted segments.
     pub segments: u64,
+    /// Of those, segments whose node is still naming what they held under an earlier
+    /// master run (they take no new replicas yet).
+    pub segments_restoring: u64,
     /// Registered nodes.
     pub nodes: u64,
     /// Bytes of all mounted segments.

@@ -15,6 +15,9 @@ pub(crate) struct Segment {
     pub(crate) id: SegmentId,
     pub(crate) node: NodeId,
     pub(crate) alloc: SegmentAllocator,
+    /// Mounted to name what it holds from an earlier master run: no new replicas go
+    /// there until its node mounts it.
+    pub(crate) restoring: bool,
 }
 
 /// Every mounted segment, with byte accounting across all of them.
@@ -53,6 +56,11 @@ impl Segments {
         self.slots.iter().flatten().count()
     }
 
+    /// Segments that take new replicas (mounted, not restoring).
+    pub(crate) fn placeable(&self) -> usize {
+        self.slots.iter().flatten().filter(|s| !s.restoring).count()
+    }
+
     pub(crate) fn find(&self, id: SegmentId) -> Option<SegmentSlot> {
         self.slots.iter().position(|s| s.as_ref().is_some_and(|s| s.id == id)).map(|i| SegmentSlot(i as u32))
     }
@@ -80,7 +88,7 @@ impl Segments {
         if granules == 0 {
             return Err(MasterError::InvalidSegmentSize);
         }
-        let segment = Segment { id, node, alloc: SegmentAllocator::new(granules) };
+        let segment = Segment { id, node, alloc: SegmentAllocator::new(granules), restoring: false };
         self.capacity_bytes += u64::from(granules) << self.granule_shift;
         let slot = match self.slots.iter().position(Option::is_none) {
             Some(i) => {
@@ -121,8 +129,11 @@ impl Segments {
         writer: Option<NodeId>,
     ) -> Option<SmallVec<[Placement; 1]>> {
         let granules = u32::try_from(self.granules(size)).ok()?;
-        let mut candidates: SmallVec<[(bool, u32, SegmentSlot); 8]> =
-            self.iter().map(|(slot, s)| (Some(s.node) == writer, s.alloc.free_granules(), slot)).collect();
+        let mut candidates: SmallVec<[(bool, u32, SegmentSlot); 8]> = self
+            .iter()
+            .filter(|(_, s)| !s.restoring)
+            .map(|(slot, s)| (Some(s.node) == writer, s.alloc.free_granules(), slot))
+            .collect();
         candidates.sort_unstable_by_key(|&(own, free, _)| core::cmp::Reverse((own, free)));
         let mut placed: SmallVec<[Placement; 1]> = SmallVec::new();
         for (_, _, slot) in candidates {
@@ -142,6 +153,24 @@ impl Segments {
         }
         self.used_bytes += (u64::from(granules) << self.granule_shift) * u64::from(count);
         Some(placed)
+    }
+
+    /// Allocates exactly `len` bytes at byte `offset` of segment `slot` (a whole number
+    /// of granules from a granule boundary), if that range is free.
+    pub(crate) fn allocate_at(&mut self, slot: SegmentSlot, offset: u64, len: u64) -> Option<Placement> {
+        if offset & ((1 << self.granule_shift) - 1) != 0 {
+            return None;
+        }
+        let start = u32::try_from(offset >> self.granule_shift).ok()?;
+        let granules = u32::try_from(self.granules(len)).ok()?;
+        let segment = self.slots[slot.0 as usize].as_mut()?;
+        let alloc = segment.alloc.allocate_at(start, granules)?;
+        self.used_bytes += u64::from(granules) << self.granule_shift;
+        Some(Placement { segment: slot, alloc, offset: start })
+    }
+
+    pub(crate) fn get_mut(&mut self, slot: SegmentSlot) -> &mut Segment {
+        self.slots[slot.0 as usize].as_mut().expect("placements only name mounted segments")
     }
 
     /// Frees one placement.

@@ -420,7 +420,7 @@ impl Cluster {
         while let Some(event) = self.master.poll_event() {
             let (key, version, reason) = match event {
                 MasterEvent::ObjectDropped { key, version, reason } => (key, version, reason),
-                MasterEvent::MemoryFreed { segment, offset } => {
+                MasterEvent::MemoryFreed { segment, offset, .. } => {
                     if !self.model.ranges.remove(&(segment, offset)) {
                         self.bad_free.get_or_insert((segment, offset));
                     }
@@ -698,6 +698,9 @@ impl Cluster {
                 }
                 NodeCommand::DropDiskReplica { key, version, .. } => self.delete_record(i, &key, version),
                 NodeCommand::WipeDisk { .. } => self.nodes[i].records.clear(),
+                // The master state machine never sends it (its server derives it from
+                // `MemoryFreed` events).
+                NodeCommand::ForgetRange { .. } => {}
             }
             self.route_outputs();
         }

@@ -14,7 +14,7 @@ use crate::ids::{BucketId, SegmentId};
 use crate::time::Duration;
 use crate::wire::{
     DiskReplicaOrigin, NodeCommand, PersistReason, PingOutcome, RemoveAllSummary, ReplicaList, Request,
-    Response,
+    Response, RestoredReplica,
 };
 
 const A: NodeId = NodeId(1);
@@ -89,7 +89,7 @@ fn events(m: &mut Master) -> Vec<MasterEvent> {
 fn freed(m: &mut Master) -> Vec<(SegmentId, u64)> {
     core::iter::from_fn(|| m.poll_event())
         .filter_map(|e| match e {
-            MasterEvent::MemoryFreed { segment, offset } => Some((segment, offset)),
+            MasterEvent::MemoryFreed { segment, offset, .. } => Some((segment, offset)),
             MasterEvent::ObjectDropped { .. } => None,
         })
         .collect()
@@ -1234,4 +1234,143 @@ fn a_writer_with_a_segment_gets_its_own_first_and_others_get_the_most_free() {
         assert!(own <= 16, "more than 1 MiB placed in A's 1 MiB segment");
     }
     assert_eq!(own, 16, "A's segment took 16 values of 64 KiB before one went to B");
+}
+
+// ----- restoring a segment after a master restart -----------------------------------
+
+/// A master of a later run (its first version above every version of the earlier one)
+/// with node A registered, and A's segment of 1 MiB restoring.
+fn restarted() -> Master {
+    let config = MasterConfig { first_version: ObjectVersion(1_000), ..MasterConfig::default() };
+    let mut m = Master::new(config).unwrap();
+    m.handle_ping(at(0), A, Incarnation(1), false);
+    m.handle_restore_segment(at(0), A, SEG_A, MIB).unwrap();
+    m
+}
+
+fn live<'a>(key: &'a str, version: u64, offset: u64, len: u64) -> RestoredReplica<'a> {
+    RestoredReplica { key: k(key), version: ObjectVersion(version), offset, len, crc32c: version as u32 }
+}
+
+fn list(m: &mut Master, key: &str) -> Result<ReplicaList, MasterError> {
+    m.handle_get_replica_list(at(1), k(key))
+}
+
+#[test]
+fn restored_replicas_are_readable_where_they_are_with_their_checksum() {
+    let mut m = restarted();
+    m.handle_restore_replica(at(0), A, SEG_A, &live("a", 7, 0, 100 * KIB)).unwrap();
+    m.handle_restore_replica(at(0), A, SEG_A, &live("b", 9, 512 * KIB, 4 * KIB)).unwrap();
+    // A repeated batch (the answer was lost) is taken again without a change.
+    let before = snapshot(&m);
+    m.handle_restore_replica(at(0), A, SEG_A, &live("a", 7, 0, 100 * KIB)).unwrap();
+    assert_eq!(snapshot(&m), before);
+    let a = list(&mut m, "a").unwrap();
+    assert_eq!((a.version, a.size, a.crc32c), (ObjectVersion(7), 100 * KIB, Some(7)));
+    assert_eq!(
+        a.replicas.as_slice(),
+        [ReplicaDescriptor::Memory(MemoryReplica { segment: SEG_A, offset: 0, len: 100 * KIB })]
+    );
+    let b = list(&mut m, "b").unwrap();
+    assert_eq!(
+        b.replicas[0],
+        ReplicaDescriptor::Memory(MemoryReplica { segment: SEG_A, offset: 512 * KIB, len: 4 * KIB })
+    );
+    m.verify().unwrap();
+}
+
+#[test]
+fn a_restoring_segment_takes_no_new_replica_until_its_node_mounts_it() {
+    let mut m = restarted();
+    m.handle_restore_replica(at(0), A, SEG_A, &live("a", 7, 0, 512 * KIB)).unwrap();
+    assert_eq!(m.handle_put_start(at(0), A, k("new"), 4 * KIB, 1).err(), Some(MasterError::NoSpace));
+    m.handle_mount_segment(at(0), A, SEG_A, MIB).unwrap();
+    // Mounted: restores are over, and new puts land around what was restored.
+    assert_eq!(
+        m.handle_restore_replica(at(0), A, SEG_A, &live("late", 8, 768 * KIB, 4 * KIB)),
+        Err(MasterError::SegmentAlreadyMounted)
+    );
+    let grant = m.handle_put_start(at(0), A, k("new"), 512 * KIB, 1).unwrap();
+    assert_eq!(grant.replicas[0].offset, 512 * KIB);
+    assert!(grant.version >= ObjectVersion(1_000), "this run's versions: {:?}", grant.version);
+    m.verify().unwrap();
+}
+
+#[test]
+fn a_restored_replica_is_refused_when_superseded_removed_or_not_free() {
+    let mut m = restarted();
+    // Another node's newer version of the key came first.
+    m.handle_ping(at(0), B, Incarnation(1), false);
+    m.handle_restore_segment(at(0), B, SEG_B, MIB).unwrap();
+    m.handle_restore_replica(at(0), B, SEG_B, &live("k", 9, 0, 4 * KIB)).unwrap();
+    refused(&mut m, MasterError::StaleVersion, |m| {
+        m.handle_restore_replica(at(0), A, SEG_A, &live("k", 8, 0, 4 * KIB))
+    });
+    // The same version from another node is a second replica; of another length, refused.
+    refused(&mut m, MasterError::InvalidSize, |m| {
+        m.handle_restore_replica(at(0), A, SEG_A, &live("k", 9, 0, 8 * KIB))
+    });
+    m.handle_restore_replica(at(0), A, SEG_A, &live("k", 9, 0, 4 * KIB)).unwrap();
+    assert_eq!(list(&mut m, "k").unwrap().replicas.len(), 2);
+    // An overlapping range, a version of this run, another node's segment.
+    refused(&mut m, MasterError::NoSpace, |m| {
+        m.handle_restore_replica(at(0), A, SEG_A, &live("o", 5, 0, 4 * KIB))
+    });
+    refused(&mut m, MasterError::StaleVersion, |m| {
+        m.handle_restore_replica(at(0), A, SEG_A, &live("n", 1_000, 64 * KIB, 4 * KIB))
+    });
+    refused(&mut m, MasterError::NotSegmentOwner, |m| {
+        m.handle_restore_replica(at(0), B, SEG_A, &live("x", 5, 64 * KIB, 4 * KIB))
+    });
+    // Removed by a client of this run: the other node's copy does not bring it back.
+    m.handle_remove(at(2), k("k"), true).unwrap();
+    m.handle_ping(at(0), NodeId(3), Incarnation(1), false);
+    m.handle_restore_segment(at(0), NodeId(3), SegmentId(30), MIB).unwrap();
+    refused(&mut m, MasterError::StaleVersion, |m| {
+        m.handle_restore_replica(at(0), NodeId(3), SegmentId(30), &live("k", 9, 0, 4 * KIB))
+    });
+    // After a remove-all nothing of the earlier run comes back.
+    m.handle_restore_replica(at(0), NodeId(3), SegmentId(30), &live("kept", 6, 0, 4 * KIB)).unwrap();
+    m.handle_remove_all(at(3), true);
+    refused(&mut m, MasterError::StaleVersion, |m| {
+        m.handle_restore_replica(at(0), NodeId(3), SegmentId(30), &live("other", 4, 64 * KIB, 4 * KIB))
+    });
+}
+
+#[test]
+fn a_restored_replica_newer_than_a_recovered_record_replaces_it() {
+    let config = MasterConfig { first_version: ObjectVersion(1_000), ..MasterConfig::default() };
+    let mut m = Master::new(config).unwrap();
+    m.handle_ping(at(0), A, Incarnation(1), true);
+    m.handle_restore_segment(at(0), A, SEG_A, MIB).unwrap();
+    let disk = |version: u64| DiskReplica {
+        node: A,
+        bucket: BucketId(1),
+        offset: 0,
+        len: 4 * KIB,
+        crc32c: version as u32,
+    };
+    let recovered = DiskReplicaOrigin::Recovered;
+    m.handle_add_disk_replica(at(0), k("old"), ObjectVersion(5), disk(5), recovered).unwrap();
+    m.handle_add_disk_replica(at(0), k("same"), ObjectVersion(6), disk(6), recovered).unwrap();
+    let _ = commands(&mut m);
+    m.handle_restore_replica(at(0), A, SEG_A, &live("old", 8, 0, 4 * KIB)).unwrap();
+    m.handle_restore_replica(at(0), A, SEG_A, &live("same", 6, 64 * KIB, 4 * KIB)).unwrap();
+    let old = list(&mut m, "old").unwrap();
+    assert_eq!((old.version, old.replicas.len()), (ObjectVersion(8), 1));
+    // The superseded record is dropped; the newer memory-only object is persisted; the
+    // same version gains its memory replica beside its record.
+    let sent = commands(&mut m);
+    assert!(
+        sent.iter().any(|c| matches!(c, NodeCommand::DropDiskReplica { version: ObjectVersion(5), .. })),
+        "{sent:?}"
+    );
+    assert!(
+        sent.iter().any(|c| matches!(c, NodeCommand::Persist { version: ObjectVersion(8), .. })),
+        "{sent:?}"
+    );
+    let same = list(&mut m, "same").unwrap();
+    assert_eq!(same.replicas.len(), 2);
+    assert!(matches!(same.replicas[0], ReplicaDescriptor::Memory(_)));
+    m.verify().unwrap();
 }

@@ -23,13 +23,16 @@ use alloc::vec::Vec;
 
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::ids::{ObjectVersion, SegmentId};
-use crate::key::KeyRef;
+use crate::key::{Key, KeyRef, MAX_KEY_LEN};
 
 /// The format byte that starts every data-plane body.
 pub const DATA_FORMAT_VERSION: u8 = 1;
 
-/// Bytes of a write request before its value.
+/// Bytes of a write request before its value, its key aside (two bytes of length and
+/// the key follow these).
 pub const WRITE_HEADER_LEN: usize = 2 + 8 + 8 + 8 + 8 + 4;
+/// The most bytes of a write request before its value (with the longest key).
+pub const MAX_WRITE_HEAD_LEN: usize = WRITE_HEADER_LEN + 2 + MAX_KEY_LEN;
 /// Bytes of a read answer before its value.
 pub const READ_ANSWER_HEADER_LEN: usize = 2 + 4;
 
@@ -56,6 +59,9 @@ pub enum DataRequest<'a> {
         epoch: u64,
         /// CRC32C of `bytes` as the writer computed it; checked on arrival.
         crc32c: u32,
+        /// The object's key: the node keeps it with the range, so that it can tell a
+        /// restarted master which objects its segment holds.
+        key: KeyRef<'a>,
         /// The value (never empty).
         bytes: &'a [u8],
     },
@@ -164,8 +170,8 @@ impl<'a> DataRequest<'a> {
     /// [`DataRequest::encode`] for the other requests.
     pub fn encode_head(&self, out: &mut Vec<u8>) {
         match *self {
-            DataRequest::Write { segment, offset, version, epoch, crc32c, bytes: _ } => {
-                write_header(out, WRITE_HEADER_LEN, |w| {
+            DataRequest::Write { segment, offset, version, epoch, crc32c, key, bytes: _ } => {
+                write_header(out, WRITE_HEADER_LEN + 2 + key.len(), |w| {
                     w.u8(DATA_FORMAT_VERSION);
                     w.u8(TAG_WRITE);
                     w.u64(segment.0);
@@ -173,6 +179,7 @@ impl<'a> DataRequest<'a> {
                     w.u64(version.0);
                     w.u64(epoch);
                     w.u32(crc32c);
+                    w.key(key);
                 });
             }
             DataRequest::ReadDisk { key, version } => {
@@ -207,11 +214,12 @@ impl<'a> DataRequest<'a> {
                 let version = ObjectVersion(r.u64("version")?);
                 let epoch = r.u64("epoch")?;
                 let crc32c = r.u32("crc32c")?;
+                let key = r.key()?;
                 let bytes = r.bytes(r.remaining(), "value")?;
                 if bytes.is_empty() {
                     return Err(DecodeError::InvalidValue { what: "empty value" });
                 }
-                Ok(DataRequest::Write { segment, offset, version, epoch, crc32c, bytes })
+                Ok(DataRequest::Write { segment, offset, version, epoch, crc32c, key, bytes })
             }
             TAG_READ => {
                 let segment = SegmentId(r.u64("segment")?);
@@ -287,7 +295,7 @@ fn write_header(out: &mut Vec<u8>, len: usize, write: impl FnOnce(&mut Writer<'_
 }
 
 /// One write that landed in a segment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Extent {
     /// Its length.
     pub len: u64,
@@ -295,6 +303,8 @@ pub struct Extent {
     pub version: ObjectVersion,
     /// CRC32C of the bytes as they arrived.
     pub crc32c: u32,
+    /// The object's key.
+    pub key: Key,
 }
 
 /// What a node knows of the writes into one of its segments: which version wrote which
@@ -355,13 +365,35 @@ impl Extents {
     }
 
     /// Records a write that [`Extents::check_write`] allowed and that has landed.
-    pub fn record_write(&mut self, offset: u64, len: u64, version: ObjectVersion, crc32c: u32) {
+    pub fn record_write(
+        &mut self,
+        offset: u64,
+        len: u64,
+        version: ObjectVersion,
+        crc32c: u32,
+        key: KeyRef<'_>,
+    ) {
         let Ok(end) = self.in_bounds(offset, len) else { return };
         let replaced: Vec<u64> = self.overlapping(offset, end).map(|(start, _)| *start).collect();
         for start in replaced {
             self.by_offset.remove(&start);
         }
-        self.by_offset.insert(offset, Extent { len, version, crc32c });
+        self.by_offset.insert(offset, Extent { len, version, crc32c, key: key.to_key() });
+    }
+
+    /// Forgets the extent at `offset` if object `version` wrote it (the master freed
+    /// that range); a newer write there is kept. Whether one was forgotten.
+    pub fn forget(&mut self, offset: u64, version: ObjectVersion) -> bool {
+        let held = self.by_offset.get(&offset).is_some_and(|e| e.version == version);
+        if held {
+            self.by_offset.remove(&offset);
+        }
+        held
+    }
+
+    /// Every extent, by offset, lowest first.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &Extent)> {
+        self.by_offset.iter().map(|(offset, e)| (*offset, e))
     }
 
     /// The CRC32C of object `version`'s `len` bytes at `offset`, if that is exactly what
@@ -384,6 +416,10 @@ mod tests {
     const V1: ObjectVersion = ObjectVersion(1);
     const V2: ObjectVersion = ObjectVersion(2);
 
+    fn k() -> KeyRef<'static> {
+        KeyRef::new(b"k").unwrap()
+    }
+
     fn round_trip_request(r: DataRequest<'_>) {
         let mut out = Vec::new();
         r.encode(&mut out);
@@ -404,6 +440,7 @@ mod tests {
             version: V2,
             epoch: 7,
             crc32c: 9,
+            key: KeyRef::new(b"prefix/1").unwrap(),
             bytes: b"value",
         });
         round_trip_request(DataRequest::Read { segment: SEG, offset: 8, len: 5, version: V1 });
@@ -423,16 +460,32 @@ mod tests {
             round_trip_response(DataResponse::Refused(e));
         }
         let mut write = Vec::new();
-        DataRequest::Write { segment: SEG, offset: 0, version: V1, epoch: 1, crc32c: 0, bytes: b"x" }
-            .encode(&mut write);
-        assert_eq!(write.len(), WRITE_HEADER_LEN + 1);
+        DataRequest::Write {
+            segment: SEG,
+            offset: 0,
+            version: V1,
+            epoch: 1,
+            crc32c: 0,
+            key: k(),
+            bytes: b"x",
+        }
+        .encode(&mut write);
+        assert_eq!(write.len(), WRITE_HEADER_LEN + 2 + 1 + 1);
     }
 
     #[test]
     fn decoding_is_strict() {
         let mut empty_write = Vec::new();
-        DataRequest::Write { segment: SEG, offset: 0, version: V1, epoch: 1, crc32c: 0, bytes: b"x" }
-            .encode(&mut empty_write);
+        DataRequest::Write {
+            segment: SEG,
+            offset: 0,
+            version: V1,
+            epoch: 1,
+            crc32c: 0,
+            key: k(),
+            bytes: b"x",
+        }
+        .encode(&mut empty_write);
         empty_write.pop();
         assert_eq!(DataRequest::decode(&empty_write), Err(DecodeError::InvalidValue { what: "empty value" }));
         let mut read = Vec::new();
@@ -456,7 +509,7 @@ mod tests {
     fn a_stale_writer_cannot_write_into_a_newer_objects_range() {
         let mut x = Extents::new(1 << 20);
         x.check_write(0, 100, V2).unwrap();
-        x.record_write(0, 100, V2, 7);
+        x.record_write(0, 100, V2, 7, k());
         assert_eq!(x.check_write(50, 100, V1), Err(DataError::Fenced), "overlapping the end");
         assert_eq!(x.check_write(0, 1, V1), Err(DataError::Fenced), "its first byte");
         assert_eq!(x.check_write(100, 10, V1), Ok(()), "right after it");
@@ -477,15 +530,30 @@ mod tests {
     #[test]
     fn a_read_is_answered_only_for_exactly_what_was_written() {
         let mut x = Extents::new(1 << 20);
-        x.record_write(4096, 100, V1, 42);
+        x.record_write(4096, 100, V1, 42, k());
         assert_eq!(x.check_read(4096, 100, V1), Ok(42));
         assert_eq!(x.check_read(4096, 100, V2), Err(DataError::NotHeld), "another version");
         assert_eq!(x.check_read(4096, 99, V1), Err(DataError::NotHeld), "another length");
         assert_eq!(x.check_read(4097, 99, V1), Err(DataError::NotHeld), "inside it");
-        x.record_write(4100, 10, V2, 43);
+        x.record_write(4100, 10, V2, 43, k());
         assert_eq!(x.check_read(4096, 100, V1), Err(DataError::NotHeld), "overwritten in part");
         x.clear();
         assert_eq!(x.check_read(4100, 10, V2), Err(DataError::NotHeld));
+    }
+
+    #[test]
+    fn a_freed_range_is_forgotten_only_for_the_version_freed() {
+        let mut x = Extents::new(1 << 20);
+        x.record_write(0, 100, V1, 1, KeyRef::new(b"old").unwrap());
+        x.record_write(4096, 100, V2, 2, KeyRef::new(b"new").unwrap());
+        // The range was given to V2 and written before the notice for V1 arrived.
+        assert!(!x.forget(4096, V1), "a newer write is kept");
+        assert_eq!(x.check_read(4096, 100, V2), Ok(2));
+        assert!(x.forget(0, V1));
+        assert_eq!(x.check_read(0, 100, V1), Err(DataError::NotHeld));
+        let live: Vec<_> =
+            x.iter().map(|(offset, e)| (offset, e.version, e.key.as_ref().as_bytes().to_vec())).collect();
+        assert_eq!(live, [(4096, V2, b"new".to_vec())]);
     }
 
     /// A write the model has seen succeed.
@@ -531,7 +599,7 @@ mod tests {
                 prop_assert_eq!(x.check_write(offset, len, ObjectVersion(version)), expected);
                 if expected.is_ok() {
                     let crc = i as u32;
-                    x.record_write(offset, len, ObjectVersion(version), crc);
+                    x.record_write(offset, len, ObjectVersion(version), crc, k());
                     landed.push(Landed { offset, len, version, crc });
                 }
                 let live = readable(&landed);

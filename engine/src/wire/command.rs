@@ -1,14 +1,16 @@
-//! Master → node commands: what the master asks a node to do with its SSD tier.
+//! Master → node commands: what the master asks a node to do with its SSD tier, and
+//! what it freed in its segment.
 
 use super::{KIND_COMMAND, measure, read_header, write_header};
 use crate::codec::{DecodeError, EncodeError, Reader, Writer};
 use crate::descriptor::{DiskReplica, MemoryReplica};
-use crate::ids::{NodeId, ObjectVersion};
+use crate::ids::{NodeId, ObjectVersion, SegmentId};
 use crate::key::Key;
 
 const TAG_PERSIST: u8 = 1;
 const TAG_DROP_DISK_REPLICA: u8 = 2;
 const TAG_WIPE_DISK: u8 = 3;
+const TAG_FORGET_RANGE: u8 = 4;
 
 /// Why the master asks for a persist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +58,19 @@ pub enum NodeCommand {
         /// The node.
         node: NodeId,
     },
+    /// The range at `offset` of your segment no longer holds object `version` (removed,
+    /// evicted, revoked): forget it, unless a newer write is there already, so that it
+    /// is not named to a restarted master as a live object.
+    ForgetRange {
+        /// The node.
+        node: NodeId,
+        /// Its segment.
+        segment: SegmentId,
+        /// Where the range starts.
+        offset: u64,
+        /// The version it held.
+        version: ObjectVersion,
+    },
 }
 
 impl NodeCommand {
@@ -64,7 +79,8 @@ impl NodeCommand {
         match self {
             NodeCommand::Persist { node, .. }
             | NodeCommand::DropDiskReplica { node, .. }
-            | NodeCommand::WipeDisk { node } => *node,
+            | NodeCommand::WipeDisk { node }
+            | NodeCommand::ForgetRange { node, .. } => *node,
         }
     }
 
@@ -109,6 +125,13 @@ impl NodeCommand {
                 write_header(w, KIND_COMMAND, TAG_WIPE_DISK);
                 w.u64(node.0);
             }
+            NodeCommand::ForgetRange { node, segment, offset, version } => {
+                write_header(w, KIND_COMMAND, TAG_FORGET_RANGE);
+                w.u64(node.0);
+                w.u64(segment.0);
+                w.u64(*offset);
+                w.u64(version.0);
+            }
         }
     }
 
@@ -131,6 +154,12 @@ impl NodeCommand {
                 replica: DiskReplica::read_from(&mut r)?,
             },
             TAG_WIPE_DISK => NodeCommand::WipeDisk { node: NodeId(r.u64("node")?) },
+            TAG_FORGET_RANGE => NodeCommand::ForgetRange {
+                node: NodeId(r.u64("node")?),
+                segment: SegmentId(r.u64("segment")?),
+                offset: r.u64("offset")?,
+                version: ObjectVersion(r.u64("version")?),
+            },
             tag => {
                 return Err(DecodeError::UnknownTag { what: "command", tag });
             }

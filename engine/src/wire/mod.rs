@@ -25,6 +25,8 @@ pub use error::MasterError;
 pub use request::Request;
 pub use response::Response;
 
+use crate::key::KeyRef;
+
 use smallvec::SmallVec;
 
 use crate::codec::{DecodeError, EncodeError, Reader, Writer};
@@ -58,6 +60,22 @@ pub struct PutGrant {
     pub version: ObjectVersion,
     /// Where to copy the value (all of them, then end the put).
     pub replicas: SmallVec<[MemoryReplica; 1]>,
+}
+
+/// A replica a node's segment still holds from an earlier run of the master, named to
+/// the new run ([`Request::RestoreReplicas`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestoredReplica<'a> {
+    /// The object's key.
+    pub key: KeyRef<'a>,
+    /// Its version (granted by the earlier run).
+    pub version: ObjectVersion,
+    /// Where the value starts in the segment.
+    pub offset: u64,
+    /// Its length (never zero).
+    pub len: u64,
+    /// The writer's CRC32C of it.
+    pub crc32c: u32,
 }
 
 /// What a reader gets for a key.

@@ -2,7 +2,9 @@
 
 use alloc::vec::Vec;
 
-use super::{DiskReplicaOrigin, KIND_REQUEST, MAX_BATCH, measure, read_header, write_header};
+use super::{
+    DiskReplicaOrigin, KIND_REQUEST, MAX_BATCH, RestoredReplica, measure, read_header, write_header,
+};
 use crate::codec::{DecodeError, EncodeError, Reader, Writer};
 use crate::descriptor::DiskReplica;
 use crate::ids::{Incarnation, NodeId, ObjectVersion, SegmentId};
@@ -32,6 +34,8 @@ pub(super) const TAG_FLUSH: u8 = 21;
 pub(super) const TAG_FLUSH_STATUS: u8 = 22;
 pub(super) const TAG_LOCATE_NODE: u8 = 23;
 pub(super) const TAG_REPORT_CRC_FAILURES: u8 = 24;
+pub(super) const TAG_RESTORE_SEGMENT: u8 = 25;
+pub(super) const TAG_RESTORE_REPLICAS: u8 = 26;
 
 /// Smallest encoded key: a two-byte length and one byte.
 const MIN_KEY_LEN: usize = 3;
@@ -215,6 +219,27 @@ pub enum Request<'a> {
         /// The node.
         node: NodeId,
     },
+    /// Mount a segment that still holds objects written under an earlier run of the
+    /// master, to name them with [`Request::RestoreReplicas`]: it takes no new
+    /// replicas until the node mounts it ([`Request::MountSegment`]) when it is done.
+    RestoreSegment {
+        /// The owning node.
+        node: NodeId,
+        /// The segment.
+        segment: SegmentId,
+        /// Its size in bytes.
+        size: u64,
+    },
+    /// Objects a restoring segment holds, in ascending offset order (across batches
+    /// too); each is answered on its own.
+    RestoreReplicas {
+        /// The owning node.
+        node: NodeId,
+        /// The segment.
+        segment: SegmentId,
+        /// The replicas.
+        items: Vec<RestoredReplica<'a>>,
+    },
 }
 
 impl<'a> Request<'a> {
@@ -232,7 +257,9 @@ impl<'a> Request<'a> {
             | Request::UnmountSegment { node, .. }
             | Request::Ping { node, .. }
             | Request::RemoveDiskReplica { node, .. }
-            | Request::PersistFailed { node, .. } => Some(*node),
+            | Request::PersistFailed { node, .. }
+            | Request::RestoreSegment { node, .. }
+            | Request::RestoreReplicas { node, .. } => Some(*node),
             Request::ReportCrcFailures { reporter, .. } => Some(*reporter),
             Request::AddDiskReplica { replica, .. } => Some(replica.node),
             Request::GetReplicaList { .. }
@@ -301,6 +328,25 @@ impl<'a> Request<'a> {
                 w.u64(node.0);
                 w.u64(segment.0);
                 w.u64(*size);
+            }
+            Request::RestoreSegment { node, segment, size } => {
+                write_header(w, KIND_REQUEST, TAG_RESTORE_SEGMENT);
+                w.u64(node.0);
+                w.u64(segment.0);
+                w.u64(*size);
+            }
+            Request::RestoreReplicas { node, segment, items } => {
+                write_header(w, KIND_REQUEST, TAG_RESTORE_REPLICAS);
+                w.u64(node.0);
+                w.u64(segment.0);
+                w.count("batch", items.len(), MAX_BATCH)?;
+                for item in items {
+                    w.key(item.key);
+                    w.u64(item.version.0);
+                    w.u64(item.offset);
+                    w.u64(item.len);
+                    w.u32(item.crc32c);
+                }
             }
             Request::UnmountSegment { node, segment } => {
                 write_header(w, KIND_REQUEST, TAG_UNMOUNT_SEGMENT);
@@ -460,6 +506,16 @@ impl<'a> Request<'a> {
             TAG_FLUSH => Request::Flush,
             TAG_FLUSH_STATUS => Request::FlushStatus { barrier: ObjectVersion(r.u64("barrier")?) },
             TAG_LOCATE_NODE => Request::LocateNode { node: NodeId(r.u64("node")?) },
+            TAG_RESTORE_SEGMENT => Request::RestoreSegment {
+                node: NodeId(r.u64("node")?),
+                segment: SegmentId(r.u64("segment")?),
+                size: r.u64("size")?,
+            },
+            TAG_RESTORE_REPLICAS => {
+                let node = NodeId(r.u64("node")?);
+                let segment = SegmentId(r.u64("segment")?);
+                Request::RestoreReplicas { node, segment, items: read_restored(&mut r)? }
+            }
             TAG_REPORT_CRC_FAILURES => {
                 Request::ReportCrcFailures { reporter: NodeId(r.u64("reporter")?), count: r.u64("count")? }
             }
@@ -537,6 +593,22 @@ fn read_put_end_items<'a>(
         items.push((r.key()?, ObjectVersion(r.u64("version")?), r.u32("crc32c")?));
     }
     Ok((writer, items))
+}
+
+fn read_restored<'a>(r: &mut Reader<'a>) -> Result<Vec<RestoredReplica<'a>>, DecodeError> {
+    let n = r.count("batch", MAX_BATCH, MIN_KEY_LEN + 28)?;
+    let mut items = Vec::with_capacity(n);
+    for _ in 0..n {
+        let key = r.key()?;
+        let version = ObjectVersion(r.u64("version")?);
+        let offset = r.u64("offset")?;
+        let len = r.u64("length")?;
+        if len == 0 {
+            return Err(DecodeError::InvalidValue { what: "restored replica length" });
+        }
+        items.push(RestoredReplica { key, version, offset, len, crc32c: r.u32("crc32c")? });
+    }
+    Ok(items)
 }
 
 fn write_keys(w: &mut Writer<'_>, keys: &[KeyRef<'_>]) -> Result<(), EncodeError> {

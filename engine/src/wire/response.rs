@@ -30,6 +30,10 @@ pub enum Response {
     Remove(Result<(), MasterError>),
     RemoveAll(RemoveAllSummary),
     MountSegment(Result<(), MasterError>),
+    /// Answers [`Request::RestoreSegment`].
+    RestoreSegment(Result<(), MasterError>),
+    /// Answers [`Request::RestoreReplicas`], one result per replica in order.
+    RestoreReplicas(Vec<Result<(), MasterError>>),
     UnmountSegment(Result<(), MasterError>),
     Ping(PingReply),
     AddDiskReplica(Result<(), MasterError>),
@@ -90,6 +94,8 @@ impl Response {
                 w.u64(s.skipped);
             }
             Response::MountSegment(r) => write_unit(w, TAG_MOUNT_SEGMENT, r),
+            Response::RestoreSegment(r) => write_unit(w, TAG_RESTORE_SEGMENT, r),
+            Response::RestoreReplicas(rs) => write_unit_batch(w, TAG_RESTORE_REPLICAS, rs)?,
             Response::UnmountSegment(r) => write_unit(w, TAG_UNMOUNT_SEGMENT, r),
             Response::Ping(p) => {
                 write_header(w, KIND_RESPONSE, TAG_PING);
@@ -165,6 +171,8 @@ impl Response {
                 skipped: r.u64("skipped")?,
             }),
             TAG_MOUNT_SEGMENT => Response::MountSegment(read_unit(&mut r)?),
+            TAG_RESTORE_SEGMENT => Response::RestoreSegment(read_unit(&mut r)?),
+            TAG_RESTORE_REPLICAS => Response::RestoreReplicas(read_batch(&mut r, STATUS_LEN, read_unit)?),
             TAG_UNMOUNT_SEGMENT => Response::UnmountSegment(read_unit(&mut r)?),
             TAG_PING => {
                 let outcome = match r.u8("ping outcome")? {

@@ -51,6 +51,15 @@ fn requests() -> Vec<Request<'static>> {
         Request::Remove { key: a, force: true },
         Request::RemoveAll { force: false },
         Request::MountSegment { node: n, segment: SegmentId(1), size: 1 << 30 },
+        Request::RestoreSegment { node: n, segment: SegmentId(1), size: 1 << 30 },
+        Request::RestoreReplicas {
+            node: n,
+            segment: SegmentId(1),
+            items: vec![
+                RestoredReplica { key: a, version: v, offset: 0, len: 4096, crc32c: 1 },
+                RestoredReplica { key: b, version: v.next(), offset: 8192, len: 1, crc32c: u32::MAX },
+            ],
+        },
         Request::UnmountSegment { node: n, segment: SegmentId(1) },
         Request::Ping { node: n, incarnation: Incarnation(5), has_storage: true },
         Request::AddDiskReplica { key: a, version: v, replica: disk(), origin: DiskReplicaOrigin::Recovered },
@@ -84,6 +93,8 @@ fn responses() -> Vec<Response> {
         Response::Remove(Err(e)),
         Response::RemoveAll(RemoveAllSummary { removed: 5, skipped: 1 }),
         Response::MountSegment(Ok(())),
+        Response::RestoreSegment(Err(MasterError::SegmentAlreadyMounted)),
+        Response::RestoreReplicas(vec![Ok(()), Err(MasterError::StaleVersion)]),
         Response::UnmountSegment(Err(MasterError::SegmentNotFound)),
         Response::Ping(PingReply { outcome: PingOutcome::Restarted, node_ttl: Duration::from_secs(10) }),
         Response::AddDiskReplica(Err(MasterError::StaleVersion)),
@@ -125,6 +136,12 @@ fn commands() -> Vec<NodeCommand> {
             replica: disk(),
         },
         NodeCommand::WipeDisk { node: NodeId(2) },
+        NodeCommand::ForgetRange {
+            node: NodeId(2),
+            segment: SegmentId(2),
+            offset: 1 << 20,
+            version: ObjectVersion(77),
+        },
     ]
 }
 

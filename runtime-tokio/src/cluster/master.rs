@@ -16,7 +16,7 @@ use larder_engine::master::{Master, MasterConfig, MasterEvent};
 use larder_engine::net::{
     ClusterName, DEFAULT_MAX_FRAME_BODY, Hello, PROTOCOL_VERSIONS, RefusalReason, Role, ServerConfig,
 };
-use larder_engine::wire::{Message, Request, Response};
+use larder_engine::wire::{Message, NodeCommand, Request, Response};
 use larder_engine::{Duration, Incarnation, NodeId, ObjectVersion};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -324,9 +324,24 @@ impl Actor {
         }
     }
 
-    /// Routes the master's commands and counts its events.
+    /// Routes the master's commands, tells nodes of the ranges freed in their segments
+    /// and counts the events.
     fn drain_master(&mut self) {
-        while let Some(command) = self.master.poll_command() {
+        let mut forgets = Vec::new();
+        while let Some(event) = self.master.poll_event() {
+            match event {
+                MasterEvent::ObjectDropped { reason, .. } => self.metrics.dropped(reason),
+                // A range freed in a segment still mounted: its owner forgets that
+                // object there, so as not to name it to a restarted master.
+                MasterEvent::MemoryFreed { segment, offset, version } => {
+                    if let Some(node) = self.master.segment_owner(segment) {
+                        forgets.push(NodeCommand::ForgetRange { node, segment, offset, version });
+                    }
+                }
+            }
+        }
+        let commands = std::iter::from_fn(|| self.master.poll_command()).collect::<Vec<_>>();
+        for command in commands.into_iter().chain(forgets) {
             let node = command.node();
             let Some(incarnation) = self.master.node_incarnation(node) else { continue };
             let body = match encode(&Message::Command(command)) {
@@ -356,11 +371,6 @@ impl Actor {
             }
             !commands.is_empty()
         });
-        while let Some(event) = self.master.poll_event() {
-            if let MasterEvent::ObjectDropped { reason, .. } = event {
-                self.metrics.dropped(reason);
-            }
-        }
         self.metrics.observe(self.master.stats());
         let now = self.clock.now();
         if self.disk_counted_at.is_none_or(|at| now >= at + DISK_CENSUS_EVERY) {
@@ -389,6 +399,8 @@ fn op_name(request: &Request<'_>) -> &'static str {
         Request::Remove { .. } => "remove",
         Request::RemoveAll { .. } => "remove_all",
         Request::MountSegment { .. } => "mount_segment",
+        Request::RestoreSegment { .. } => "restore_segment",
+        Request::RestoreReplicas { .. } => "restore_replicas",
         Request::UnmountSegment { .. } => "unmount_segment",
         Request::Ping { .. } => "ping",
         Request::AddDiskReplica { .. } => "add_disk_replica",
@@ -417,6 +429,7 @@ fn failed(response: &Response) -> bool {
         | Response::PutRevoke(r)
         | Response::Remove(r)
         | Response::MountSegment(r)
+        | Response::RestoreSegment(r)
         | Response::UnmountSegment(r)
         | Response::AddDiskReplica(r)
         | Response::RemoveDiskReplica(r)
@@ -428,9 +441,10 @@ fn failed(response: &Response) -> bool {
         Response::FlushStatus(s) => matches!(s, larder_engine::wire::FlushStatus::NotDurable { .. }),
         Response::BatchPutStart(items) => items.iter().any(Result::is_err),
         Response::BatchGetReplicaList(items) => items.iter().any(Result::is_err),
-        Response::BatchPutEnd(items) | Response::BatchPutRevoke(items) | Response::BatchRemove(items) => {
-            items.iter().any(Result::is_err)
-        }
+        Response::BatchPutEnd(items)
+        | Response::BatchPutRevoke(items)
+        | Response::BatchRemove(items)
+        | Response::RestoreReplicas(items) => items.iter().any(Result::is_err),
     }
 }
 

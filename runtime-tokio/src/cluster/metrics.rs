@@ -35,6 +35,7 @@ pub(crate) struct MasterMetrics {
     objects: Gauge,
     nodes: Gauge,
     segments: Gauge,
+    segments_restoring: Gauge,
     capacity_bytes: Family<TierLabel, Gauge>,
     used_bytes: Family<TierLabel, Gauge>,
     evicted: Family<ReasonLabel, Counter>,
@@ -61,6 +62,11 @@ impl MasterMetrics {
         r.register("objects", "Objects in the table", m.objects.clone());
         r.register("nodes", "Registered nodes", m.nodes.clone());
         r.register("segments", "Mounted memory segments", m.segments.clone());
+        r.register(
+            "segments_restoring",
+            "Segments whose node is naming what they held under an earlier master run",
+            m.segments_restoring.clone(),
+        );
         r.register("capacity_bytes", "Bytes of capacity, by tier", m.capacity_bytes.clone());
         r.register("used_bytes", "Bytes in use, by tier", m.used_bytes.clone());
         r.register("evicted_objects", "Objects evicted from memory, by outcome", m.evicted.clone());
@@ -145,6 +151,7 @@ impl MasterMetrics {
         self.objects.set(gauge(stats.objects));
         self.nodes.set(gauge(stats.nodes));
         self.segments.set(gauge(stats.segments));
+        self.segments_restoring.set(gauge(stats.segments_restoring));
         self.capacity_bytes.get_or_create(&TierLabel { tier: "memory" }).set(gauge(stats.capacity_bytes));
         self.used_bytes.get_or_create(&TierLabel { tier: "memory" }).set(gauge(stats.used_bytes));
         self.persist_retries.set(gauge(stats.persist_retries));

@@ -23,16 +23,16 @@ use std::sync::{Arc, PoisonError, RwLock};
 use bytes::Bytes;
 use larder_engine::disk::{DropCause, Tier, TierConfig, TierEvent};
 use larder_engine::embedded::{FdWatch, Runtime};
-use larder_engine::net::data::{DataError, DataRequest, DataResponse, Extents};
+use larder_engine::net::data::{DataError, DataRequest, DataResponse, Extent, Extents};
 use larder_engine::net::{
     ClientConfig, ClusterName, DEFAULT_MAX_FRAME_BODY, Hello, PROTOCOL_VERSIONS, RefusalReason, Role,
     ServerConfig,
 };
 use larder_engine::uring::Notifier;
 use larder_engine::wire::{
-    DiskReplicaOrigin, MasterError, Message, NodeCommand, PingOutcome, Request, Response,
+    DiskReplicaOrigin, MasterError, Message, NodeCommand, PingOutcome, Request, Response, RestoredReplica,
 };
-use larder_engine::{Duration, Incarnation, MemoryReplica, NodeId, ObjectVersion, SegmentId};
+use larder_engine::{Duration, Incarnation, KeyRef, MemoryReplica, NodeId, ObjectVersion, SegmentId};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -196,7 +196,7 @@ struct Segment {
 
 /// Where one write goes, and what it must match.
 #[derive(Debug, Clone, Copy)]
-pub struct SegmentWrite {
+pub struct SegmentWrite<'a> {
     /// The segment.
     pub segment: SegmentId,
     /// Where in it.
@@ -207,6 +207,8 @@ pub struct SegmentWrite {
     pub epoch: u64,
     /// The writer's CRC32C of the bytes.
     pub crc32c: u32,
+    /// The object's key (kept with the range, to name it to a restarted master).
+    pub key: KeyRef<'a>,
 }
 
 /// The segment of a node in this process, for a client in the same process (a member
@@ -226,7 +228,7 @@ impl LocalSegment {
     }
 
     /// Writes `bytes` as a peer's write would be taken.
-    pub fn write(&self, write: &SegmentWrite, bytes: &[u8]) -> Result<(), DataError> {
+    pub fn write(&self, write: &SegmentWrite<'_>, bytes: &[u8]) -> Result<(), DataError> {
         self.state.upgrade().ok_or(DataError::UnknownSegment)?.write(write, bytes)
     }
 
@@ -268,7 +270,7 @@ impl NodeState {
     /// Writes `bytes` as object `write.version` at `write.offset` if the write is the
     /// segment's (mounted with the master run `write.epoch`, not fenced by a newer
     /// object or a remount) and the bytes match the writer's CRC32C.
-    fn write(&self, write: &SegmentWrite, bytes: &[u8]) -> Result<(), DataError> {
+    fn write(&self, write: &SegmentWrite<'_>, bytes: &[u8]) -> Result<(), DataError> {
         // The checksum first, outside the lock: what arrived is what was sent.
         let arrived = larder_engine::checksum::crc32c(bytes) == write.crc32c;
         let mut s = self.segment.write().unwrap_or_else(PoisonError::into_inner);
@@ -285,7 +287,7 @@ impl NodeState {
         }
         s.extents.check_write(write.offset, len, write.version)?;
         s.range_mut(write.offset, len).copy_from_slice(bytes);
-        s.extents.record_write(write.offset, len, write.version, write.crc32c);
+        s.extents.record_write(write.offset, len, write.version, write.crc32c, write.key);
         Ok(())
     }
 
@@ -514,6 +516,7 @@ async fn keep_registered(
         size,
         state,
         registration: Registration::Unknown,
+        restoring: false,
         unreported: std::collections::VecDeque::new(),
         registered,
         ping_every: std::time::Duration::from_secs(1),
@@ -546,6 +549,9 @@ async fn keep_registered(
 /// Disk records registered with the master at once when it (re)learns of the node.
 const REGISTRATION_WINDOW: usize = 128;
 
+/// Live replicas named to a restarted master per request.
+const RESTORE_BATCH: usize = 1024;
+
 /// How far the node's registration with the present master run has got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Registration {
@@ -567,6 +573,9 @@ struct Agent {
     size: u64,
     state: Arc<NodeState>,
     registration: Registration,
+    /// The segment holds objects of a master run that is gone: they are named to the
+    /// new run before the segment is mounted again.
+    restoring: bool,
     /// Tier events the master could not be told of yet, oldest first.
     unreported: std::collections::VecDeque<TierEvent>,
     /// Whether `registration` is `Done`, for [`NodeServer::wait_registered`].
@@ -598,11 +607,19 @@ impl Agent {
         self.ping_every =
             (ttl / 3).clamp(std::time::Duration::from_millis(50), std::time::Duration::from_secs(1));
         if reply.outcome != PingOutcome::Refreshed {
-            // The master does not know this run (first contact, restart, expiry): what
-            // it granted in the segment before is void.
+            // The master does not know this run of the node. A master of another run than
+            // the one the segment was mounted with (it restarted) is told what the
+            // segment holds; one that expired the node dropped those objects, and a
+            // first contact finds nothing: what it granted before is void.
             let mut s = self.state.segment.write().unwrap_or_else(PoisonError::into_inner);
-            s.extents.clear();
+            if s.epoch.is_some_and(|epoch| epoch != welcome.incarnation.0) && !s.extents.is_empty() {
+                self.restoring = true;
+            } else if !self.restoring {
+                s.extents.clear();
+            }
+            // No writes until mounted again (those of the old run are void).
             s.epoch = None;
+            drop(s);
             self.registration = Registration::Pinged;
             self.registered.send_replace(false);
         }
@@ -615,6 +632,11 @@ impl Agent {
             // while every grant into this mount comes after it.
             let Some(Response::Flush(floor)) = self.call(&Request::Flush).await else { return };
             let segment = self.state.segment.read().unwrap_or_else(PoisonError::into_inner).id;
+            // Restoring, the disk records go first, so that a memory replica of a
+            // version on disk joins its object instead of being persisted again.
+            if self.restoring && !(self.restore(segment).await) {
+                return;
+            }
             let mount = Request::MountSegment { node: self.node, segment, size: self.size };
             match self.call(&mount).await {
                 Some(Response::MountSegment(Ok(()) | Err(MasterError::SegmentAlreadyMounted))) => {
@@ -623,48 +645,121 @@ impl Agent {
                     s.version_floor = floor;
                     drop(s);
                     tracing::info!("node {}: segment {segment} mounted", self.node);
-                    self.registration = Registration::Mounted;
+                    self.registration =
+                        if self.restoring { Registration::Done } else { Registration::Mounted };
+                    self.restoring = false;
                 }
                 other => return tracing::warn!("node {}: mounting segment {segment}: {other:?}", self.node),
             }
         }
         if self.registration == Registration::Mounted {
-            if let Some(tier) = &self.state.tier {
-                let records = tier.tier.records();
-                let count = records.len();
-                // Many at once on the one connection (pipelined): a node with a million
-                // records is registered in seconds, not one round trip after another.
-                let mut in_flight = tokio::task::JoinSet::new();
-                let mut all_taken = true;
-                for record in records {
-                    if in_flight.len() >= REGISTRATION_WINDOW {
-                        all_taken &= matches!(in_flight.join_next().await, Some(Ok(true)));
-                    }
-                    let client = self.client.clone();
-                    in_flight.spawn(async move {
-                        let add = Request::AddDiskReplica {
-                            key: record.key.as_ref(),
-                            version: record.version,
-                            replica: record.replica,
-                            origin: DiskReplicaOrigin::Recovered,
-                        };
-                        client.call(&add).await.is_ok()
-                    });
-                }
-                while let Some(done) = in_flight.join_next().await {
-                    all_taken &= matches!(done, Ok(true));
-                }
-                if !all_taken {
-                    return; // the master out of reach: all of them again at the next ping
-                }
-                tracing::info!("node {}: {count} disk replicas registered", self.node);
+            if !self.register_disk_records().await {
+                return; // the master out of reach: all of them again at the next ping
             }
             self.registration = Registration::Done;
+        }
+        if self.registration == Registration::Done {
             self.registered.send_replace(true);
         }
         if self.registration == Registration::Done && !self.unreported.is_empty() {
             self.report_tier_events().await;
         }
+    }
+
+    /// Registers every record of the SSD tier with the master (many at once on the one
+    /// connection, pipelined: a node with a million records is registered in seconds,
+    /// not one round trip after another); false if the master could not take them all.
+    async fn register_disk_records(&self) -> bool {
+        let Some(tier) = &self.state.tier else { return true };
+        let records = tier.tier.records();
+        let count = records.len();
+        let mut in_flight = tokio::task::JoinSet::new();
+        let mut all_taken = true;
+        for record in records {
+            if in_flight.len() >= REGISTRATION_WINDOW {
+                all_taken &= matches!(in_flight.join_next().await, Some(Ok(true)));
+            }
+            let client = self.client.clone();
+            in_flight.spawn(async move {
+                let add = Request::AddDiskReplica {
+                    key: record.key.as_ref(),
+                    version: record.version,
+                    replica: record.replica,
+                    origin: DiskReplicaOrigin::Recovered,
+                };
+                client.call(&add).await.is_ok()
+            });
+        }
+        while let Some(done) = in_flight.join_next().await {
+            all_taken &= matches!(done, Ok(true));
+        }
+        if all_taken {
+            tracing::info!("node {}: {count} disk replicas registered", self.node);
+        }
+        all_taken
+    }
+
+    /// Names to a restarted master what the segment still holds (its disk records
+    /// first), in ascending offset order; what the master refuses (superseded, removed,
+    /// not free) is forgotten. False if the master could not be told all of it.
+    async fn restore(&self, segment: SegmentId) -> bool {
+        let node = self.node;
+        let restore = Request::RestoreSegment { node, segment, size: self.size };
+        match self.call(&restore).await {
+            Some(Response::RestoreSegment(Ok(()) | Err(MasterError::SegmentAlreadyMounted))) => {}
+            other => {
+                tracing::warn!("node {node}: restoring segment {segment}: {other:?}");
+                return false;
+            }
+        }
+        if !self.register_disk_records().await {
+            return false;
+        }
+        let live: Vec<(u64, Extent)> = {
+            let s = self.state.segment.read().unwrap_or_else(PoisonError::into_inner);
+            s.extents.iter().map(|(offset, e)| (offset, e.clone())).collect()
+        };
+        let mut restored = 0;
+        for chunk in live.chunks(RESTORE_BATCH) {
+            let items = chunk
+                .iter()
+                .map(|(offset, e)| RestoredReplica {
+                    key: e.key.as_ref(),
+                    version: e.version,
+                    offset: *offset,
+                    len: e.len,
+                    crc32c: e.crc32c,
+                })
+                .collect();
+            let Some(Response::RestoreReplicas(results)) =
+                self.call(&Request::RestoreReplicas { node, segment, items }).await
+            else {
+                return false;
+            };
+            let mut s = self.state.segment.write().unwrap_or_else(PoisonError::into_inner);
+            for ((offset, e), result) in chunk.iter().zip(results) {
+                match result {
+                    Ok(()) => restored += 1,
+                    // Superseded, removed, not free; or the segment was mounted for good by
+                    // an earlier try (whose answer was lost) and the master does not
+                    // hold this one.
+                    Err(
+                        MasterError::StaleVersion
+                        | MasterError::NoSpace
+                        | MasterError::InvalidSize
+                        | MasterError::SegmentAlreadyMounted,
+                    ) => {
+                        s.extents.forget(*offset, e.version);
+                    }
+                    Err(other) => {
+                        tracing::warn!("node {node}: restoring {:?}: {other}", e.key);
+                        return false;
+                    }
+                }
+            }
+        }
+        tracing::info!("node {node}: {restored} objects in memory named to the restarted master");
+        true
     }
 
     /// Tells the master how many CRC32C mismatches the node found since its last
@@ -712,6 +807,12 @@ impl Agent {
                     .await;
                 }
                 let _ = self.call(&Request::RemoveDiskReplica { node, key: key.as_ref(), version }).await;
+            }
+            NodeCommand::ForgetRange { segment, offset, version, .. } => {
+                let mut s = self.state.segment.write().unwrap_or_else(PoisonError::into_inner);
+                if s.id == segment {
+                    s.extents.forget(offset, version);
+                }
             }
             NodeCommand::WipeDisk { .. } => {
                 if self.state.tier.is_some() {
@@ -786,8 +887,8 @@ impl DataService {
             return out;
         };
         match request {
-            DataRequest::Write { segment, offset, version, epoch, crc32c, bytes } => {
-                let write = SegmentWrite { segment, offset, version, epoch, crc32c };
+            DataRequest::Write { segment, offset, version, epoch, crc32c, key, bytes } => {
+                let write = SegmentWrite { segment, offset, version, epoch, crc32c, key };
                 match self.state.write(&write, bytes) {
                     Ok(()) => DataResponse::Written.encode(&mut out),
                     Err(e) => DataResponse::Refused(e).encode(&mut out),

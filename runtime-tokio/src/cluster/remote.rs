@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use larder_engine::disk::direct::DirectReadError;
 use larder_engine::net::data::{
-    DataError, DataRequest, DataResponse, READ_ANSWER_HEADER_LEN, WRITE_HEADER_LEN,
+    DataError, DataRequest, DataResponse, MAX_WRITE_HEAD_LEN, READ_ANSWER_HEADER_LEN,
 };
 use larder_engine::net::{ClientConfig, ClusterName, DEFAULT_MAX_FRAME_BODY, Hello, PROTOCOL_VERSIONS, Role};
 use larder_engine::wire::{FlushStatus, MasterError, ReplicaList, Request, Response};
@@ -221,7 +221,9 @@ impl RemoteStore {
             other => return Err(RemoteError::Protocol(format!("{other:?}"))),
         };
         for replica in &grant.replicas {
-            if let Err(e) = self.write(replica, grant.version, welcome.incarnation.0, crc32c, &value).await {
+            if let Err(e) =
+                self.write(replica, key, grant.version, welcome.incarnation.0, crc32c, &value).await
+            {
                 let revoke = Request::PutRevoke { writer: self.writer, key, version: grant.version };
                 let _ = self.master.call(&revoke).await;
                 return Err(e);
@@ -377,22 +379,30 @@ impl RemoteStore {
     async fn write(
         &self,
         replica: &MemoryReplica,
+        key: KeyRef<'_>,
         version: ObjectVersion,
         epoch: u64,
         crc32c: u32,
         value: &Bytes,
     ) -> Result<(), RemoteError> {
         if let Some(local) = self.local(replica.segment) {
-            let write =
-                SegmentWrite { segment: replica.segment, offset: replica.offset, version, epoch, crc32c };
+            let write = SegmentWrite {
+                segment: replica.segment,
+                offset: replica.offset,
+                version,
+                epoch,
+                crc32c,
+                key,
+            };
             local.write(&write, value).map_err(RemoteError::Data)?;
             self.local_writes.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
         let peer = self.peer(replica.segment).await?;
-        let mut head = Vec::with_capacity(WRITE_HEADER_LEN);
+        let mut head = Vec::with_capacity(MAX_WRITE_HEAD_LEN);
         let (segment, offset) = (replica.segment, replica.offset);
-        DataRequest::Write { segment, offset, version, epoch, crc32c, bytes: value }.encode_head(&mut head);
+        DataRequest::Write { segment, offset, version, epoch, crc32c, key, bytes: value }
+            .encode_head(&mut head);
         let sent = peer.call_parts(vec![Bytes::from(head), value.clone()]).await;
         let answer = self.forget_on_failure(Some(segment), sent)?;
         match DataResponse::decode(&answer) {
@@ -609,8 +619,9 @@ fn value_of(answer: Bytes) -> Bytes {
     answer.slice(READ_ANSWER_HEADER_LEN..)
 }
 
-/// The largest value a put takes: one frame's body less the write's header.
-pub const MAX_VALUE: usize = DEFAULT_MAX_FRAME_BODY as usize - WRITE_HEADER_LEN;
+/// The largest value a put takes: one frame's body less the write's header (with the
+/// longest key).
+pub const MAX_VALUE: usize = DEFAULT_MAX_FRAME_BODY as usize - MAX_WRITE_HEAD_LEN;
 
 /// A node the master knows that has no connection to it just now.
 fn not_serving(node: NodeId) -> RemoteError {

@@ -130,7 +130,12 @@ impl NodeProcess {
 
     /// [`NodeProcess::start`] with more flags.
     pub(crate) fn start_with(master: SocketAddr, memory: &str, root: &Path, extra: &[&str]) -> Self {
-        Self::start_by(Command::new(env!("CARGO_BIN_EXE_larder")), master, memory, root, extra)
+        Self::start_by(Command::new(env!("CARGO_BIN_EXE_larder")), master, memory, Some(root), extra)
+    }
+
+    /// A node with no SSD tier: what it holds lives only in its memory.
+    pub(crate) fn start_memory_only(master: SocketAddr, memory: &str) -> Self {
+        Self::start_by(Command::new(env!("CARGO_BIN_EXE_larder")), master, memory, None, &[])
     }
 
     /// [`NodeProcess::start_with`] inside network namespace `netns`.
@@ -143,14 +148,21 @@ impl NodeProcess {
     ) -> Self {
         let mut command = Command::new("ip");
         command.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_larder")]);
-        Self::start_by(command, master, memory, root, extra)
+        Self::start_by(command, master, memory, Some(root), extra)
     }
 
-    fn start_by(command: Command, master: SocketAddr, memory: &str, root: &Path, extra: &[&str]) -> Self {
+    fn start_by(
+        command: Command,
+        master: SocketAddr,
+        memory: &str,
+        root: Option<&Path>,
+        extra: &[&str],
+    ) -> Self {
         let master = master.to_string();
-        let root = root.to_str().unwrap();
-        let mut args =
-            vec!["node", "--master", &master, "--memory", memory, "--root", root, "--cluster", "larder"];
+        let mut args = vec!["node", "--master", &master, "--memory", memory, "--cluster", "larder"];
+        if let Some(root) = root {
+            args.extend(["--root", root.to_str().unwrap()]);
+        }
         args.extend_from_slice(extra);
         let (mut node, mut addr, mut recovered) = (None, None, None);
         let process = spawn_command(command, &args, |line| {
