@@ -244,10 +244,23 @@ pub(crate) fn key(i: u64) -> Vec<u8> {
     format!("larder-bench/{i:012}").into_bytes()
 }
 
-/// Checks that `got` is object `i`'s value, every byte.
+/// Checks that `got` is object `i`'s value, every byte, against the generator word by
+/// word (nothing is allocated, the bytes are walked once).
 pub(crate) fn verify(i: u64, len: usize, got: &[u8]) -> Result<(), String> {
-    if got != value(i, len) {
-        return Err(format!("object {i} read back wrong bytes"));
+    let wrong = || Err(format!("object {i} read back wrong bytes"));
+    if got.len() != len {
+        return wrong();
+    }
+    let mut words = Words::new(i);
+    let mut chunks = got.chunks_exact(8);
+    for chunk in chunks.by_ref() {
+        if chunk != words.next_word() {
+            return wrong();
+        }
+    }
+    let tail = chunks.remainder();
+    if tail != &words.next_word()[..tail.len()] {
+        return wrong();
     }
     Ok(())
 }
@@ -257,17 +270,29 @@ pub(crate) fn value(i: u64, len: usize) -> Vec<u8> {
     // Written a word at a time into place (not pushed), so that making the values is
     // not what the bench measures.
     let mut out = vec![0u8; len.next_multiple_of(8)];
-    let mut x = i.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mut words = Words::new(i);
     for word in out.chunks_exact_mut(8) {
-        // splitmix64
-        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        word.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+        word.copy_from_slice(&words.next_word());
     }
     out.truncate(len);
     out
+}
+
+/// The words of object `i`'s value, in order (splitmix64 seeded by `i`).
+struct Words(u64);
+
+impl Words {
+    fn new(i: u64) -> Self {
+        Self(i.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+    }
+
+    fn next_word(&mut self) -> [u8; 8] {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)).to_le_bytes()
+    }
 }
 
 pub(crate) fn print_table(s: &Summary) {
@@ -312,5 +337,25 @@ fn human(bytes: u64) -> String {
         b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
         b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
         b => format!("{b} B"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_takes_exactly_the_generated_bytes() {
+        for len in [1, 7, 8, 9, 4096, 4099] {
+            let v = value(3, len);
+            assert_eq!(verify(3, len, &v), Ok(()));
+            assert!(verify(4, len, &v).is_err(), "another object's bytes");
+            assert!(verify(3, len + 1, &v).is_err(), "a short read");
+            for at in [0, len / 2, len - 1] {
+                let mut bad = v.clone();
+                bad[at] ^= 1;
+                assert!(verify(3, len, &bad).is_err(), "a flipped byte at {at} of {len}");
+            }
+        }
     }
 }
