@@ -40,6 +40,9 @@ pub struct MasterConfig {
     /// version it handed out before (the runtimes pass the wall clock in nanoseconds),
     /// so that versions never go backwards across restarts.
     pub first_version: ObjectVersion,
+    /// How long after the first node's ping a node may still name the memory replicas
+    /// it holds from an earlier run of the master (a restarted master's restore window).
+    pub restore_window: Duration,
     /// Seed of the key hash (the runtimes pass a random one).
     pub hash_seed: u64,
     /// How long after a failed persist it is asked for again (default 100 ms); the
@@ -67,6 +70,7 @@ impl Default for MasterConfig {
             granule: 4096,
             max_replicas: 4,
             first_version: ObjectVersion(1),
+            restore_window: Duration::from_secs(60),
             hash_seed: 0x6c61_7264_6572,
             persist_retry: Duration::from_millis(100),
             persist_retry_max: Duration::from_secs(10),

@@ -75,7 +75,10 @@ impl Master {
         replica: DiskReplica,
     ) -> Result<(), MasterError> {
         let below_floor = self.wipe_floors.get(&replica.node).is_some_and(|f| version < *f);
-        if below_floor || self.tombstones.contains(&(replica.node, version)) {
+        if below_floor
+            || self.tombstones.contains(&(replica.node, version))
+            || self.removed_since(key, version)
+        {
             return Err(MasterError::StaleVersion);
         }
         self.objects.insert(Object {
@@ -223,8 +226,8 @@ impl Master {
         let persist_node =
             if self.object(slot).has(PERSISTING) { self.persist_target(self.object(slot)) } else { None };
         let o = self.take_object(slot);
-        if o.version < self.config.first_version {
-            self.removed_earlier.insert(o.version);
+        if !self.restore_window_closed {
+            self.removed_keys.insert(o.key.clone());
         }
         for d in &o.disk {
             if covered_by_wipe(d.replica.node) {

@@ -78,6 +78,14 @@ impl Master {
             steps += 1;
             let slot = self.clock_hand;
             self.clock_hand = if slot + 1 >= slots { 0 } else { slot + 1 };
+            // What a node is restoring stays until it is done: its segment takes no puts,
+            // so evicting there frees nothing a put could use.
+            let restoring_only = self.objects.get(slot).is_some_and(|o| {
+                !o.memory.is_empty() && o.memory.iter().all(|p| self.segments.get(p.segment).restoring)
+            });
+            if restoring_only {
+                continue;
+            }
             let Some(o) = self.objects.get_mut(slot) else {
                 continue;
             };

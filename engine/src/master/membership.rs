@@ -19,7 +19,7 @@ impl Master {
     /// `InvalidSegmentSize` (less than one granule, or more than 2^32 granules).
     pub fn handle_mount_segment(
         &mut self,
-        _now: Instant,
+        now: Instant,
         node: NodeId,
         segment: SegmentId,
         size: u64,
@@ -30,8 +30,10 @@ impl Master {
         if let Some(slot) = self.segments.find(segment) {
             let restoring = self.segments.get_mut(slot);
             if restoring.node == node && restoring.restoring {
-                // Restored: it takes new replicas from now on.
+                // Restored: it takes new replicas from now on, and its objects may be
+                // evicted like any others.
                 restoring.restoring = false;
+                self.settle_eviction(now);
                 return Ok(());
             }
         }
@@ -66,6 +68,7 @@ impl Master {
         incarnation: Incarnation,
         has_storage: bool,
     ) -> PingReply {
+        self.age_restore_window(now);
         let outcome = match self.nodes.get_mut(&node) {
             Some(info) if info.incarnation == incarnation => {
                 // The storage flag is fixed for an incarnation (persist targets rely

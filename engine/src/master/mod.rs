@@ -62,7 +62,7 @@ use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec::Vec;
 
 use durability::Durability;
-use objects::{Object, ObjectTable, Placement, Placements, REFERENCED};
+use objects::{Object, ObjectKey, ObjectTable, Placement, Placements, REFERENCED};
 use segments::Segments;
 
 use crate::descriptor::{MemoryReplica, ReplicaDescriptor, ReplicaStatus};
@@ -102,9 +102,14 @@ pub struct Master {
     /// Replicas a restarted node names from an earlier run are refused below this
     /// (raised by a remove-all).
     restore_floor: ObjectVersion,
-    /// Versions of an earlier run that a client removed in this one: a node that still
-    /// holds one in memory must not bring it back.
-    removed_earlier: BTreeSet<ObjectVersion>,
+    /// Keys a client removed in this run while earlier-run replicas may still be named
+    /// (the restore window): no version of an earlier run comes back under them.
+    removed_keys: BTreeSet<ObjectKey>,
+    /// When the first node pinged this run: the restore window starts then.
+    born: Option<Instant>,
+    /// The restore window has passed: nodes' memory replicas of an earlier run are
+    /// refused, and removed keys are no longer kept.
+    restore_window_closed: bool,
     /// Bytes of objects chosen for eviction whose persist has not finished.
     pending_evict_bytes: u64,
     clock_hand: u32,
@@ -149,7 +154,9 @@ impl Master {
             tombstones: BTreeSet::new(),
             wipe_floors: BTreeMap::new(),
             restore_floor: ObjectVersion(0),
-            removed_earlier: BTreeSet::new(),
+            removed_keys: BTreeSet::new(),
+            born: None,
+            restore_window_closed: false,
             pending_evict_bytes: 0,
             clock_hand: 0,
             eviction_owed: false,

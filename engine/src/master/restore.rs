@@ -5,16 +5,20 @@
 //! The node mounts the segment with [`Master::handle_restore_segment`] (no new replica
 //! is placed there meanwhile), registers its disk records, names every live replica
 //! with [`Master::handle_restore_replica`] in ascending offset order, and then mounts
-//! it for good with [`Master::handle_mount_segment`]. A replica is taken only if it is
-//! from an earlier run (its version is below this run's first), newer than what the
-//! key holds, and not removed by a client of this run, nor by a remove-all.
+//! it for good with [`Master::handle_mount_segment`]. A replica is taken only within the
+//! restore window (`MasterConfig::restore_window` from the first node's ping), only if
+//! it is from an earlier run (its version is below this run's first), newer than what
+//! the key holds, and its key was not removed by a client of this run (nor everything
+//! by a remove-all). The same rule keeps an earlier run's disk record of a key removed
+//! in this run from being recovered.
 
 use smallvec::smallvec;
 
-use super::objects::Object;
+use super::objects::{EVICT_AFTER_PERSIST, Object, PERSISTING};
 use super::{Master, MasterError};
 use crate::descriptor::ReplicaStatus;
-use crate::ids::{NodeId, SegmentId};
+use crate::ids::{NodeId, ObjectVersion, SegmentId};
+use crate::key::KeyRef;
 use crate::time::Instant;
 use crate::wire::{PersistReason, RestoredReplica};
 
@@ -22,21 +26,34 @@ impl Master {
     /// Mounts `segment` of `node` for restoring: it holds objects of an earlier master
     /// run, named next; it takes no new replicas until `node` mounts it.
     ///
-    /// Errors: `NodeNotRegistered`; `SegmentAlreadyMounted` (restoring or mounted
-    /// already, by an earlier try); `InvalidSegmentSize`.
+    /// Errors: `NodeNotRegistered`; `StaleVersion` (the restore window has passed:
+    /// forget what the segment held and mount it); `SegmentAlreadyMounted` (restoring
+    /// or mounted already, by an earlier try); `InvalidSegmentSize`.
     pub fn handle_restore_segment(
         &mut self,
-        _now: Instant,
+        now: Instant,
         node: NodeId,
         segment: SegmentId,
         size: u64,
     ) -> Result<(), MasterError> {
+        self.age_restore_window(now);
         if !self.nodes.contains_key(&node) {
             return Err(MasterError::NodeNotRegistered);
         }
+        if self.restore_window_closed {
+            return Err(MasterError::StaleVersion);
+        }
         let slot = self.segments.mount(segment, node, size)?;
         self.segments.get_mut(slot).restoring = true;
+        self.heard_from(now, node);
         Ok(())
+    }
+
+    /// A node's restore counts as hearing from it: a long restore does not expire it.
+    fn heard_from(&mut self, now: Instant, node: NodeId) {
+        if let Some(info) = self.nodes.get_mut(&node) {
+            info.last_seen = info.last_seen.max(now);
+        }
     }
 
     /// Takes `replica`, which `node`'s restoring `segment` holds from an earlier run of
@@ -51,6 +68,21 @@ impl Master {
     /// `NoSpace` (the range is not free in the segment: it overlaps another replica).
     /// A refused replica is for the node to forget.
     pub fn handle_restore_replica(
+        &mut self,
+        now: Instant,
+        node: NodeId,
+        segment: SegmentId,
+        replica: &RestoredReplica<'_>,
+    ) -> Result<(), MasterError> {
+        self.age_restore_window(now);
+        let taken = self.restore_replica(now, node, segment, replica);
+        if taken.is_ok() {
+            self.heard_from(now, node);
+        }
+        taken
+    }
+
+    fn restore_replica(
         &mut self,
         now: Instant,
         node: NodeId,
@@ -77,13 +109,20 @@ impl Master {
         if !restoring {
             return Err(MasterError::SegmentAlreadyMounted);
         }
-        let removed = version < self.restore_floor || self.removed_earlier.contains(&version);
-        if version >= self.config.first_version || removed {
+        if self.restore_window_closed
+            || version >= self.config.first_version
+            || self.removed_since(replica.key, version)
+        {
             return Err(MasterError::StaleVersion);
         }
         if let Some(existing) = existing {
             let o = self.object(existing);
-            if o.version > version || o.status != ReplicaStatus::Complete {
+            // Superseded, or a put in progress; or an eviction waiting for the object's
+            // persist counts the replicas it frees, and one more would upset that.
+            if o.version > version
+                || o.status != ReplicaStatus::Complete
+                || o.has(PERSISTING | EVICT_AFTER_PERSIST)
+            {
                 return Err(MasterError::StaleVersion);
             }
             if o.version == version {
@@ -125,7 +164,25 @@ impl Master {
         {
             self.await_durability(slot);
         }
-        self.settle_eviction(now);
+        // Eviction waits for the segment to be mounted ([`Master::handle_mount_segment`]).
         Ok(())
+    }
+
+    /// Whether `version` of `key` is from an earlier run and must not come back: all
+    /// was removed since (a remove-all), or this key was (a remove), within the window.
+    pub(super) fn removed_since(&self, key: KeyRef<'_>, version: ObjectVersion) -> bool {
+        version < self.config.first_version
+            && (version < self.restore_floor || self.removed_keys.contains(key.as_bytes()))
+    }
+
+    /// Closes the restore window once it has passed (from the first ping this run): no
+    /// memory replica of an earlier run is taken after that, and removed keys need not
+    /// be kept any more.
+    pub(super) fn age_restore_window(&mut self, now: Instant) {
+        let born = *self.born.get_or_insert(now);
+        if !self.restore_window_closed && now >= born + self.config.restore_window {
+            self.restore_window_closed = true;
+            self.removed_keys = alloc::collections::BTreeSet::new();
+        }
     }
 }

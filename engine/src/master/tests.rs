@@ -1374,3 +1374,56 @@ fn a_restored_replica_newer_than_a_recovered_record_replaces_it() {
     assert!(matches!(same.replicas[0], ReplicaDescriptor::Memory(_)));
     m.verify().unwrap();
 }
+
+#[test]
+fn a_key_removed_in_this_run_gets_no_earlier_version_back_from_memory_or_disk() {
+    let mut m = restarted();
+    m.handle_ping(at(0), B, Incarnation(1), true);
+    m.handle_mount_segment(at(0), B, SEG_B, MIB).unwrap();
+    // Put and removed in this run, on B: A's older copy in memory stays out.
+    let fresh = m.handle_put_start(at(0), B, k("k"), 4 * KIB, 1).unwrap();
+    m.handle_put_end(at(0), B, k("k"), fresh.version, Some(1)).unwrap();
+    m.handle_remove(at(1), k("k"), true).unwrap();
+    refused(&mut m, MasterError::StaleVersion, |m| {
+        m.handle_restore_replica(at(1), A, SEG_A, &live("k", 9, 0, 4 * KIB))
+    });
+    // Restored from A's memory, then removed: B's record of the same version stays out.
+    m.handle_restore_replica(at(1), A, SEG_A, &live("r", 8, 0, 4 * KIB)).unwrap();
+    m.handle_remove(at(2), k("r"), true).unwrap();
+    let record = DiskReplica { node: B, bucket: BucketId(1), offset: 0, len: 4 * KIB, crc32c: 8 };
+    refused(&mut m, MasterError::StaleVersion, |m| {
+        m.handle_add_disk_replica(at(2), k("r"), ObjectVersion(8), record, DiskReplicaOrigin::Recovered)
+    });
+    // Another key's record is taken.
+    m.handle_add_disk_replica(at(2), k("other"), ObjectVersion(8), record, DiskReplicaOrigin::Recovered)
+        .unwrap();
+}
+
+#[test]
+fn past_the_restore_window_a_segment_is_not_restored() {
+    let mut m = restarted();
+    let late = at(0) + MasterConfig::default().restore_window;
+    m.handle_ping(late, B, Incarnation(1), false);
+    refused(&mut m, MasterError::StaleVersion, |m| m.handle_restore_segment(late, B, SEG_B, MIB));
+    refused(&mut m, MasterError::StaleVersion, |m| {
+        m.handle_restore_replica(late, A, SEG_A, &live("a", 7, 0, 4 * KIB))
+    });
+    // B mounts empty, as after an expiry.
+    m.handle_mount_segment(late, B, SEG_B, MIB).unwrap();
+}
+
+#[test]
+fn what_a_node_is_restoring_is_not_evicted_for_puts_elsewhere() {
+    let mut m = restarted();
+    m.handle_restore_replica(at(0), A, SEG_A, &live("restored", 7, 0, 900 * KIB)).unwrap();
+    m.handle_ping(at(0), B, Incarnation(1), false);
+    m.handle_mount_segment(at(0), B, SEG_B, MIB).unwrap();
+    // B fills up; its own objects go, never A's restoring one.
+    for i in 0..6 {
+        let key = format!("b{i}");
+        let grant = m.handle_put_start(at(1), B, k(&key), 300 * KIB, 1).unwrap();
+        m.handle_put_end(at(1), B, k(&key), grant.version, Some(0)).unwrap();
+    }
+    assert!(list(&mut m, "restored").is_ok());
+    m.verify().unwrap();
+}

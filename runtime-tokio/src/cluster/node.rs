@@ -517,6 +517,7 @@ async fn keep_registered(
         state,
         registration: Registration::Unknown,
         restoring: false,
+        last_heard: None,
         unreported: std::collections::VecDeque::new(),
         registered,
         ping_every: std::time::Duration::from_secs(1),
@@ -552,6 +553,16 @@ const REGISTRATION_WINDOW: usize = 128;
 /// Live replicas named to a restarted master per request.
 const RESTORE_BATCH: usize = 1024;
 
+/// How a restore went.
+enum Restored {
+    /// Everything named (what the master refused is forgotten).
+    Done,
+    /// The master could not be told all of it: again at the next ping.
+    Retry,
+    /// The master's restore window has passed: the segment's objects are void.
+    Refused,
+}
+
 /// How far the node's registration with the present master run has got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Registration {
@@ -576,6 +587,8 @@ struct Agent {
     /// The segment holds objects of a master run that is gone: they are named to the
     /// new run before the segment is mounted again.
     restoring: bool,
+    /// When a ping was last answered.
+    last_heard: Option<tokio::time::Instant>,
     /// Tier events the master could not be told of yet, oldest first.
     unreported: std::collections::VecDeque<TierEvent>,
     /// Whether `registration` is `Done`, for [`NodeServer::wait_registered`].
@@ -606,13 +619,21 @@ impl Agent {
         let ttl: std::time::Duration = reply.node_ttl.into();
         self.ping_every =
             (ttl / 3).clamp(std::time::Duration::from_millis(50), std::time::Duration::from_secs(1));
+        let now = tokio::time::Instant::now();
+        // Every answer is the master hearing from the node; the one before this was from
+        // the run the node knew until now.
+        let heard_before = self.last_heard.replace(now);
         if reply.outcome != PingOutcome::Refreshed {
             // The master does not know this run of the node. A master of another run than
             // the one the segment was mounted with (it restarted) is told what the
-            // segment holds; one that expired the node dropped those objects, and a
-            // first contact finds nothing: what it granted before is void.
+            // segment holds — if the node was heard by the old run less than a TTL ago
+            // (with a margin), so that the old run cannot have expired it and dropped
+            // its objects (and seen removes the node never learnt of). A master that
+            // expired the node, and a first contact, void what was granted before.
+            let heard_recently = heard_before.is_some_and(|at| now - at < ttl - ttl / 4);
             let mut s = self.state.segment.write().unwrap_or_else(PoisonError::into_inner);
-            if s.epoch.is_some_and(|epoch| epoch != welcome.incarnation.0) && !s.extents.is_empty() {
+            let master_restarted = s.epoch.is_some_and(|epoch| epoch != welcome.incarnation.0);
+            if master_restarted && heard_recently && !s.extents.is_empty() {
                 self.restoring = true;
             } else if !self.restoring {
                 s.extents.clear();
@@ -634,8 +655,16 @@ impl Agent {
             let segment = self.state.segment.read().unwrap_or_else(PoisonError::into_inner).id;
             // Restoring, the disk records go first, so that a memory replica of a
             // version on disk joins its object instead of being persisted again.
-            if self.restoring && !(self.restore(segment).await) {
-                return;
+            if self.restoring {
+                match self.restore(segment).await {
+                    Restored::Done => {}
+                    Restored::Retry => return,
+                    Restored::Refused => {
+                        // Past the master's restore window: mounted empty, as after an expiry.
+                        self.state.segment.write().unwrap_or_else(PoisonError::into_inner).extents.clear();
+                        self.restoring = false;
+                    }
+                }
             }
             let mount = Request::MountSegment { node: self.node, segment, size: self.size };
             match self.call(&mount).await {
@@ -701,19 +730,20 @@ impl Agent {
 
     /// Names to a restarted master what the segment still holds (its disk records
     /// first), in ascending offset order; what the master refuses (superseded, removed,
-    /// not free) is forgotten. False if the master could not be told all of it.
-    async fn restore(&self, segment: SegmentId) -> bool {
+    /// not free) is forgotten.
+    async fn restore(&self, segment: SegmentId) -> Restored {
         let node = self.node;
         let restore = Request::RestoreSegment { node, segment, size: self.size };
         match self.call(&restore).await {
             Some(Response::RestoreSegment(Ok(()) | Err(MasterError::SegmentAlreadyMounted))) => {}
+            Some(Response::RestoreSegment(Err(MasterError::StaleVersion))) => return Restored::Refused,
             other => {
                 tracing::warn!("node {node}: restoring segment {segment}: {other:?}");
-                return false;
+                return Restored::Retry;
             }
         }
         if !self.register_disk_records().await {
-            return false;
+            return Restored::Retry;
         }
         let live: Vec<(u64, Extent)> = {
             let s = self.state.segment.read().unwrap_or_else(PoisonError::into_inner);
@@ -734,7 +764,7 @@ impl Agent {
             let Some(Response::RestoreReplicas(results)) =
                 self.call(&Request::RestoreReplicas { node, segment, items }).await
             else {
-                return false;
+                return Restored::Retry;
             };
             let mut s = self.state.segment.write().unwrap_or_else(PoisonError::into_inner);
             for ((offset, e), result) in chunk.iter().zip(results) {
@@ -753,13 +783,13 @@ impl Agent {
                     }
                     Err(other) => {
                         tracing::warn!("node {node}: restoring {:?}: {other}", e.key);
-                        return false;
+                        return Restored::Retry;
                     }
                 }
             }
         }
         tracing::info!("node {node}: {restored} objects in memory named to the restarted master");
-        true
+        Restored::Done
     }
 
     /// Tells the master how many CRC32C mismatches the node found since its last

@@ -197,8 +197,17 @@ pub(crate) fn http_get(addr: SocketAddr, path: &str) -> String {
 pub(crate) fn unused_fixed_port() -> u16 {
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
     let low: u16 = range.split_whitespace().next().and_then(|p| p.parse().ok()).unwrap_or(32768);
+    // Tests of one process run side by side: each call starts past the ports handed out
+    // before (a port found free is not bound until its master starts).
+    static HANDED_OUT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
     let start = 20_000 + (std::process::id() % 5_000) as u16;
-    (start..low).find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()).expect("a free port")
+    loop {
+        let offset = HANDED_OUT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = start.checked_add(offset).filter(|p| *p < low).expect("a free port");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A value of `len` bytes that differs for every `seed`.
