@@ -54,6 +54,8 @@ pub mod disk;
 #[cfg(feature = "std")]
 pub mod embedded;
 pub mod ids;
+#[cfg(feature = "std")]
+pub mod jobs;
 pub mod key;
 pub mod master;
 pub mod net;

@@ -12,5 +12,7 @@
 //!   visible, never released twice.
 //! - `write_behind`: a producer, the writer and `flush()` — flush returns only after
 //!   everything accepted before it is durable.
+//! - `job_queue`: the I/O pool's job queue stopped while its worker waits — every job
+//!   queued before runs and the worker returns (no lost wakeup).
 //!
 //! Each model has a deliberately broken variant that must be caught (`should_panic`).

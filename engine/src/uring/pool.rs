@@ -4,11 +4,9 @@
 //! blocks `io_uring_setup` with `EPERM`), or when configured. Completions are signalled
 //! on the same eventfd the io_uring backend uses, so runtimes wait on it the same way.
 
-use std::collections::VecDeque;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::vec::Vec;
 
@@ -16,14 +14,13 @@ use crossbeam_queue::SegQueue;
 
 use super::eventfd;
 use super::prepared::{Prepared, PreparedOp};
+use crate::jobs::JobQueue;
 
 #[derive(Debug)]
 struct Shared {
-    jobs: Mutex<VecDeque<Prepared>>,
-    ready: Condvar,
+    jobs: JobQueue<Prepared>,
     done: SegQueue<(u64, i32)>,
     wake: Arc<OwnedFd>,
-    stop: AtomicBool,
 }
 
 /// The thread-pool backend.
@@ -35,13 +32,7 @@ pub(super) struct Pool {
 
 impl Pool {
     pub(super) fn new(threads: usize, wake: Arc<OwnedFd>) -> io::Result<Self> {
-        let shared = Arc::new(Shared {
-            jobs: Mutex::new(VecDeque::new()),
-            ready: Condvar::new(),
-            done: SegQueue::new(),
-            wake,
-            stop: AtomicBool::new(false),
-        });
+        let shared = Arc::new(Shared { jobs: JobQueue::new(), done: SegQueue::new(), wake });
         let workers = (0..threads.max(1))
             .map(|i| {
                 let shared = Arc::clone(&shared);
@@ -52,11 +43,11 @@ impl Pool {
     }
 
     pub(super) fn push(&self, job: Prepared) {
-        self.shared.jobs.lock().unwrap_or_else(PoisonError::into_inner).push_back(job);
+        self.shared.jobs.push(job);
     }
 
     pub(super) fn flush(&self) {
-        self.shared.ready.notify_all();
+        self.shared.jobs.wake_all();
     }
 
     pub(super) fn drain(&self, mut on_completion: impl FnMut(u64, i32)) -> usize {
@@ -79,14 +70,8 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        {
-            // Under the jobs lock: a worker checks `stop` and starts waiting under it,
-            // so a store between its check and its wait (whose wakeup it would miss, and
-            // this join would hang for ever) cannot happen.
-            let _jobs = self.shared.jobs.lock().unwrap_or_else(PoisonError::into_inner);
-            self.shared.stop.store(true, Ordering::Release);
-        }
-        self.shared.ready.notify_all();
+        // Jobs queued before still run; then every worker returns (see `JobQueue`).
+        self.shared.jobs.stop();
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
@@ -94,19 +79,7 @@ impl Drop for Pool {
 }
 
 fn work(shared: &Shared) {
-    loop {
-        let job = {
-            let mut jobs = shared.jobs.lock().unwrap_or_else(PoisonError::into_inner);
-            loop {
-                if let Some(job) = jobs.pop_front() {
-                    break job;
-                }
-                if shared.stop.load(Ordering::Acquire) {
-                    return;
-                }
-                jobs = shared.ready.wait(jobs).unwrap_or_else(PoisonError::into_inner);
-            }
-        };
+    while let Some(job) = shared.jobs.next() {
         let result = execute(&job.op);
         shared.done.push((job.user_data, result));
         eventfd::signal(&shared.wake);
