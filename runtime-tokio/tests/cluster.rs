@@ -15,6 +15,19 @@ fn cluster() -> ClusterName {
     ClusterName::new(b"larder").unwrap()
 }
 
+/// The handshake of a raw client speaking as `node` (its first run).
+fn client_hello(node: NodeId) -> Hello {
+    Hello {
+        min_version: 1,
+        max_version: 1,
+        cluster: cluster(),
+        role: Role::Client,
+        node,
+        incarnation: Incarnation(1),
+        serves: None,
+    }
+}
+
 async fn store(master: &MasterProcess) -> RemoteStore {
     RemoteStore::connect(master.addr, cluster(), HANG_GUARD).await.expect("the master takes the client")
 }
@@ -146,15 +159,7 @@ async fn a_late_write_of_an_older_version_is_refused_by_the_node() {
     let client = store(&master).await;
     client.put(b"current", &value(5, 8192), 1).await.unwrap();
     // Where it lives, as the master says.
-    let hello = Hello {
-        min_version: 1,
-        max_version: 1,
-        cluster: cluster(),
-        role: Role::Client,
-        node: NodeId(12345),
-        incarnation: Incarnation(1),
-        serves: None,
-    };
+    let hello = client_hello(NodeId(12345));
     let (to_master, _) = Client::start(master.addr, ClientConfig::new(hello));
     to_master.wait_up(HANG_GUARD).await.unwrap();
     let key = KeyRef::new(b"current").unwrap();
@@ -207,15 +212,7 @@ async fn bytes_that_are_not_the_writers_are_never_returned_from_memory_or_disk()
     // changed under it mid-put, say): each node copy is self-consistent, the value's
     // CRC32C in the replica list is not theirs.
     let writer = NodeId(777);
-    let hello = Hello {
-        min_version: 1,
-        max_version: 1,
-        cluster: cluster(),
-        role: Role::Client,
-        node: writer,
-        incarnation: Incarnation(1),
-        serves: None,
-    };
+    let hello = client_hello(writer);
     let (to_master, _) = Client::start(master.addr, ClientConfig::new(hello));
     to_master.wait_up(HANG_GUARD).await.unwrap();
     let larder_tokio::cluster::LinkState::Up(welcome) = to_master.link() else { panic!("up") };
@@ -398,15 +395,7 @@ async fn a_node_cut_off_is_expired_rejoins_and_what_its_old_session_granted_is_r
     client.flush().await.unwrap();
     // A put granted before the cut-off, not yet written or ended.
     let writer = NodeId(4242);
-    let hello = Hello {
-        min_version: 1,
-        max_version: 1,
-        cluster: cluster(),
-        role: Role::Client,
-        node: writer,
-        incarnation: Incarnation(1),
-        serves: None,
-    };
+    let hello = client_hello(writer);
     let (raw, _) = Client::start(master.addr, ClientConfig::new(hello));
     let welcome = raw.wait_up(HANG_GUARD).await.unwrap();
     let key = KeyRef::new(b"late").unwrap();

@@ -200,14 +200,8 @@ impl SegmentAllocator {
             None => self.first_fit_in_own_bin(size)?,
         };
         self.unfile(n);
-        let node = self.nodes[n as usize];
-        if node.len > size {
-            let rest = self.new_node(node.offset + size, node.len - size, n, node.phys_next);
-            if node.phys_next != NIL {
-                self.nodes[node.phys_next as usize].phys_prev = rest;
-            }
-            self.nodes[n as usize].phys_next = rest;
-            self.nodes[n as usize].len = size;
+        if self.nodes[n as usize].len > size {
+            let rest = self.split(n, size);
             self.file(rest);
         }
         self.nodes[n as usize].state = NodeState::Used;
@@ -246,23 +240,11 @@ impl SegmentAllocator {
         let mut taken = n;
         if node.offset < offset {
             // The free front stays `n`; the rest is a node of its own.
-            let rest = self.new_node(offset, node.offset + node.len - offset, n, node.phys_next);
-            if node.phys_next != NIL {
-                self.nodes[node.phys_next as usize].phys_prev = rest;
-            }
-            self.nodes[n as usize].phys_next = rest;
-            self.nodes[n as usize].len = offset - node.offset;
+            taken = self.split(n, offset - node.offset);
             self.file(n);
-            taken = rest;
         }
-        let t = self.nodes[taken as usize];
-        if t.len > size {
-            let back = self.new_node(end, t.len - size, taken, t.phys_next);
-            if t.phys_next != NIL {
-                self.nodes[t.phys_next as usize].phys_prev = back;
-            }
-            self.nodes[taken as usize].phys_next = back;
-            self.nodes[taken as usize].len = size;
+        if self.nodes[taken as usize].len > size {
+            let back = self.split(taken, size);
             self.file(back);
         }
         self.nodes[taken as usize].state = NodeState::Used;
@@ -270,6 +252,19 @@ impl SegmentAllocator {
         self.live += 1;
         self.cursor = taken;
         Some(AllocId(taken))
+    }
+
+    /// Cuts node `n` (unfiled) after its first `keep` granules; the rest becomes a new
+    /// free node, its physical successor, returned unfiled.
+    fn split(&mut self, n: u32, keep: u32) -> u32 {
+        let node = self.nodes[n as usize];
+        let rest = self.new_node(node.offset + keep, node.len - keep, n, node.phys_next);
+        if node.phys_next != NIL {
+            self.nodes[node.phys_next as usize].phys_prev = rest;
+        }
+        self.nodes[n as usize].phys_next = rest;
+        self.nodes[n as usize].len = keep;
+        rest
     }
 
     /// The slow path, taken only when every extent of the bins above is gone: an extent
