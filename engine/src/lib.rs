@@ -39,6 +39,7 @@
 //! | [`sync`] | std / loom switch for the primitives the bucket protocols use |
 //! | [`master`] | the master state machine |
 //! | [`uring`] | batch file I/O: the submission/completion machine and its drivers |
+//! | `memory` (std) | a node's segment memory, committed (and in huge pages where given) when it starts |
 //! | `embedded` (std) | the embedded async `Store` (master + node in one process, the SSD tier, the glue to an async runtime through a small `Runtime` trait) |
 #![no_std]
 #![deny(missing_docs)]
@@ -58,6 +59,8 @@ pub mod ids;
 pub mod jobs;
 pub mod key;
 pub mod master;
+#[cfg(feature = "std")]
+pub mod memory;
 pub mod net;
 #[cfg(feature = "std")]
 mod pool;

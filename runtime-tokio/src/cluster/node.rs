@@ -23,6 +23,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use bytes::Bytes;
 use larder_engine::disk::{DropCause, Tier, TierConfig, TierEvent};
 use larder_engine::embedded::{FdWatch, Runtime};
+use larder_engine::memory::SegmentMemory;
 use larder_engine::net::data::{DataError, DataRequest, DataResponse, Extent, Extents};
 use larder_engine::net::{
     ClientConfig, ClusterName, DEFAULT_MAX_FRAME_BODY, Hello, PROTOCOL_VERSIONS, RefusalReason, Role,
@@ -184,7 +185,7 @@ pub const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60)
 #[derive(Debug)]
 struct Segment {
     id: SegmentId,
-    bytes: Vec<u8>,
+    bytes: SegmentMemory,
     extents: Extents,
     /// The master run the segment is mounted with: writes granted by any other are
     /// refused. `None` until mounted.
@@ -398,10 +399,9 @@ pub async fn start(config: NodeServerConfig) -> std::io::Result<NodeServer> {
     let listener = TcpListener::bind(config.listen).await?;
     let data_addr = advertised(listener.local_addr()?, config.master);
     let size = usize::try_from(config.memory_bytes).map_err(|_| std::io::Error::other("memory too large"))?;
-    // Zeroed pages are only touched as values arrive.
     let segment = Segment {
         id: SegmentId(node.0),
-        bytes: vec![0u8; size],
+        bytes: commit_segment(node, size).await?,
         extents: Extents::new(config.memory_bytes),
         epoch: None,
         version_floor: ObjectVersion(0),
@@ -902,6 +902,19 @@ fn report_of(node: NodeId, event: &TierEvent) -> Option<Request<'_>> {
     })
 }
 
+/// The segment's memory, committed now rather than faulted in page by page under the
+/// first puts (the kernel zeroes every page: on a VM whose pages are fresh to the host,
+/// about a second per GiB), on a blocking thread so as not to hold up the runtime.
+async fn commit_segment(node: NodeId, size: usize) -> std::io::Result<SegmentMemory> {
+    tracing::info!("node {node}: committing {size} bytes of segment memory");
+    tokio::task::spawn_blocking(move || SegmentMemory::committed(size))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+/// Room for a read answer's header ahead of its bytes.
+const READ_HEADER_ROOM: usize = 16;
+
 /// Answers data requests from the segment and the SSD tier.
 #[derive(Debug)]
 struct DataService {
@@ -933,8 +946,11 @@ impl DataService {
                 };
                 match checked {
                     Ok(crc) => {
+                        let range = s.range(offset, len);
+                        // One allocation of the answer's size, not a doubling series.
+                        out.reserve_exact(READ_HEADER_ROOM + range.len());
                         DataResponse::encode_read_header(&mut out, crc);
-                        out.extend_from_slice(s.range(offset, len));
+                        out.extend_from_slice(range);
                     }
                     Err(e) => DataResponse::Refused(e).encode(&mut out),
                 }
