@@ -39,7 +39,7 @@ impl Master {
             // Removed while the node persisted it: the memory can go now, the record
             // must not be registered (the tombstone stays until the node drops it).
             let pinned = self.pinned_removed.remove(&version).expect("checked above");
-            self.free_placements(&pinned.placements, version);
+            self.free_after_leases(now, pinned.placements, version, pinned.lease_until);
             return Err(MasterError::StaleVersion);
         }
         let Some(slot) = self.objects.find(key.as_bytes()) else {
@@ -144,7 +144,7 @@ impl Master {
     ) -> Result<(), MasterError> {
         if self.pinned_removed.get(&version).is_some_and(|p| p.node == node) {
             let pinned = self.pinned_removed.remove(&version).expect("checked above");
-            self.free_placements(&pinned.placements, version);
+            self.free_after_leases(now, pinned.placements, version, pinned.lease_until);
         }
         // The object was removed: no record was written, so nothing is left to refuse.
         if self.tombstones.remove(&(node, version)) {
@@ -215,14 +215,20 @@ impl Master {
             // Records on wiped nodes go with the wipe; those at or above the floor
             // still need a tombstone, since the floor does not cover them.
             let version = self.object(slot).version;
-            self.remove_complete(slot, |node| wiped.contains(&node) && version < floor);
+            self.remove_complete(now, slot, |node| wiped.contains(&node) && version < floor);
         }
         summary
     }
 
     /// Removes a complete object, telling nodes to drop its disk records (except on
-    /// nodes for which `covered_by_wipe` says a wipe already takes care of them).
-    pub(super) fn remove_complete(&mut self, slot: u32, covered_by_wipe: impl Fn(NodeId) -> bool) {
+    /// nodes for which `covered_by_wipe` says a wipe already takes care of them); its
+    /// memory is quarantined while leased.
+    pub(super) fn remove_complete(
+        &mut self,
+        now: Instant,
+        slot: u32,
+        covered_by_wipe: impl Fn(NodeId) -> bool,
+    ) {
         let persist_node =
             if self.object(slot).has(PERSISTING) { self.persist_target(self.object(slot)) } else { None };
         let o = self.take_object(slot);
@@ -248,9 +254,10 @@ impl Master {
             // A node is still copying this memory to disk: keep it allocated until the
             // node answers (its pending entry left a tombstone above).
             Some(node) => {
-                self.pinned_removed.insert(o.version, PinnedRemoved { placements: o.memory, node });
+                let pinned = PinnedRemoved { placements: o.memory, node, lease_until: o.lease_until };
+                self.pinned_removed.insert(o.version, pinned);
             }
-            None => self.free_placements(&o.memory, o.version),
+            None => self.free_after_leases(now, o.memory, o.version, o.lease_until),
         }
     }
 }

@@ -186,9 +186,12 @@ impl Master {
         true
     }
 
-    /// A persist finished: unpin, and complete an eviction that waited for it.
+    /// A persist finished: unpin, and complete an eviction that waited for it, unless
+    /// a reader took a lease while the persist ran: the lease promises the memory
+    /// replica it was handed, so that stays until a later sweep (cheap now: the object
+    /// has a disk copy).
     pub(super) fn finish_persist(&mut self, now: Instant, slot: u32) {
-        let evicting = self.object(slot).has(EVICT_AFTER_PERSIST);
+        let evicting = self.object(slot).has(EVICT_AFTER_PERSIST) && !self.object(slot).is_leased(now);
         self.clear_persist(slot);
         if evicting {
             let o = self.objects.get_mut(slot).expect("live");

@@ -94,11 +94,13 @@ impl Master {
         let node_deadline = self.nodes.values().map(|n| n.last_seen + self.config.node_ttl).min();
         let put_deadline = self.in_progress.front().map(|e| e.0);
         let retry = self.durability.next_retry();
-        [node_deadline, put_deadline, self.eviction_retry_at, retry].into_iter().flatten().min()
+        let quarantine = self.quarantine_deadline();
+        [node_deadline, put_deadline, self.eviction_retry_at, retry, quarantine].into_iter().flatten().min()
     }
 
-    /// Expires silent nodes, discards puts past the discard timeout, asks again for
-    /// failed persists whose backoff is over and retries eviction. Calling it early or
+    /// Expires silent nodes, discards puts past the discard timeout, frees quarantined
+    /// ranges whose leases have passed, asks again for failed persists whose backoff is
+    /// over and retries eviction. Calling it early or
     /// twice does nothing extra.
     pub fn handle_timeout(&mut self, now: Instant) {
         let ttl = self.config.node_ttl;
@@ -119,6 +121,7 @@ impl Master {
             self.drop_object(slot, DropReason::Discarded);
             self.trim_in_progress();
         }
+        self.release_quarantine(now);
         self.retry_due(now);
         if self.eviction_retry_at.is_some_and(|t| t <= now) {
             let target = self.low_watermark_bytes();
@@ -173,8 +176,9 @@ impl Master {
             .collect();
         for version in pinned {
             let p = self.pinned_removed.remove(&version).expect("listed above");
-            self.free_placements(&p.placements, version);
+            self.free_after_leases(now, p.placements, version, p.lease_until);
         }
+        self.forget_quarantined_in(seg);
         self.segments.unmount(seg);
         self.trim_in_progress();
     }

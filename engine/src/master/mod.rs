@@ -26,6 +26,13 @@
 //! documentation states its rules and errors. A refused request leaves the state
 //! exactly as it was.
 //!
+//! # Removed memory
+//!
+//! A removed object's memory ranges are announced freed at once but reused only after
+//! its lease has passed, so that a reader inside its lease never reads another
+//! object's bytes there (see `quarantine`); one a node is still persisting from stays
+//! pinned until the node answers.
+//!
 //! # Disk replicas and tombstones
 //!
 //! Disk replicas are registered by the node that holds them and name the object
@@ -45,6 +52,7 @@ mod eviction;
 mod membership;
 mod objects;
 mod outputs;
+mod quarantine;
 mod restore;
 mod segments;
 #[cfg(feature = "sim")]
@@ -84,6 +92,9 @@ struct NodeInfo {
 struct PinnedRemoved {
     placements: Placements,
     node: NodeId,
+    /// The object's lease: once the persist is over, the memory is quarantined until
+    /// then.
+    lease_until: Instant,
 }
 
 /// The master state machine. See the module documentation for the call order.
@@ -97,6 +108,10 @@ pub struct Master {
     /// Puts in progress, by discard deadline (entries may be stale; checked on pop).
     in_progress: VecDeque<(Instant, u32, ObjectVersion)>,
     pinned_removed: BTreeMap<ObjectVersion, PinnedRemoved>,
+    /// Ranges of removed objects, by the end of the object's lease: see `quarantine`.
+    quarantine: BTreeMap<(Instant, ObjectVersion), Placements>,
+    /// The bytes of the ranges in `quarantine`.
+    quarantined_bytes: u64,
     tombstones: BTreeSet<(NodeId, ObjectVersion)>,
     wipe_floors: BTreeMap<NodeId, ObjectVersion>,
     /// Replicas a restarted node names from an earlier run are refused below this
@@ -151,6 +166,8 @@ impl Master {
             next_version: config.first_version,
             in_progress: VecDeque::new(),
             pinned_removed: BTreeMap::new(),
+            quarantine: BTreeMap::new(),
+            quarantined_bytes: 0,
             tombstones: BTreeSet::new(),
             wipe_floors: BTreeMap::new(),
             restore_floor: ObjectVersion(0),
@@ -419,7 +436,7 @@ impl Master {
         if o.is_leased(now) && !force {
             return Err(MasterError::ObjectHasLease);
         }
-        self.remove_complete(slot, |_| false);
+        self.remove_complete(now, slot, |_| false);
         Ok(())
     }
 
@@ -475,6 +492,7 @@ impl Master {
             persists_requested: self.persists_requested,
             tombstones: self.tombstones.len() as u64,
             pinned_removed: self.pinned_removed.len() as u64,
+            quarantined_bytes: self.quarantined_bytes,
             persist_retries: self.durability.retrying(),
             crc_failures_reported: self.crc_failures_reported,
         }
@@ -505,8 +523,13 @@ impl Master {
 
     /// Frees one memory replica's range (object `version`'s), telling its holder.
     pub(super) fn free_placement(&mut self, p: Placement, version: ObjectVersion) {
-        let replica = self.segments.replica(p, 0);
+        self.announce_freed(p, version);
         self.segments.free(p);
+    }
+
+    /// Tells the holder of a replica's range that object `version` is no longer there.
+    pub(super) fn announce_freed(&mut self, p: Placement, version: ObjectVersion) {
+        let replica = self.segments.replica(p, 0);
         self.events.push_back(MasterEvent::MemoryFreed {
             segment: replica.segment,
             offset: replica.offset,

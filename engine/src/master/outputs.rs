@@ -35,7 +35,8 @@ pub enum MasterEvent {
     },
     /// A memory replica's range was freed (evicted, removed, revoked, dropped): its
     /// bytes are no longer readable through the master, and the range may be given to
-    /// another put. Reported for every range freed while its segment stays mounted.
+    /// another put (a removed object's, only once its lease has passed). Reported for
+    /// every range freed while its segment stays mounted.
     MemoryFreed {
         /// The segment.
         segment: SegmentId,
@@ -72,6 +73,9 @@ pub struct MasterStats {
     pub tombstones: u64,
     /// Removed objects whose memory stays pinned until a persist finishes.
     pub pinned_removed: u64,
+    /// Bytes of removed objects held back from reuse until their leases pass
+    /// (counted in `used_bytes` too).
+    pub quarantined_bytes: u64,
     /// Objects whose persist failed and is retried.
     pub persist_retries: u64,
     /// CRC32C mismatches reported by nodes and clients ([`crate::wire::Request::ReportCrcFailures`]).

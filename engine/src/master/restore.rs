@@ -143,7 +143,7 @@ impl Master {
         if let Some(older) = existing {
             // What the key held is older (a disk record of an earlier put): it goes, as
             // a newer put's end would have made it go.
-            self.remove_complete(older, |_| false);
+            self.remove_complete(now, older, |_| false);
         }
         let slot = self.objects.insert(Object {
             key: replica.key.as_bytes().into(),

@@ -222,6 +222,10 @@ struct Model {
     persist_requested: BTreeSet<ObjectVersion>,
     /// Memory ranges granted and not reported freed: (segment, offset).
     ranges: BTreeSet<(SegmentId, u64)>,
+    /// Memory ranges handed to readers: (segment, offset, len) -> end of the lease.
+    /// No put may be granted bytes of one before its lease ends (segment ids are never
+    /// reused, so a lost segment's leases need no clearing).
+    leased: BTreeMap<(SegmentId, u64, u64), Instant>,
 }
 
 /// A master, simulated nodes, virtual time and the property checker.
@@ -551,6 +555,17 @@ impl Cluster {
                         self.model.ranges.insert((r.segment, r.offset)),
                         "range {r:?} granted again without being reported freed"
                     );
+                    let now = self.now;
+                    let overlapping = self.model.leased.iter().find(|((segment, offset, len), until)| {
+                        *segment == r.segment
+                            && *offset < r.offset + r.len
+                            && r.offset < offset + len
+                            && **until > now
+                    });
+                    ensure!(
+                        overlapping.is_none(),
+                        "range {r:?} granted inside a reader's lease: {overlapping:?}"
+                    );
                 }
                 self.model.last_grant = grant.version;
                 self.model.grants.insert(key, (grant.version, writer));
@@ -618,6 +633,9 @@ impl Cluster {
                             self.model.ranges.contains(&(m.segment, m.offset)),
                             "get returned memory {m:?} that was reported freed"
                         );
+                        let until = self.now + list.lease;
+                        let lease = self.model.leased.entry((m.segment, m.offset, m.len)).or_insert(until);
+                        *lease = until.max(*lease);
                     }
                 }
                 for r in memory_first {

@@ -425,12 +425,95 @@ fn remove_of_a_put_in_progress_is_refused_even_forced() {
 }
 
 #[test]
-fn forced_remove_takes_a_leased_object() {
-    let mut m = plain();
-    put(&mut m, at(0), "a", 100);
+fn a_forced_remove_keeps_a_leased_range_from_other_puts_until_the_lease_passes() {
+    let config = MasterConfig { node_ttl: Duration::from_secs(60), ..MasterConfig::default() };
+    let mut m = master(config, false, MIB);
+    put(&mut m, at(0), "a", MIB);
     m.handle_get_replica_list(at(0), k("a")).unwrap();
     m.handle_remove(at(1), k("a"), true).unwrap();
+    // The object is gone at once, and its node is told so at once.
+    assert!(!m.handle_exists(at(1), k("a")));
+    assert_eq!(freed(&mut m), [(SEG_A, 0)]);
+    // Its bytes stay where the lease holder may still read them.
+    assert_eq!((m.stats().used_bytes, m.stats().quarantined_bytes), (MIB, MIB));
+    assert_eq!(m.poll_timeout(), Some(at(10_000)));
+    refused(&mut m, MasterError::NoSpace, |m| m.handle_put_start(at(2), A, k("b"), MIB, 1));
+    m.handle_timeout(at(9_999));
+    refused(&mut m, MasterError::NoSpace, |m| m.handle_put_start(at(9_999), A, k("b"), MIB, 1));
+    m.handle_timeout(at(10_000));
+    assert_eq!((m.stats().used_bytes, m.stats().quarantined_bytes), (0, 0));
+    assert_eq!(freed(&mut m), [], "announced once, at the remove");
+    let g = m.handle_put_start(at(10_000), A, k("b"), MIB, 1).unwrap();
+    assert_eq!(g.replicas[0].offset, 0);
+    m.verify().unwrap();
+}
+
+#[test]
+fn a_remove_after_the_lease_frees_the_range_at_once() {
+    let mut m = plain();
+    put(&mut m, at(0), "a", MIB);
+    m.handle_get_replica_list(at(0), k("a")).unwrap();
+    m.handle_remove(at(10_000), k("a"), true).unwrap();
     assert_eq!(m.stats().used_bytes, 0);
+    m.handle_put_start(at(10_000), A, k("b"), MIB, 1).unwrap();
+    m.verify().unwrap();
+}
+
+#[test]
+fn a_forced_remove_all_quarantines_the_leased_objects_ranges_only() {
+    let mut m = plain();
+    put(&mut m, at(0), "leased", 100);
+    put(&mut m, at(0), "free", 100);
+    m.handle_get_replica_list(at(0), k("leased")).unwrap();
+    assert_eq!(m.handle_remove_all(at(1), true), RemoveAllSummary { removed: 2, skipped: 0 });
+    assert_eq!(freed(&mut m).len(), 2);
+    assert_eq!((m.stats().used_bytes, m.stats().quarantined_bytes), (4096, 4096));
+    m.handle_ping(at(9_000), A, Incarnation(1), false);
+    m.handle_timeout(at(9_999));
+    assert_eq!(m.stats().used_bytes, 4096);
+    m.handle_timeout(at(10_000));
+    assert_eq!((m.stats().segments, m.stats().used_bytes), (1, 0));
+    m.verify().unwrap();
+}
+
+#[test]
+fn a_leased_range_pinned_by_a_persist_is_quarantined_once_the_persist_ends() {
+    let mut m = with_storage();
+    let v = put(&mut m, at(0), "a", 100);
+    commands(&mut m);
+    m.handle_get_replica_list(at(0), k("a")).unwrap();
+    m.handle_remove(at(1), k("a"), true).unwrap();
+    assert_eq!(m.stats().pinned_removed, 1);
+    assert_eq!(
+        m.handle_add_disk_replica(at(3), k("a"), v, disk(A, 100), DiskReplicaOrigin::Persisted),
+        Err(MasterError::StaleVersion)
+    );
+    assert_eq!(m.stats().pinned_removed, 0);
+    assert_eq!((m.stats().used_bytes, m.stats().quarantined_bytes), (4096, 4096));
+    m.handle_ping(at(9_000), A, Incarnation(1), true);
+    m.handle_timeout(at(9_999));
+    assert_eq!(m.stats().used_bytes, 4096);
+    m.handle_timeout(at(10_000));
+    assert_eq!((m.stats().segments, m.stats().used_bytes), (1, 0));
+    m.verify().unwrap();
+}
+
+#[test]
+fn a_quarantined_range_goes_with_its_segment_when_the_node_is_lost() {
+    let config = MasterConfig { lease_ttl: Duration::from_secs(60), ..MasterConfig::default() };
+    let mut m = master(config, false, MIB);
+    put(&mut m, at(0), "a", MIB);
+    m.handle_get_replica_list(at(0), k("a")).unwrap();
+    m.handle_remove(at(1), k("a"), true).unwrap();
+    m.handle_timeout(at(10_000));
+    assert_eq!(m.stats().segments, 0, "the node expired");
+    assert_eq!((m.stats().used_bytes, m.stats().quarantined_bytes), (0, 0));
+    m.verify().unwrap();
+    // Back with a fresh segment: the lease's end frees nothing of it.
+    m.handle_ping(at(55_000), A, Incarnation(2), false);
+    m.handle_mount_segment(at(55_000), A, SEG_A, MIB).unwrap();
+    m.handle_timeout(at(60_000));
+    m.handle_put_start(at(60_000), A, k("b"), MIB, 1).unwrap();
     m.verify().unwrap();
 }
 
@@ -852,6 +935,24 @@ fn offload_on_evict_persists_first_and_frees_memory_when_the_disk_replica_arrive
     }
     assert_eq!(m.stats().used_bytes, used_before - 3 * 64 * KIB);
     assert_eq!(m.stats().evicted_to_disk, 3);
+    m.verify().unwrap();
+}
+
+#[test]
+fn a_read_during_an_offload_keeps_its_memory_replica_until_the_lease_passes() {
+    let mut m =
+        master(MasterConfig { persist: PersistPolicy::OnEvict, ..MasterConfig::default() }, true, MIB);
+    fill(&mut m, 15);
+    let NodeCommand::Persist { key, version, source, .. } = commands(&mut m)[0].clone() else { panic!() };
+    // A reader is handed the memory replica being offloaded, with a lease.
+    let list = m.handle_get_replica_list(at(1), key.as_ref()).unwrap();
+    assert_eq!(list.replicas[0], ReplicaDescriptor::Memory(source));
+    freed(&mut m);
+    m.handle_add_disk_replica(at(2), key.as_ref(), version, disk(A, 64 * KIB), DiskReplicaOrigin::Persisted)
+        .unwrap();
+    assert_eq!(freed(&mut m), [], "the leased replica was freed under its reader");
+    let list = m.handle_get_replica_list(at(2), key.as_ref()).unwrap();
+    assert_eq!((memory_replicas(&list), list.replicas.len()), (1, 2), "memory and disk");
     m.verify().unwrap();
 }
 

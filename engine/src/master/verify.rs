@@ -44,6 +44,14 @@ pub enum Inconsistency {
         /// The sum over marked objects.
         actual: u64,
     },
+    /// The quarantined-byte counter disagrees with the quarantined ranges.
+    #[error("quarantined-byte counter says {counter}, the quarantined ranges add up to {actual}")]
+    Quarantined {
+        /// The counter.
+        counter: u64,
+        /// The sum over quarantined ranges.
+        actual: u64,
+    },
     /// Memory replicas name a segment that is not mounted.
     #[error("memory replicas name an unmounted segment")]
     UnmountedSegment,
@@ -93,6 +101,11 @@ impl Master {
             }
         }
         self.pinned_removed.values().flat_map(|p| p.placements.iter()).for_each(&mut note);
+        self.quarantine.values().flatten().for_each(&mut note);
+        let quarantined = self.quarantine.values().flatten().map(|p| self.segments.placement_bytes(*p)).sum();
+        if quarantined != self.quarantined_bytes {
+            return Err(Inconsistency::Quarantined { counter: self.quarantined_bytes, actual: quarantined });
+        }
         if pending != self.pending_evict_bytes {
             return Err(Inconsistency::PendingEviction {
                 counter: self.pending_evict_bytes,

@@ -45,6 +45,7 @@ pub(crate) struct MasterMetrics {
     crc_failures: Counter,
     persist_retries: Gauge,
     tombstones: Gauge,
+    quarantined_bytes: Gauge,
     connections: Gauge,
     refused: Family<ReasonLabel, Counter>,
     commands_unacked: Gauge,
@@ -84,6 +85,11 @@ impl MasterMetrics {
             m.persist_retries.clone(),
         );
         r.register("tombstones", "Disk records awaiting their node's deletion", m.tombstones.clone());
+        r.register(
+            "quarantined_bytes",
+            "Memory of removed objects held back from reuse until their leases pass",
+            m.quarantined_bytes.clone(),
+        );
         r.register("connections", "Open connections that passed the handshake", m.connections.clone());
         r.register(
             "refused_connections",
@@ -156,6 +162,7 @@ impl MasterMetrics {
         self.used_bytes.get_or_create(&TierLabel { tier: "memory" }).set(gauge(stats.used_bytes));
         self.persist_retries.set(gauge(stats.persist_retries));
         self.tombstones.set(gauge(stats.tombstones));
+        self.quarantined_bytes.set(gauge(stats.quarantined_bytes));
         let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let to_disk = stats.evicted_to_disk.saturating_sub(last.evicted_to_disk);
         self.evicted.get_or_create(&ReasonLabel { reason: "kept_on_disk" }).inc_by(to_disk);
