@@ -201,8 +201,8 @@ impl Master {
     ///
     /// Errors: `InvalidSize` (zero), `InvalidReplicaCount`, `ObjectAlreadyExists` (a
     /// complete object, or a put started less than the discard timeout ago; an older
-    /// unfinished put is preempted), `ObjectTooLarge` (no segment could ever hold it),
-    /// `NoSpace`.
+    /// unfinished put is preempted), `ObjectTooLarge` (no mounted segment could ever
+    /// hold it), `NoSpace` (none has room now, or none is mounted yet).
     pub fn handle_put_start(
         &mut self,
         now: Instant,
@@ -224,11 +224,13 @@ impl Master {
                 return Err(MasterError::ObjectAlreadyExists);
             }
         }
-        if !self.segments.could_ever_fit(size) {
-            return Err(MasterError::ObjectTooLarge);
-        }
+        // Too few segments (none, as while the nodes start) is a wait, not a verdict
+        // on the value.
         if usize::from(replicas) > self.segments.count() {
             return Err(MasterError::NoSpace);
+        }
+        if !self.segments.could_ever_fit(size) {
+            return Err(MasterError::ObjectTooLarge);
         }
         if let Some(slot) = existing {
             self.drop_object(slot, DropReason::Preempted);

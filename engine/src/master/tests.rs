@@ -199,6 +199,13 @@ fn put_start_refuses_values_no_segment_can_hold() {
 }
 
 #[test]
+fn put_start_with_no_segment_mounted_is_no_space_not_too_large() {
+    let mut m = Master::new(MasterConfig::default()).unwrap();
+    m.handle_ping(at(0), A, Incarnation(1), false);
+    refused(&mut m, MasterError::NoSpace, |m| m.handle_put_start(at(1), A, k("a"), 100, 1));
+}
+
+#[test]
 fn put_start_needs_enough_segments_for_the_replicas() {
     let mut m = plain();
     refused(&mut m, MasterError::NoSpace, |m| m.handle_put_start(at(1), A, k("a"), 100, 2));
