@@ -29,7 +29,7 @@ impl Master {
         version: ObjectVersion,
         lease_until: Instant,
     ) {
-        if lease_until <= now {
+        if lease_until <= now || placements.is_empty() {
             return self.free_placements(&placements, version);
         }
         for p in &placements {
