@@ -72,11 +72,18 @@ impl BufferRegistry {
     }
 }
 
-/// Proof that ranges were checked against the registry, held while they are used: an
-/// unregister waits until it is dropped.
+/// The registered buffers, read: while it is held, none can be unregistered, so a
+/// range found inside one stays there.
 #[derive(Debug)]
-pub struct RegisteredRanges<'a> {
-    _registry: RwLockReadGuard<'a, BufferRegistry>,
+pub struct RegisteredBuffers<'a> {
+    registry: RwLockReadGuard<'a, BufferRegistry>,
+}
+
+impl RegisteredBuffers<'_> {
+    /// Whether `[start, start + len)` lies inside one registered region.
+    pub fn contains(&self, start: usize, len: usize) -> bool {
+        self.registry.contains(start, len)
+    }
 }
 
 impl BlockingStore {
@@ -194,15 +201,9 @@ impl BlockingStore {
         self.buffers.write().unwrap_or_else(|e| e.into_inner()).unregister(start)
     }
 
-    /// Checks that every `(start, len)` lies inside one registered region; while the
-    /// answer is held, none of them can be unregistered.
-    pub fn registered<'a>(
-        &'a self,
-        ranges: impl IntoIterator<Item = (usize, usize)>,
-    ) -> Option<RegisteredRanges<'a>> {
-        let registry = self.buffers.read().unwrap_or_else(|e| e.into_inner());
-        let inside = ranges.into_iter().all(|(start, len)| registry.contains(start, len));
-        inside.then_some(RegisteredRanges { _registry: registry })
+    /// The registered buffers, to check ranges against while the answer is held.
+    pub fn registered_buffers(&self) -> RegisteredBuffers<'_> {
+        RegisteredBuffers { registry: self.buffers.read().unwrap_or_else(|e| e.into_inner()) }
     }
 }
 

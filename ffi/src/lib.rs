@@ -7,5 +7,5 @@ pub mod capi;
 pub mod facade;
 pub mod settings;
 
-pub use facade::{BlockingStore, RegisteredRanges, RegistrationError};
-pub use larder_tokio::{ConfigError, StoreConfig, StoreError, StoreStats};
+pub use facade::{BlockingStore, RegisteredBuffers, RegistrationError};
+pub use larder_tokio::{ConfigError, StoreConfig, StoreError, StoreStats, parse_size};
