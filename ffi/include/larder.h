@@ -166,8 +166,8 @@ larder_result larder_config_set(larder_config *config, const char *name, const c
 // `config` is null or a live configuration no other thread uses during the call.
 larder_result larder_config_set_memory_bytes(larder_config *config, uint64_t bytes);
 
-// The storage root for persistence (an existing, writable directory); null for memory
-// only.
+// The storage root for persistence (an existing, writable directory); null or "" for
+// memory only.
 //
 // # Safety
 // `config` as for every `larder_config_*` call; `path` is null or a NUL-terminated
@@ -367,7 +367,10 @@ larder_result larder_batch_remove(const larder_store *store,
                                   larder_result *results);
 
 // Registers `len` bytes at `addr` as a buffer the caller keeps alive until it
-// unregisters it (what Mooncake's clients do with their transfer pools).
+// unregisters it (what Mooncake's clients do with their transfer pools). The C calls
+// take any caller memory, registered or not; registration is kept for the same
+// calls' parity with the Python face, where bare addresses must lie inside a
+// registered buffer.
 // `LARDER_OVERLAPS_REGISTERED` if it overlaps one registered; `LARDER_INVALID_PARAMETER`
 // for no bytes.
 //
@@ -375,8 +378,8 @@ larder_result larder_batch_remove(const larder_store *store,
 // `store` is null or a live store. The memory itself is not touched by this call.
 larder_result larder_register_buffer(const larder_store *store, void *addr, size_t len);
 
-// Forgets the buffer registered at `addr` (`LARDER_NOT_REGISTERED` if none); waits
-// for calls using it to end.
+// Forgets the buffer registered at `addr` (`LARDER_NOT_REGISTERED` if none,
+// `LARDER_NULL_PARAMETER` for null).
 //
 // # Safety
 // `store` is null or a live store.

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::{RwLock, RwLockReadGuard};
 
 use std::path::PathBuf;
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use larder_engine::disk::TierError;
@@ -33,8 +34,9 @@ pub struct BlockingStore {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RegistrationError {
-    /// A region of no bytes, or one that wraps around the address space.
-    #[error("a registered buffer needs at least one byte and must not wrap around the address space")]
+    /// A region at address 0, of no bytes, larger than `isize::MAX`, or one that wraps
+    /// around the address space.
+    #[error("a registered buffer is a non-null address and 1 to isize::MAX bytes that do not wrap around")]
     Invalid,
     /// The region overlaps one already registered.
     #[error("the buffer overlaps one already registered")]
@@ -52,7 +54,9 @@ struct BufferRegistry {
 
 impl BufferRegistry {
     fn register(&mut self, start: usize, len: usize) -> Result<(), RegistrationError> {
-        let end = start.checked_add(len).filter(|_| len > 0).ok_or(RegistrationError::Invalid)?;
+        // Address 0 is never memory, and no Rust slice may exceed `isize::MAX` bytes.
+        let valid = start != 0 && len > 0 && len <= isize::MAX as usize;
+        let end = start.checked_add(len).filter(|_| valid).ok_or(RegistrationError::Invalid)?;
         let before = self.regions.range(..end).next_back();
         if before.is_some_and(|(&s, &l)| s + l > start) {
             return Err(RegistrationError::Overlaps);
@@ -105,79 +109,93 @@ impl BlockingStore {
         Ok(Self { store, runtime, buffers: RwLock::default() })
     }
 
+    /// Runs `call` to its end on the store's runtime. Most calls on the embedded store
+    /// finish without waiting (a put into memory, a get from memory), so the future is
+    /// polled once in the runtime's context first and the runtime's `block_on` (which
+    /// parks this thread on a waker) is used only if it has to wait; a future polled
+    /// with one waker and then another is what the `Future` contract allows.
+    fn run<F: Future>(&self, call: F) -> F::Output {
+        let _context = self.runtime.enter();
+        let mut call = std::pin::pin!(call);
+        if let Poll::Ready(out) = call.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            return out;
+        }
+        self.runtime.block_on(call)
+    }
+
     /// See [`Store::put`].
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.runtime.block_on(self.store.put(key, value))
+        self.run(self.store.put(key, value))
     }
 
     /// See [`Store::put_parts`].
     pub fn put_parts(&self, key: &[u8], parts: &[&[u8]]) -> Result<(), StoreError> {
-        self.runtime.block_on(self.store.put_parts(key, parts))
+        self.run(self.store.put_parts(key, parts))
     }
 
     /// See [`Store::get`].
     pub fn get(&self, key: &[u8]) -> Result<Bytes, StoreError> {
-        self.runtime.block_on(self.store.get(key))
+        self.run(self.store.get(key))
     }
 
     /// See [`Store::get_into`].
     pub fn get_into(&self, key: &[u8], buf: &mut [u8]) -> Result<usize, StoreError> {
-        self.runtime.block_on(self.store.get_into(key, buf))
+        self.run(self.store.get_into(key, buf))
     }
 
     /// See [`Store::get_size`].
     pub fn get_size(&self, key: &[u8]) -> Result<u64, StoreError> {
-        self.runtime.block_on(self.store.get_size(key))
+        self.run(self.store.get_size(key))
     }
 
     /// See [`Store::exists`].
     pub fn exists(&self, key: &[u8]) -> Result<bool, StoreError> {
-        self.runtime.block_on(self.store.exists(key))
+        self.run(self.store.exists(key))
     }
 
     /// See [`Store::remove`].
     pub fn remove(&self, key: &[u8], force: bool) -> Result<(), StoreError> {
-        self.runtime.block_on(self.store.remove(key, force))
+        self.run(self.store.remove(key, force))
     }
 
     /// See [`Store::remove_all`].
     pub fn remove_all(&self, force: bool) -> Result<u64, StoreError> {
-        self.runtime.block_on(self.store.remove_all(force))
+        self.run(self.store.remove_all(force))
     }
 
     /// See [`Store::batch_put`].
     pub fn batch_put(&self, items: &[(&[u8], &[u8])]) -> Vec<Result<(), StoreError>> {
-        self.runtime.block_on(self.store.batch_put(items))
+        self.run(self.store.batch_put(items))
     }
 
     /// See [`Store::batch_get`].
     pub fn batch_get(&self, keys: &[&[u8]]) -> Vec<Result<Bytes, StoreError>> {
-        self.runtime.block_on(self.store.batch_get(keys))
+        self.run(self.store.batch_get(keys))
     }
 
     /// See [`Store::batch_get_into`].
     pub fn batch_get_into(&self, keys: &[&[u8]], bufs: &mut [&mut [u8]]) -> Vec<Result<usize, StoreError>> {
-        self.runtime.block_on(self.store.batch_get_into(keys, bufs))
+        self.run(self.store.batch_get_into(keys, bufs))
     }
 
     /// See [`Store::batch_exists`].
     pub fn batch_exists(&self, keys: &[&[u8]]) -> Vec<Result<bool, StoreError>> {
-        self.runtime.block_on(self.store.batch_exists(keys))
+        self.run(self.store.batch_exists(keys))
     }
 
     /// See [`Store::batch_remove`].
     pub fn batch_remove(&self, keys: &[&[u8]], force: bool) -> Vec<Result<(), StoreError>> {
-        self.runtime.block_on(self.store.batch_remove(keys, force))
+        self.run(self.store.batch_remove(keys, force))
     }
 
     /// See [`Store::flush`].
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.runtime.block_on(self.store.flush())
+        self.run(self.store.flush())
     }
 
     /// See [`Store::close`]: flushes and releases everything; later calls are `Closed`.
     pub fn close(&self) -> Result<(), StoreError> {
-        self.runtime.block_on(self.store.close())
+        self.run(self.store.close())
     }
 
     /// See [`Store::stats`].
@@ -196,7 +214,9 @@ impl BlockingStore {
         self.buffers.write().unwrap_or_else(|e| e.into_inner()).register(start, len)
     }
 
-    /// Forgets the region registered at `start`; waits for calls using it to end.
+    /// Forgets the region registered at `start`; waits for calls using it to end (so
+    /// call it, and `register_buffer`, where waiting blocks nothing those calls need:
+    /// the Python face releases the GIL first).
     pub fn unregister_buffer(&self, start: usize) -> Result<(), RegistrationError> {
         self.buffers.write().unwrap_or_else(|e| e.into_inner()).unregister(start)
     }
@@ -246,6 +266,8 @@ mod tests {
         assert_eq!(r.register(900, 300), Err(RegistrationError::Overlaps));
         assert_eq!(r.register(2000, 0), Err(RegistrationError::Invalid));
         assert_eq!(r.register(usize::MAX - 10, 20), Err(RegistrationError::Invalid));
+        assert_eq!(r.register(0, 4096), Err(RegistrationError::Invalid), "address 0 is never memory");
+        assert_eq!(r.register(4096, isize::MAX as usize + 1), Err(RegistrationError::Invalid));
         r.register(900, 100).unwrap();
         assert_eq!(r.unregister(1001), Err(RegistrationError::NotRegistered));
         r.unregister(1000).unwrap();

@@ -4,15 +4,16 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// `target/<profile>`, where cargo put `liblarder_ffi.a` for this test.
-fn profile_dir() -> PathBuf {
+/// `target/<profile>/deps`, where cargo builds `liblarder_ffi.a` for this test (the copy
+/// in `target/<profile>` is refreshed only by `cargo build`, not by `cargo test`).
+fn deps_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test's own path");
-    exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>").to_path_buf()
+    exe.parent().expect("target/<profile>/deps/<test>").to_path_buf()
 }
 
 fn build_and_run(name: &str, extra_flags: &[&str]) {
     let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let library = profile_dir().join("liblarder_ffi.a");
+    let library = deps_dir().join("liblarder_ffi.a");
     assert!(library.exists(), "{} was not built", library.display());
     let scratch = tempfile::tempdir().expect("a scratch directory");
     let program = scratch.path().join(name);

@@ -122,9 +122,7 @@ impl BufferHandle {
     /// # Safety
     /// Called by Python with a view to fill.
     unsafe fn __getbuffer__(slf: Bound<'_, Self>, view: *mut ffi::Py_buffer, flags: c_int) -> PyResult<()> {
-        if flags & ffi::PyBUF_WRITABLE != 0 {
-            return Err(PyBufferError::new_err("a BufferHandle is read-only"));
-        }
+        // PyBuffer_FillInfo itself refuses a writable request (BufferError).
         let bytes = &slf.get().bytes;
         let len = isize::try_from(bytes.len()).map_err(|_| PyBufferError::new_err("too large"))?;
         // SAFETY: `view` is the caller's view to fill; the bytes live as long as this
@@ -179,7 +177,7 @@ fn registered_mut<'a>(buffers: &'a RegisteredBuffers<'_>, ptr: usize, size: usiz
 /// For each range, whether it must be refused so that the rest are pairwise disjoint:
 /// a range is marked when it starts before the furthest end seen so far in address
 /// order (and so is the range that reached that end).
-fn overlapping(ranges: &[(usize, usize)]) -> Vec<bool> {
+pub(crate) fn overlapping(ranges: &[(usize, usize)]) -> Vec<bool> {
     let mut order: Vec<usize> = (0..ranges.len()).collect();
     order.sort_unstable_by_key(|&i| ranges[i].0);
     let mut marked = vec![false; ranges.len()];
@@ -202,6 +200,9 @@ fn overlapping(ranges: &[(usize, usize)]) -> Vec<bool> {
     marked
 }
 
+/// Mooncake's `global_segment_size` when none is given: 16 MB.
+const DEFAULT_SEGMENT: u64 = 16 << 20;
+
 /// `setup`'s arguments, from its positional form or its dict.
 #[derive(Debug, Default)]
 struct Setup {
@@ -211,7 +212,7 @@ struct Setup {
     master: String,
     ssd: bool,
     ssd_path: String,
-    tenant: String,
+    tenant: Option<String>,
 }
 
 /// A size as Mooncake takes it: an int, or a string such as "16MB" (binary units;
@@ -236,7 +237,7 @@ impl Setup {
         d.get_item("metadata_server").ok().flatten().ok_or(code::INVALID_PARAMS)?;
         let segment = match d.get_item("global_segment_size").map_err(|_| code::INVALID_PARAMS)? {
             Some(v) => Some(size_arg("global_segment_size", &v)?),
-            None => Some(16 << 20),
+            None => Some(DEFAULT_SEGMENT),
         };
         if let Some(v) = d.get_item("local_buffer_size").map_err(|_| code::INVALID_PARAMS)? {
             size_arg("local_buffer_size", &v)?;
@@ -252,7 +253,10 @@ impl Setup {
             master: text("master_server_addr", "embedded")?,
             ssd,
             ssd_path: text("ssd_offload_path", "")?,
-            tenant: text("tenant_id", "default")?,
+            tenant: match d.get_item("tenant_id").map_err(|_| code::INVALID_PARAMS)? {
+                Some(v) => Some(v.extract().map_err(|_| code::INVALID_PARAMS)?),
+                None => None,
+            },
         })
     }
 
@@ -266,7 +270,9 @@ impl Setup {
             config.memory_bytes = bytes;
         }
         apply_setting(&mut config, "master", &self.master).map_err(|_| code::INVALID_PARAMS)?;
-        config.cluster = self.tenant.clone();
+        if let Some(tenant) = &self.tenant {
+            config.cluster = tenant.clone();
+        }
         config.storage_root = match self.ssd {
             false => None,
             true => {
@@ -344,18 +350,21 @@ impl MooncakeDistributedStore {
         let setup = match local_hostname.cast::<PyDict>() {
             Ok(d) => Setup::from_dict(d),
             Err(_) => (|| {
-                let segment = global_segment_size.map(|v| size_arg("global_segment_size", v)).transpose()?;
+                let segment = match global_segment_size {
+                    Some(v) => size_arg("global_segment_size", v)?,
+                    None => DEFAULT_SEGMENT,
+                };
                 if let Some(v) = local_buffer_size {
                     size_arg("local_buffer_size", v)?;
                 }
                 Ok(Setup {
                     hostname: local_hostname.extract().map_err(|_| code::INVALID_PARAMS)?,
-                    segment,
+                    segment: Some(segment),
                     protocol: protocol.unwrap_or_else(|| "tcp".into()),
                     master: master_server_addr.unwrap_or_default(),
                     ssd: enable_ssd_offload,
                     ssd_path: ssd_offload_path.unwrap_or_default(),
-                    tenant: tenant_id.unwrap_or_else(|| "default".into()),
+                    tenant: tenant_id,
                 })
             })(),
         };
@@ -450,9 +459,15 @@ impl MooncakeDistributedStore {
         let _ = config;
         let Ok(store) = self.store() else { return Ok(code::INTERNAL_ERROR) };
         let key = key_bytes(key)?;
-        let buffers = store.registered_buffers();
-        let Some(value) = registered(&buffers, buffer_ptr, size) else { return Ok(code::INVALID_PARAMS) };
-        Ok(put_code(&py.detach(|| store.put(key, value))))
+        // The registry is read with the GIL released: a thread holding the GIL never
+        // waits on it, so an unregister waiting for this call cannot stall the call.
+        Ok(py.detach(|| {
+            let buffers = store.registered_buffers();
+            match registered(&buffers, buffer_ptr, size) {
+                Some(value) => put_code(&store.put(key, value)),
+                None => code::INVALID_PARAMS,
+            }
+        }))
     }
 
     /// `put_from` for each key: one number per key.
@@ -471,21 +486,23 @@ impl MooncakeDistributedStore {
             return Ok(mismatched(keys.len()));
         }
         let keys = keys.iter().map(key_bytes).collect::<PyResult<Vec<_>>>()?;
-        let buffers = store.registered_buffers();
-        let mut codes = vec![code::INVALID_PARAMS; keys.len()];
-        let mut items = Vec::with_capacity(keys.len());
-        let mut at = Vec::with_capacity(keys.len());
-        for (i, (&ptr, &size)) in buffer_ptrs.iter().zip(&sizes).enumerate() {
-            if let Some(value) = registered(&buffers, ptr, size) {
-                items.push((keys[i], value));
-                at.push(i);
+        Ok(py.detach(|| {
+            let buffers = store.registered_buffers();
+            let mut codes = vec![code::INVALID_PARAMS; keys.len()];
+            let mut items = Vec::with_capacity(keys.len());
+            let mut at = Vec::with_capacity(keys.len());
+            for (i, (&ptr, &size)) in buffer_ptrs.iter().zip(&sizes).enumerate() {
+                if let Some(value) = registered(&buffers, ptr, size) {
+                    items.push((keys[i], value));
+                    at.push(i);
+                }
             }
-        }
-        let results = py.detach(|| store.batch_put(&items));
-        for (i, r) in at.into_iter().zip(&results) {
-            codes[i] = put_code(r);
-        }
-        Ok(codes)
+            let results = store.batch_put(&items);
+            for (i, r) in at.into_iter().zip(&results) {
+                codes[i] = put_code(r);
+            }
+            codes
+        }))
     }
 
     /// Stores, under each key, the concatenation of its buffers (`all_buffer_ptrs[i]`,
@@ -505,17 +522,18 @@ impl MooncakeDistributedStore {
             return Ok(mismatched(keys.len()));
         }
         let keys = keys.iter().map(key_bytes).collect::<PyResult<Vec<_>>>()?;
-        let buffers = store.registered_buffers();
-        let parts: Vec<Option<Vec<&[u8]>>> = all_buffer_ptrs
-            .iter()
-            .zip(&all_sizes)
-            .map(|(ptrs, sizes)| {
-                (ptrs.len() == sizes.len() && !ptrs.is_empty())
-                    .then(|| ptrs.iter().zip(sizes).map(|(&p, &s)| registered(&buffers, p, s)).collect())
-                    .flatten()
-            })
-            .collect();
         let codes = py.detach(|| {
+            let buffers = store.registered_buffers();
+            let parts: Vec<Option<Vec<&[u8]>>> = all_buffer_ptrs
+                .iter()
+                .zip(&all_sizes)
+                .map(|(ptrs, sizes)| {
+                    (ptrs.len() == sizes.len() && !ptrs.is_empty())
+                        .then(|| ptrs.iter().zip(sizes).map(|(&p, &s)| registered(&buffers, p, s)).collect())
+                        .flatten()
+                })
+                .collect();
+
             keys.iter()
                 .zip(&parts)
                 .map(|(key, parts)| match parts {
@@ -532,7 +550,7 @@ impl MooncakeDistributedStore {
         let Ok(store) = self.store() else { return Ok(PyBytes::new(py, b"")) };
         let key = key_bytes(key)?;
         let value = py.detach(|| store.get(key)).unwrap_or_default();
-        Ok(PyBytes::new(py, &value))
+        crate::new_bytes(py, &value)
     }
 
     /// `get` for each key (`b""` for each missing one), with every read from SSD in
@@ -545,7 +563,11 @@ impl MooncakeDistributedStore {
             }
             Err(_) => keys.iter().map(|_| Err(StoreError::Closed)).collect(),
         };
-        PyList::new(py, values.iter().map(|v| PyBytes::new(py, v.as_deref().unwrap_or_default())))
+        let values = values
+            .iter()
+            .map(|v| crate::new_bytes(py, v.as_deref().unwrap_or_default()))
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, values)
     }
 
     /// The value under `key` without a copy into Python (a `BufferHandle`), or `None`.
@@ -579,12 +601,14 @@ impl MooncakeDistributedStore {
     ) -> PyResult<i64> {
         let Ok(store) = self.store() else { return Ok(code::INTERNAL_ERROR) };
         let key = key_bytes(key)?;
-        let buffers = store.registered_buffers();
-        let Some(buf) = registered_mut(&buffers, buffer_ptr, size) else { return Ok(code::INVALID_PARAMS) };
-        Ok(match py.detach(|| store.get_into(key, buf)) {
-            Ok(n) => n as i64,
-            Err(e) => code_of(&e),
-        })
+        Ok(py.detach(|| {
+            let buffers = store.registered_buffers();
+            let Some(buf) = registered_mut(&buffers, buffer_ptr, size) else { return code::INVALID_PARAMS };
+            match store.get_into(key, buf) {
+                Ok(n) => n as i64,
+                Err(e) => code_of(&e),
+            }
+        }))
     }
 
     /// `get_into` for each key, every read from SSD in flight at once: one number per
@@ -603,27 +627,29 @@ impl MooncakeDistributedStore {
         let keys = keys.iter().map(key_bytes).collect::<PyResult<Vec<_>>>()?;
         let ranges: Vec<(usize, usize)> = buffer_ptrs.into_iter().zip(sizes).collect();
         let refused = overlapping(&ranges);
-        let buffers = store.registered_buffers();
-        let mut codes = vec![code::INVALID_PARAMS; keys.len()];
-        let (mut wanted, mut bufs, mut at) = (Vec::new(), Vec::new(), Vec::new());
-        for (i, &(ptr, size)) in ranges.iter().enumerate() {
-            if refused[i] {
-                continue;
+        Ok(py.detach(|| {
+            let buffers = store.registered_buffers();
+            let mut codes = vec![code::INVALID_PARAMS; keys.len()];
+            let (mut wanted, mut bufs, mut at) = (Vec::new(), Vec::new(), Vec::new());
+            for (i, &(ptr, size)) in ranges.iter().enumerate() {
+                if refused[i] {
+                    continue;
+                }
+                if let Some(buf) = registered_mut(&buffers, ptr, size) {
+                    wanted.push(keys[i]);
+                    bufs.push(buf);
+                    at.push(i);
+                }
             }
-            if let Some(buf) = registered_mut(&buffers, ptr, size) {
-                wanted.push(keys[i]);
-                bufs.push(buf);
-                at.push(i);
+            let results = store.batch_get_into(&wanted, &mut bufs);
+            for (i, r) in at.into_iter().zip(&results) {
+                codes[i] = match r {
+                    Ok(n) => *n as i64,
+                    Err(e) => code_of(e),
+                };
             }
-        }
-        let results = py.detach(|| store.batch_get_into(&wanted, &mut bufs));
-        for (i, r) in at.into_iter().zip(&results) {
-            codes[i] = match r {
-                Ok(n) => *n as i64,
-                Err(e) => code_of(e),
-            };
-        }
-        Ok(codes)
+            codes
+        }))
     }
 
     /// Copies each key's value across its buffers in order (`all_buffer_ptrs[i]`,
@@ -660,18 +686,19 @@ impl MooncakeDistributedStore {
                 shape_ok[owner[r]] = false;
             }
         }
-        let buffers = store.registered_buffers();
-        let mut targets: Vec<Option<Vec<&mut [u8]>>> = shape_ok.iter().map(|ok| ok.then(Vec::new)).collect();
-        for (r, &(p, s)) in ranges.iter().enumerate() {
-            let key = owner[r];
-            match (targets[key].as_mut(), registered_mut(&buffers, p, s)) {
-                (Some(list), Some(buf)) => list.push(buf),
-                _ => targets[key] = None,
-            }
-        }
-        let wanted: Vec<&[u8]> =
-            keys.iter().zip(&targets).filter(|(_, t)| t.is_some()).map(|(k, _)| *k).collect();
         let codes = py.detach(|| {
+            let buffers = store.registered_buffers();
+            let mut targets: Vec<Option<Vec<&mut [u8]>>> =
+                shape_ok.iter().map(|ok| ok.then(Vec::new)).collect();
+            for (r, &(p, s)) in ranges.iter().enumerate() {
+                let key = owner[r];
+                match (targets[key].as_mut(), registered_mut(&buffers, p, s)) {
+                    (Some(list), Some(buf)) => list.push(buf),
+                    _ => targets[key] = None,
+                }
+            }
+            let wanted: Vec<&[u8]> =
+                keys.iter().zip(&targets).filter(|(_, t)| t.is_some()).map(|(k, _)| *k).collect();
             let mut values = store.batch_get(&wanted).into_iter();
             targets
                 .iter_mut()
@@ -741,33 +768,36 @@ impl MooncakeDistributedStore {
 
     /// Registers `size` bytes at `buffer_ptr` for the pointer calls: 0, or -600 (no
     /// bytes, or overlapping a registered buffer).
-    fn register_buffer(&self, buffer_ptr: usize, size: usize) -> i64 {
+    fn register_buffer(&self, py: Python<'_>, buffer_ptr: usize, size: usize) -> i64 {
         let Ok(store) = self.store() else { return code::INTERNAL_ERROR };
-        match store.register_buffer(buffer_ptr, size) {
+        // Without the GIL: it may wait for pointer calls running on other threads.
+        match py.detach(|| store.register_buffer(buffer_ptr, size)) {
             Ok(()) => code::OK,
             Err(_) => code::INVALID_PARAMS,
         }
     }
 
     /// Forgets the buffer registered at `buffer_ptr`: 0, or -600 if none is.
-    fn unregister_buffer(&self, buffer_ptr: usize) -> i64 {
+    fn unregister_buffer(&self, py: Python<'_>, buffer_ptr: usize) -> i64 {
         let Ok(store) = self.store() else { return code::INTERNAL_ERROR };
-        match store.unregister_buffer(buffer_ptr) {
+        match py.detach(|| store.unregister_buffer(buffer_ptr)) {
             Ok(()) => code::OK,
             Err(_) => code::INVALID_PARAMS,
         }
     }
 
-    /// Flushes and closes the store: 0 (objects held only in this client's segment go
-    /// with it, as Mooncake's; with a storage root they are on SSD first).
+    /// Flushes and closes the store: 0, as Mooncake's (objects held only in this
+    /// client's segment go with it; with a storage root they are on SSD first). A
+    /// close that could not flush, or not tell an unreachable master, says so on
+    /// stderr; the store is closed all the same.
     fn close(&self, py: Python<'_>) -> i64 {
-        match self.handle.take() {
-            Some(store) => match py.detach(|| store.close()) {
-                Ok(()) | Err(StoreError::Closed) => code::OK,
-                Err(e) => code_of(&e),
-            },
-            None => code::OK,
+        if let Some(store) = self.handle.take() {
+            match py.detach(|| store.close()) {
+                Ok(()) | Err(StoreError::Closed) => {}
+                Err(e) => eprintln!("larder: close: {e}"),
+            }
         }
+        code::OK
     }
 
     /// 0 healthy, 1 closed (or never set up), 2 the master is unreachable.

@@ -8,7 +8,7 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyTuple};
 
 use crate::errors::{check, to_py};
 use crate::view::ByteView;
-use crate::{Handle, key_bytes};
+use crate::{Handle, key_bytes, new_bytes};
 
 /// A Larder store: embedded (master and node in this process, the default) or, with
 /// `master="host:port"`, a member of that cluster.
@@ -30,6 +30,12 @@ fn setting_text(name: &str, value: &Bound<'_, PyAny>) -> PyResult<String> {
         && (value.is_instance_of::<PyInt>() || value.is_instance_of::<PyFloat>());
     if name == "lease_ttl" && is_number {
         let seconds: f64 = value.extract()?;
+        if !(seconds.is_finite() && seconds >= 0.0) {
+            return Err(to_py(&StoreError::Config(larder_ffi::ConfigError::Invalid {
+                name: "lease_ttl".into(),
+                reason: "must be a duration, or a number of seconds, at least 0",
+            })));
+        }
         return Ok(format!("{}ms", (seconds * 1000.0).round() as u64));
     }
     Ok(value.str()?.to_str()?.to_owned())
@@ -128,7 +134,7 @@ impl Store {
         let store = check(self.handle.get())?;
         let key = key_bytes(key)?;
         let value = check(py.detach(|| store.get(key)))?;
-        Ok(PyBytes::new(py, &value))
+        new_bytes(py, &value)
     }
 
     /// Copies the value under `key` into `buffer` (a writable buffer: bytearray,
@@ -198,14 +204,14 @@ impl Store {
         let store = check(self.handle.get())?;
         let keys = keys_of(&keys)?;
         let results = py.detach(|| store.batch_get(&keys));
-        let items: Vec<Py<PyAny>> = results
+        let items = results
             .iter()
             .map(|r| match r {
-                Ok(bytes) => PyBytes::new(py, bytes).into_any().unbind(),
-                Err(StoreError::NotFound) => py.None(),
-                Err(e) => to_py(e).into_value(py).into_any(),
+                Ok(bytes) => Ok(new_bytes(py, bytes)?.into_any().unbind()),
+                Err(StoreError::NotFound) => Ok(py.None()),
+                Err(e) => Ok(to_py(e).into_value(py).into_any()),
             })
-            .collect();
+            .collect::<PyResult<Vec<Py<PyAny>>>>()?;
         PyList::new(py, items)
     }
 
@@ -223,6 +229,11 @@ impl Store {
         }
         let keys = keys_of(&keys)?;
         let mut views = buffers.iter().map(ByteView::writable).collect::<PyResult<Vec<_>>>()?;
+        let ranges: Vec<(usize, usize)> =
+            views.iter().map(|v| (v.as_slice().as_ptr() as usize, v.as_slice().len())).collect();
+        if crate::mooncake::overlapping(&ranges).contains(&true) {
+            return Err(pyo3::exceptions::PyValueError::new_err("the buffers overlap one another"));
+        }
         let mut bufs = Vec::with_capacity(views.len());
         for view in &mut views {
             bufs.push(
@@ -241,11 +252,24 @@ impl Store {
         PyList::new(py, items)
     }
 
-    /// Whether each key holds a complete object. Raises the first error met.
-    fn batch_exists(&self, py: Python<'_>, keys: Vec<Bound<'_, PyAny>>) -> PyResult<Vec<bool>> {
+    /// Whether each key holds a complete object: per key a bool, or the exception it
+    /// met.
+    fn batch_exists<'py>(
+        &self,
+        py: Python<'py>,
+        keys: Vec<Bound<'_, PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
         let store = check(self.handle.get())?;
         let keys = keys_of(&keys)?;
-        py.detach(|| store.batch_exists(&keys)).into_iter().map(check).collect()
+        let results = py.detach(|| store.batch_exists(&keys));
+        let items = results
+            .iter()
+            .map(|r| match r {
+                Ok(b) => Ok(pyo3::types::PyBool::new(py, *b).to_owned().into_any().unbind()),
+                Err(e) => Ok(to_py(e).into_value(py).into_any()),
+            })
+            .collect::<PyResult<Vec<Py<PyAny>>>>()?;
+        PyList::new(py, items)
     }
 
     /// Removes each key's object; per key `None` or the exception it met.

@@ -1,6 +1,8 @@
 //! Borrowing the bytes of any Python object that exports the buffer protocol (bytes,
 //! bytearray, memoryview, numpy arrays, array.array, mmap) as one contiguous run, for
-//! as long as the view lives.
+//! as long as the view lives; and of an object with a `numpy()` method that returns
+//! such an array sharing its memory, as a CPU torch tensor does (torch tensors do not
+//! export the buffer protocol themselves).
 
 use std::ffi::c_int;
 
@@ -27,6 +29,16 @@ impl ByteView {
     }
 
     fn get(obj: &Bound<'_, PyAny>, flags: c_int) -> PyResult<Self> {
+        let refused = match Self::export(obj, flags) {
+            Ok(view) => return Ok(view),
+            Err(e) => e,
+        };
+        let Ok(numpy) = obj.getattr("numpy") else { return Err(refused) };
+        let array = numpy.call0().map_err(|_| refused)?;
+        Self::export(&array, flags)
+    }
+
+    fn export(obj: &Bound<'_, PyAny>, flags: c_int) -> PyResult<Self> {
         let mut view = Box::new(core::mem::MaybeUninit::<ffi::Py_buffer>::zeroed());
         // SAFETY: `obj` is a live object (we hold the GIL through `Bound`), and `view`
         // is writable memory of a `Py_buffer`'s size that outlives the call.

@@ -115,6 +115,10 @@ def test_bad_configuration_is_config_error(tmp_path):
         larder.Store(memroy="1GiB")
     with pytest.raises(larder.ConfigError):
         larder.Store(memory=1000)
+    with pytest.raises(larder.ConfigError):
+        larder.Store(lease_ttl=-1)
+    with pytest.raises(larder.ConfigError):
+        larder.Store(lease_ttl=float("nan"))
     with pytest.raises((larder.ConfigError, larder.StorageError)):
         larder.Store(storage_root=str(tmp_path / "does-not-exist"))
 
@@ -147,6 +151,10 @@ def test_batches_answer_per_item(store):
     assert isinstance(got[1], larder.BufferTooSmall)
     assert isinstance(got[2], larder.NotFound)
     assert store.batch_exists(["b/1", "b/none"]) == [True, False]
+    assert isinstance(store.batch_exists([""])[0], larder.InvalidKey)
+    shared = bytearray(16)
+    with pytest.raises(ValueError, match="overlap"):
+        store.batch_get_into(["b/1", "b/2"], [shared, memoryview(shared)[4:]])
     removed = store.batch_remove(["b/1", "b/2", "b/none"], force=True)
     assert removed[0] is None and removed[1] is None and isinstance(removed[2], larder.NotFound)
     with pytest.raises(larder.BatchLength):
@@ -264,3 +272,47 @@ def test_a_child_killed_with_sigkill_leaves_its_flushed_values(tmp_path):
 def test_the_package_says_what_it_is():
     assert "Store" in larder.__all__
     assert pathlib.Path(larder.__file__).name == "__init__.py"
+
+
+class TensorLike:
+    """What a CPU torch tensor offers instead of the buffer protocol: numpy(), an array
+    sharing its memory."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def numpy(self):
+        return self.array
+
+
+def test_objects_with_a_numpy_method_are_values_and_targets(store):
+    source = TensorLike(np.arange(1024, dtype=np.float16))
+    store.put("tensor", source)
+    assert store.get("tensor") == source.array.tobytes()
+    target = TensorLike(np.zeros(1024, dtype=np.float16))
+    assert store.get_into("tensor", target) == 2048
+    assert np.array_equal(target.array, source.array), "written into the tensor's own memory"
+    with pytest.raises(TypeError):
+        store.put("no-buffer", object())
+
+
+EXITING_CHILD = r"""
+import sys, threading, larder
+store = larder.Store(storage_root=sys.argv[1], memory="64MiB")
+for i in range(16):
+    store.put(f"exit/{i}", bytes([i]) * (256 << 10))
+# A daemon thread keeps the store alive past the end of the program, so it is never
+# dropped: only the exit hook closes (and flushes) it.
+threading.Thread(target=threading.Event().wait, args=(), daemon=True, kwargs={}).start()
+keep = threading.Thread(target=lambda s=store: threading.Event().wait(), daemon=True)
+keep.start()
+del store
+"""
+
+
+def test_a_store_left_open_is_flushed_when_the_interpreter_exits(tmp_path):
+    done = subprocess.run([sys.executable, "-c", EXITING_CHILD, str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    with larder.Store(storage_root=str(tmp_path), memory="64MiB") as store:
+        for i in range(16):
+            assert store.get(f"exit/{i}") == bytes([i]) * (256 << 10)

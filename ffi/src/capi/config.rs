@@ -120,8 +120,8 @@ pub unsafe extern "C" fn larder_config_set_memory_bytes(
     }
 }
 
-/// The storage root for persistence (an existing, writable directory); null for memory
-/// only.
+/// The storage root for persistence (an existing, writable directory); null or "" for
+/// memory only.
 ///
 /// # Safety
 /// `config` as for every `larder_config_*` call; `path` is null or a NUL-terminated
@@ -134,11 +134,8 @@ pub unsafe extern "C" fn larder_config_set_storage_root(
     // SAFETY: forwarded from this function's own contract.
     unsafe {
         with_config(config, |c| {
-            c.storage_root = match path.is_null() {
-                true => None,
-                false => Some(text(path, "the storage root")?.into()),
-            };
-            Ok(())
+            let path = if path.is_null() { "" } else { text(path, "the storage root")? };
+            settings::apply_setting(c, "storage_root", path).map_err(|e| fail(LARDER_CONFIG, e))
         })
     }
 }

@@ -131,7 +131,7 @@ impl larder_result {
     pub fn describe(self) -> &'static str {
         match self {
             LARDER_OK => "success",
-            LARDER_NULL_PARAMETER => "a pointer argument was null",
+            LARDER_NULL_PARAMETER => "a pointer argument was null (or a length impossibly large)",
             LARDER_PANIC => "a call panicked; the store is poisoned",
             LARDER_INTERNAL => "internal error",
             LARDER_INVALID_PARAMETER => "an argument is not valid",
@@ -179,9 +179,14 @@ pub(crate) fn store_failure(e: &StoreError) -> larder_result {
     fail(larder_result::of(e), e)
 }
 
-/// Runs `call` behind the panic boundary: a panic becomes `LARDER_PANIC`.
+/// Runs `call` behind the panic boundary: a panic becomes `LARDER_PANIC`. A null
+/// pointer refused by `call` is recorded as the thread's last error too.
 pub(crate) fn boundary(call: impl FnOnce() -> larder_result) -> larder_result {
-    catch_unwind(AssertUnwindSafe(call)).unwrap_or_else(|_| fail(LARDER_PANIC, "a call panicked"))
+    match catch_unwind(AssertUnwindSafe(call)) {
+        Ok(LARDER_NULL_PARAMETER) => fail(LARDER_NULL_PARAMETER, LARDER_NULL_PARAMETER.describe()),
+        Ok(r) => r,
+        Err(_) => fail(LARDER_PANIC, "a call panicked"),
+    }
 }
 
 /// Copies `text` as a NUL-terminated string into `buf` (truncated to `len - 1` bytes)

@@ -490,7 +490,10 @@ pub unsafe extern "C" fn larder_batch_remove(
 }
 
 /// Registers `len` bytes at `addr` as a buffer the caller keeps alive until it
-/// unregisters it (what Mooncake's clients do with their transfer pools).
+/// unregisters it (what Mooncake's clients do with their transfer pools). The C calls
+/// take any caller memory, registered or not; registration is kept for the same
+/// calls' parity with the Python face, where bare addresses must lie inside a
+/// registered buffer.
 /// `LARDER_OVERLAPS_REGISTERED` if it overlaps one registered; `LARDER_INVALID_PARAMETER`
 /// for no bytes.
 ///
@@ -516,8 +519,8 @@ pub unsafe extern "C" fn larder_register_buffer(
     }
 }
 
-/// Forgets the buffer registered at `addr` (`LARDER_NOT_REGISTERED` if none); waits
-/// for calls using it to end.
+/// Forgets the buffer registered at `addr` (`LARDER_NOT_REGISTERED` if none,
+/// `LARDER_NULL_PARAMETER` for null).
 ///
 /// # Safety
 /// `store` is null or a live store.
@@ -528,9 +531,14 @@ pub unsafe extern "C" fn larder_unregister_buffer(
 ) -> larder_result {
     // SAFETY: forwarded from this function's own contract.
     unsafe {
-        with_store(store, |s| match s.unregister_buffer(addr as usize) {
-            Ok(()) => LARDER_OK,
-            Err(e) => fail(larder_result::of_registration(&e), e),
+        with_store(store, |s| {
+            if addr.is_null() {
+                return LARDER_NULL_PARAMETER;
+            }
+            match s.unregister_buffer(addr as usize) {
+                Ok(()) => LARDER_OK,
+                Err(e) => fail(larder_result::of_registration(&e), e),
+            }
         })
     }
 }
