@@ -5,6 +5,7 @@
 
 pub mod capi;
 pub mod facade;
+pub mod ranges;
 pub mod settings;
 
 pub use facade::{BlockingStore, RegisteredBuffers, RegistrationError};

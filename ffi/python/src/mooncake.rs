@@ -12,6 +12,7 @@
 use std::ffi::{c_int, c_void};
 
 use bytes::Bytes;
+use larder_ffi::ranges::overlapping;
 use larder_ffi::settings::{apply_setting, config_from_env};
 use larder_ffi::{BlockingStore, RegisteredBuffers, StoreConfig, StoreError};
 use pyo3::exceptions::PyBufferError;
@@ -172,32 +173,6 @@ fn registered_mut<'a>(buffers: &'a RegisteredBuffers<'_>, ptr: usize, size: usiz
     // SAFETY: as `registered`; the callers hand out one slice per range and drop every
     // range that overlaps another, so no two live `&mut` alias.
     Some(unsafe { core::slice::from_raw_parts_mut(ptr as *mut u8, size) })
-}
-
-/// For each range, whether it must be refused so that the rest are pairwise disjoint:
-/// a range is marked when it starts before the furthest end seen so far in address
-/// order (and so is the range that reached that end).
-pub(crate) fn overlapping(ranges: &[(usize, usize)]) -> Vec<bool> {
-    let mut order: Vec<usize> = (0..ranges.len()).collect();
-    order.sort_unstable_by_key(|&i| ranges[i].0);
-    let mut marked = vec![false; ranges.len()];
-    let mut furthest: Option<(usize, usize)> = None; // (end, index)
-    for i in order {
-        let (start, len) = ranges[i];
-        let end = start.saturating_add(len);
-        if let Some((far_end, holder)) = furthest {
-            if start < far_end {
-                marked[i] = true;
-                marked[holder] = true;
-            }
-            if end > far_end {
-                furthest = Some((end, i));
-            }
-        } else {
-            furthest = Some((end, i));
-        }
-    }
-    marked
 }
 
 /// Mooncake's `global_segment_size` when none is given: 16 MB.
@@ -836,40 +811,8 @@ fn unit_code(r: &Result<(), StoreError>) -> i64 {
 
 /// Copies `value` across `bufs` in order: its length, or -600 if they are too small.
 fn scatter(value: &[u8], bufs: &mut [&mut [u8]]) -> i64 {
-    if bufs.iter().map(|b| b.len()).sum::<usize>() < value.len() {
-        return code::INVALID_PARAMS;
-    }
-    let mut rest = value;
-    for buf in bufs.iter_mut() {
-        let n = rest.len().min(buf.len());
-        buf[..n].copy_from_slice(&rest[..n]);
-        rest = &rest[n..];
-    }
-    value.len() as i64
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn overlapping_ranges_are_refused_and_the_rest_are_disjoint() {
-        let ranges = [(0, 10), (2, 1), (20, 5), (5, 1), (25, 5), (100, 50), (120, 1)];
-        let refused = overlapping(&ranges);
-        assert_eq!(refused, [true, true, false, true, false, true, true]);
-        let kept: Vec<_> = ranges.iter().zip(&refused).filter(|(_, r)| !**r).map(|(r, _)| *r).collect();
-        for (i, a) in kept.iter().enumerate() {
-            for b in &kept[i + 1..] {
-                assert!(a.0 + a.1 <= b.0 || b.0 + b.1 <= a.0, "{a:?} and {b:?} overlap");
-            }
-        }
-    }
-
-    #[test]
-    fn a_value_is_scattered_in_order_or_refused_when_it_does_not_fit() {
-        let (mut a, mut b) = ([0u8; 3], [0u8; 4]);
-        assert_eq!(scatter(b"abcdef", &mut [&mut a, &mut b]), 6);
-        assert_eq!((&a, &b[..3]), (b"abc", &b"def"[..]));
-        assert_eq!(scatter(b"abcdefgh", &mut [&mut a, &mut b]), code::INVALID_PARAMS);
+    match larder_ffi::ranges::scatter(value, bufs) {
+        Some(n) => n as i64,
+        None => code::INVALID_PARAMS,
     }
 }

@@ -231,7 +231,7 @@ impl Store {
         let mut views = buffers.iter().map(ByteView::writable).collect::<PyResult<Vec<_>>>()?;
         let ranges: Vec<(usize, usize)> =
             views.iter().map(|v| (v.as_slice().as_ptr() as usize, v.as_slice().len())).collect();
-        if crate::mooncake::overlapping(&ranges).contains(&true) {
+        if larder_ffi::ranges::overlapping(&ranges).contains(&true) {
             return Err(pyo3::exceptions::PyValueError::new_err("the buffers overlap one another"));
         }
         let mut bufs = Vec::with_capacity(views.len());
