@@ -20,6 +20,10 @@ pub const SETTINGS: &[&str] = &[
     "direct_io",
 ];
 
+/// The reason given for a name that is not one of [`SETTINGS`].
+static UNKNOWN_SETTING: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("unknown setting (known: {})", SETTINGS.join(", ")));
+
 /// The defaults with every `LARDER_*` variable [`StoreConfig::from_env`] reads applied,
 /// and `LARDER_LEASE_TTL` (a duration such as `500ms`, as Mooncake's
 /// `--default_kv_lease_ttl`).
@@ -65,11 +69,7 @@ pub fn apply_setting(config: &mut StoreConfig, name: &str, value: &str) -> Resul
                 _ => return Err(invalid("must be auto or never")),
             }
         }
-        _ => {
-            return Err(invalid(
-                "unknown setting (known: memory, storage_root, master, cluster, lease_ttl, max_disk_bytes, write_behind_bytes, high_watermark, low_watermark, direct_io)",
-            ));
-        }
+        _ => return Err(invalid(UNKNOWN_SETTING.as_str())),
     }
     Ok(())
 }
@@ -126,7 +126,12 @@ mod tests {
     #[test]
     fn unknown_names_and_bad_values_are_typed_errors() {
         let mut c = StoreConfig::default();
-        assert!(matches!(apply_setting(&mut c, "memroy", "1GiB"), Err(ConfigError::Invalid { .. })));
+        match apply_setting(&mut c, "memroy", "1GiB") {
+            Err(ConfigError::Invalid { reason, .. }) => {
+                assert!(SETTINGS.iter().all(|name| reason.contains(name)), "{reason} names every setting")
+            }
+            other => panic!("an unknown name is Invalid, not {other:?}"),
+        }
         assert!(matches!(apply_setting(&mut c, "memory", "lots"), Err(ConfigError::BadSize { .. })));
         assert!(matches!(apply_setting(&mut c, "lease_ttl", "soon"), Err(ConfigError::Invalid { .. })));
         assert!(matches!(apply_setting(&mut c, "low_watermark", "x"), Err(ConfigError::Invalid { .. })));

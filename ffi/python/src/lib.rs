@@ -129,6 +129,11 @@ pub(crate) fn key_bytes<'a>(key: &'a Bound<'_, PyAny>) -> PyResult<&'a [u8]> {
     Err(pyo3::exceptions::PyTypeError::new_err("a key is a str or bytes"))
 }
 
+/// The bytes of every key of a batch (see [`key_bytes`]).
+pub(crate) fn keys_of<'a>(keys: &'a [Bound<'_, PyAny>]) -> PyResult<Vec<&'a [u8]>> {
+    keys.iter().map(key_bytes).collect()
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::add_to(m)?;

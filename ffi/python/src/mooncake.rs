@@ -21,7 +21,7 @@ use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyTuple};
 use pyo3::{PyErr, ffi};
 
 use crate::view::ByteView;
-use crate::{Handle, key_bytes};
+use crate::{Handle, key_bytes, keys_of};
 
 /// Mooncake's error numbers (its `ErrorCode`), the ones this face returns.
 pub(crate) mod code {
@@ -413,7 +413,7 @@ impl MooncakeDistributedStore {
         if keys.len() != values.len() {
             return Ok(code::INVALID_PARAMS);
         }
-        let keys = keys.iter().map(key_bytes).collect::<PyResult<Vec<_>>>()?;
+        let keys = keys_of(&keys)?;
         let views = values.iter().map(ByteView::readable).collect::<PyResult<Vec<_>>>()?;
         let items: Vec<(&[u8], &[u8])> = keys.into_iter().zip(views.iter().map(ByteView::as_slice)).collect();
         let results = py.detach(|| store.batch_put(&items));
@@ -460,7 +460,7 @@ impl MooncakeDistributedStore {
         if keys.len() != buffer_ptrs.len() || keys.len() != sizes.len() {
             return Ok(mismatched(keys.len()));
         }
-        let keys = keys.iter().map(key_bytes).collect::<PyResult<Vec<_>>>()?;
+        let keys = keys_of(&keys)?;
         Ok(py.detach(|| {
             let buffers = store.registered_buffers();
             let mut codes = vec![code::INVALID_PARAMS; keys.len()];
@@ -496,7 +496,7 @@ impl MooncakeDistributedStore {
         if keys.len() != all_buffer_ptrs.len() || keys.len() != all_sizes.len() {
             return Ok(mismatched(keys.len()));
         }
-        let keys = keys.iter().map(key_bytes).collect::<PyResult<Vec<_>>>()?;
+        let keys = keys_of(&keys)?;
         let codes = py.detach(|| {
             let buffers = store.registered_buffers();
             let parts: Vec<Option<Vec<&[u8]>>> = all_buffer_ptrs
@@ -533,7 +533,7 @@ impl MooncakeDistributedStore {
     fn get_batch<'py>(&self, py: Python<'py>, keys: Vec<Bound<'_, PyAny>>) -> PyResult<Bound<'py, PyList>> {
         let values = match self.store() {
             Ok(store) => {
-                let keys = keys.iter().map(key_bytes).collect::<PyResult<Vec<_>>>()?;
+                let keys = keys_of(&keys)?;
                 py.detach(|| store.batch_get(&keys))
             }
             Err(_) => keys.iter().map(|_| Err(StoreError::Closed)).collect(),
@@ -559,7 +559,7 @@ impl MooncakeDistributedStore {
         keys: Vec<Bound<'_, PyAny>>,
     ) -> PyResult<Vec<Option<BufferHandle>>> {
         let Ok(store) = self.store() else { return Ok(keys.iter().map(|_| None).collect()) };
-        let keys = keys.iter().map(key_bytes).collect::<PyResult<Vec<_>>>()?;
+        let keys = keys_of(&keys)?;
         let values = py.detach(|| store.batch_get(&keys));
         Ok(values.into_iter().map(|v| v.ok().map(|bytes| BufferHandle { bytes })).collect())
     }
@@ -599,7 +599,7 @@ impl MooncakeDistributedStore {
         if keys.len() != buffer_ptrs.len() || keys.len() != sizes.len() {
             return Ok(mismatched(keys.len()));
         }
-        let keys = keys.iter().map(key_bytes).collect::<PyResult<Vec<_>>>()?;
+        let keys = keys_of(&keys)?;
         let ranges: Vec<(usize, usize)> = buffer_ptrs.into_iter().zip(sizes).collect();
         let refused = overlapping(&ranges);
         Ok(py.detach(|| {
@@ -644,7 +644,7 @@ impl MooncakeDistributedStore {
         if keys.len() != all_buffer_ptrs.len() || keys.len() != all_sizes.len() {
             return Ok(mismatched(keys.len()));
         }
-        let keys = keys.iter().map(key_bytes).collect::<PyResult<Vec<_>>>()?;
+        let keys = keys_of(&keys)?;
         // Every range of every key, and which key it belongs to.
         let mut ranges = Vec::new();
         let mut owner = Vec::new();
@@ -709,7 +709,7 @@ impl MooncakeDistributedStore {
     /// `is_exist` for each key.
     fn batch_is_exist(&self, py: Python<'_>, keys: Vec<Bound<'_, PyAny>>) -> PyResult<Vec<i64>> {
         let Ok(store) = self.store() else { return Ok(vec![code::INTERNAL_ERROR; keys.len()]) };
-        let keys = keys.iter().map(key_bytes).collect::<PyResult<Vec<_>>>()?;
+        let keys = keys_of(&keys)?;
         Ok(py.detach(|| store.batch_exists(&keys)).iter().map(exist_code).collect())
     }
 
@@ -737,7 +737,7 @@ impl MooncakeDistributedStore {
     #[pyo3(signature = (keys, force=false))]
     fn batch_remove(&self, py: Python<'_>, keys: Vec<Bound<'_, PyAny>>, force: bool) -> PyResult<Vec<i64>> {
         let Ok(store) = self.store() else { return Ok(vec![code::INTERNAL_ERROR; keys.len()]) };
-        let keys = keys.iter().map(key_bytes).collect::<PyResult<Vec<_>>>()?;
+        let keys = keys_of(&keys)?;
         Ok(py.detach(|| store.batch_remove(&keys, force)).iter().map(unit_code).collect())
     }
 

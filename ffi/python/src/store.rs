@@ -8,7 +8,7 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyTuple};
 
 use crate::errors::{check, to_py};
 use crate::view::ByteView;
-use crate::{Handle, key_bytes, new_bytes};
+use crate::{Handle, key_bytes, keys_of, new_bytes};
 
 /// A Larder store: embedded (master and node in this process, the default) or, with
 /// `master="host:port"`, a member of that cluster.
@@ -66,18 +66,23 @@ fn stats_dict<'py>(py: Python<'py>, s: &StoreStats) -> PyResult<Bound<'py, PyDic
 
 /// Each item as `None` (it succeeded) or its exception.
 fn outcomes<'py>(py: Python<'py>, results: Vec<Result<(), StoreError>>) -> PyResult<Bound<'py, PyList>> {
-    let items: Vec<Py<PyAny>> = results
-        .iter()
-        .map(|r| match r {
-            Ok(()) => py.None(),
-            Err(e) => to_py(e).into_value(py).into_any(),
-        })
-        .collect();
-    PyList::new(py, items)
+    per_item(py, &results, |_| Ok(py.None()))
 }
 
-fn keys_of<'a>(keys: &'a [Bound<'_, PyAny>]) -> PyResult<Vec<&'a [u8]>> {
-    keys.iter().map(key_bytes).collect()
+/// Each item as `ok`'s object for its value, or as the exception it met.
+fn per_item<'py, T>(
+    py: Python<'py>,
+    results: &[Result<T, StoreError>],
+    mut ok: impl FnMut(&T) -> PyResult<Py<PyAny>>,
+) -> PyResult<Bound<'py, PyList>> {
+    let items = results
+        .iter()
+        .map(|r| match r {
+            Ok(value) => ok(value),
+            Err(e) => Ok(to_py(e).into_value(py).into_any()),
+        })
+        .collect::<PyResult<Vec<Py<PyAny>>>>()?;
+    PyList::new(py, items)
 }
 
 #[pymethods]
@@ -203,16 +208,18 @@ impl Store {
     fn batch_get<'py>(&self, py: Python<'py>, keys: Vec<Bound<'_, PyAny>>) -> PyResult<Bound<'py, PyList>> {
         let store = check(self.handle.get())?;
         let keys = keys_of(&keys)?;
-        let results = py.detach(|| store.batch_get(&keys));
-        let items = results
-            .iter()
+        let results: Vec<Result<Option<_>, StoreError>> = py
+            .detach(|| store.batch_get(&keys))
+            .into_iter()
             .map(|r| match r {
-                Ok(bytes) => Ok(new_bytes(py, bytes)?.into_any().unbind()),
-                Err(StoreError::NotFound) => Ok(py.None()),
-                Err(e) => Ok(to_py(e).into_value(py).into_any()),
+                Err(StoreError::NotFound) => Ok(None),
+                r => r.map(Some),
             })
-            .collect::<PyResult<Vec<Py<PyAny>>>>()?;
-        PyList::new(py, items)
+            .collect();
+        per_item(py, &results, |value| match value {
+            Some(bytes) => Ok(new_bytes(py, bytes)?.into_any().unbind()),
+            None => Ok(py.None()),
+        })
     }
 
     /// Copies the values under `keys` into `buffers` (one writable buffer per key);
@@ -242,14 +249,7 @@ impl Store {
             );
         }
         let results = py.detach(|| store.batch_get_into(&keys, &mut bufs));
-        let items = results
-            .iter()
-            .map(|r| match r {
-                Ok(n) => Ok(n.into_pyobject(py)?.into_any().unbind()),
-                Err(e) => Ok(to_py(e).into_value(py).into_any()),
-            })
-            .collect::<PyResult<Vec<Py<PyAny>>>>()?;
-        PyList::new(py, items)
+        per_item(py, &results, |n| Ok(n.into_pyobject(py)?.into_any().unbind()))
     }
 
     /// Whether each key holds a complete object: per key a bool, or the exception it
@@ -262,14 +262,7 @@ impl Store {
         let store = check(self.handle.get())?;
         let keys = keys_of(&keys)?;
         let results = py.detach(|| store.batch_exists(&keys));
-        let items = results
-            .iter()
-            .map(|r| match r {
-                Ok(b) => Ok(pyo3::types::PyBool::new(py, *b).to_owned().into_any().unbind()),
-                Err(e) => Ok(to_py(e).into_value(py).into_any()),
-            })
-            .collect::<PyResult<Vec<Py<PyAny>>>>()?;
-        PyList::new(py, items)
+        per_item(py, &results, |b| Ok(pyo3::types::PyBool::new(py, *b).to_owned().into_any().unbind()))
     }
 
     /// Removes each key's object; per key `None` or the exception it met.
