@@ -14,6 +14,8 @@
 //! - [`disk::batch`]: where the bucket writer puts each record and when it seals;
 //! - [`disk::protocol`]: who reads a bucket and who deletes it (atomics, no I/O);
 //! - [`net`]: frames, the handshake, the client and server connection machines;
+//! - [`rdma`]: queue-pair states and transitions, the endpoint handshake, the
+//!   work-request machine (and, with `sim`, a simulated NIC);
 //! - [`disk::format`], [`wire`], [`descriptor`], [`codec`], [`key`]: formats and codecs.
 //!
 //! The `std` feature adds what does I/O, owns threads and reads the clock, driving the
@@ -36,6 +38,7 @@
 //! | [`disk`] | the SSD tier: bucket format, bucket protocol, batching policy, and (with `std`) the tier |
 //! | [`wire`] | master requests, responses, node commands and the master's error codes |
 //! | [`net`] | frames, the handshake, and the client and server connection machines |
+//! | [`rdma`] | RDMA queue pairs, the endpoint handshake, work requests and completions |
 //! | [`sync`] | std / loom switch for the primitives the bucket protocols use |
 //! | [`master`] | the master state machine |
 //! | [`uring`] | batch file I/O: the submission/completion machine and its drivers |
@@ -64,6 +67,7 @@ pub mod memory;
 pub mod net;
 #[cfg(feature = "std")]
 mod pool;
+pub mod rdma;
 pub mod sync;
 pub mod time;
 pub mod uring;

@@ -197,6 +197,8 @@ fn main() {
         }
     }
     let net = net_seeds(&root);
+    let endpoint = endpoint_seeds(&root);
+    println!("wrote {endpoint} endpoint seeds");
     println!(
         "wrote {} message, {} descriptor, {} bucket, {} master_ops and {net} net seeds under {}",
         messages.count,
@@ -205,6 +207,47 @@ fn main() {
         ops.count,
         root.display()
     );
+}
+
+/// Seeds for `endpoint_decode`: Infos of one, two and sixteen QPs with and without
+/// regions, Readies, and the same bytes cut short or extended.
+fn endpoint_seeds(root: &Path) -> usize {
+    use larder_engine::rdma::endpoint::{EndpointInfo, EndpointMessage, QpEndpoint, RemoteRegion};
+    use larder_engine::rdma::qp::{Mtu, Psn};
+
+    let mut corpus = Corpus::new(root, "endpoint_decode");
+    let info = |node, qps: u32, regions: u64| EndpointInfo {
+        node: NodeId(node),
+        nonce: 0x5eed + node,
+        gid: [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 2, 0x11, 0x22, 0xff, 0xfe, 0x33, 0x44, node as u8],
+        lid: 0,
+        mtu: Mtu::Mtu4096,
+        qps: (0..qps).map(|i| QpEndpoint { qpn: 0x100 + i, psn: Psn::truncate(i * 7919) }).collect(),
+        regions: (0..regions)
+            .map(|i| RemoteRegion {
+                addr: 0x7f00_0000_0000 + i * (1 << 30),
+                len: 1 << 30,
+                rkey: 0x1000 + i as u32,
+            })
+            .collect(),
+    };
+    let messages = [
+        EndpointMessage::Info(info(2, 1, 0)),
+        EndpointMessage::Info(info(2, 2, 1)),
+        EndpointMessage::Info(info(3, 16, 64)),
+        EndpointMessage::Info(EndpointInfo { mtu: Mtu::Mtu1024, lid: 17, ..info(2, 1, 3) }),
+        EndpointMessage::Ready { nonce: 0x5eed + 2 },
+    ];
+    for m in &messages {
+        let mut buf = vec![0u8; EndpointMessage::MAX_LEN];
+        let n = m.encode(&mut buf).expect("endpoint message");
+        corpus.save(&buf[..n]);
+        corpus.save(&buf[..n / 2]);
+        let mut longer = buf[..n].to_vec();
+        longer.push(0);
+        corpus.save(&longer);
+    }
+    corpus.count
 }
 
 /// Seeds for `net_decode`: handshake bodies, and streams as a real client and server

@@ -280,3 +280,40 @@ pub fn net_decode(data: &[u8]) {
         }
     }
 }
+
+/// Decodes an endpoint message of the RDMA handshake: a decoded one re-encodes to the
+/// same bytes, decoding stays within [`allocation_bound`], and a handshake that is
+/// given the input as its peer's first message ends up where the input says (a
+/// matching Info brings the QPs up; anything else fails it), without panicking.
+pub fn endpoint_decode(data: &[u8]) {
+    use larder_engine::rdma::endpoint::{
+        EndpointHandshake, EndpointInfo, EndpointMessage, HandshakePhase, QpEndpoint,
+    };
+    use larder_engine::rdma::qp::{Mtu, Psn};
+    use larder_engine::{Duration, Instant, NodeId};
+
+    let region = Region::new(ALLOCATOR);
+    let decoded = EndpointMessage::decode(data);
+    let allocated = region.change().bytes_allocated;
+    assert!(allocated <= allocation_bound(data.len()), "decoding {} bytes allocated {allocated}", data.len());
+    if let Ok(message) = &decoded {
+        let mut buf = vec![0u8; EndpointMessage::MAX_LEN];
+        let n = message.encode(&mut buf).expect("a decoded message encodes");
+        assert_eq!(&buf[..n], data, "re-encoding differs");
+    }
+    let local = EndpointInfo {
+        node: NodeId(1),
+        nonce: 1,
+        gid: [0; 16],
+        lid: 0,
+        mtu: Mtu::Mtu4096,
+        qps: vec![QpEndpoint { qpn: 1, psn: Psn::truncate(0) }],
+        regions: Vec::new(),
+    };
+    let mut handshake = EndpointHandshake::new(local, NodeId(2), Instant::ZERO, Duration::from_secs(1));
+    handshake.handle_message(data);
+    let brought_up =
+        matches!(&decoded, Ok(EndpointMessage::Info(info)) if info.node == NodeId(2) && info.qps.len() == 1);
+    let expected = if brought_up { HandshakePhase::BringingUp } else { HandshakePhase::Failed };
+    assert_eq!(handshake.phase(), expected, "{decoded:?}");
+}

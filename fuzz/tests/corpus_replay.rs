@@ -26,6 +26,7 @@ fn every_corpus_file_replays_cleanly() {
         ("bucket_decode", larder_fuzz::bucket_decode),
         ("master_ops", larder_fuzz::master_ops),
         ("net_decode", larder_fuzz::net_decode),
+        ("endpoint_decode", larder_fuzz::endpoint_decode),
     ] {
         let files = replay(target, body);
         assert!(files > 0, "no corpus files for {target}");

@@ -96,6 +96,17 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         connections: usize,
     },
+    /// RDMA transfers of 1 MiB over the simulated NIC (the work-request machine, the
+    /// QP machines and the device model) against memcpy of the same bytes between the
+    /// same buffers.
+    Rdma {
+        /// Bytes moved per run and contender.
+        #[arg(long, default_value_t = 1 << 30)]
+        size: u64,
+        /// Bytes per transfer.
+        #[arg(long, default_value_t = 1 << 20)]
+        transfer: usize,
+    },
     /// Reopening a node directory of many records (cold page cache) to a usable
     /// index, against only reading the same trailers and footers.
     Recovery {
@@ -146,6 +157,9 @@ fn main() {
         }
         Command::Master { requests, connections } => {
             emit(compare_master(cli.runs, requests, connections), cli.json, Report::print_table)
+        }
+        Command::Rdma { size, transfer } => {
+            emit(Ok(compare_rdma(cli.runs, size, transfer)), cli.json, Report::print_table)
         }
         Command::Recovery { records, value } => {
             emit(compare_recovery(&cli.dir, cli.runs, records, value), cli.json, print_recovery)
@@ -254,6 +268,45 @@ fn compare_master(runs: usize, requests: usize, connections: usize) -> Result<Re
         rows: vec![master],
         notes: vec![],
     })
+}
+
+fn compare_rdma(runs: usize, size: u64, transfer: usize) -> Report {
+    use larder_benches::compare::rdma;
+    use larder_engine::rdma::transfer::Opcode;
+    let rows = [("write", Opcode::Write), ("read", Opcode::Read)]
+        .into_iter()
+        .map(|(name, opcode)| {
+            let (mut memcpy, mut simulated) = (rdma::Memcpy::new(), rdma::Simulated::new());
+            let (mut copy, mut sim) = (vec![], vec![]);
+            for _ in 0..runs {
+                copy.push(memcpy.run(size, transfer));
+                sim.push(simulated.run(opcode, size, transfer));
+            }
+            Row::new(
+                format!("RDMA {name} of {}", human_size(transfer as u64)),
+                vec![Measured::from_runs("memcpy", copy), Measured::from_runs("simulated NIC", sim)],
+            )
+        })
+        .collect();
+    Report {
+        title: String::from("RDMA transfers over the simulated NIC against memcpy of the same bytes"),
+        setup: vec![
+            format!("{} per run and contender, median of {runs} runs", human_size(size)),
+            format!(
+                "two registered regions of {}; transfers cycle through them",
+                human_size(rdma::REGION as u64)
+            ),
+            format!(
+                "simulated: WrMachine (2 QPs, 64 KiB slices) + QueuePair + SimNic, {} transfers in flight; both sides' buffers touched before timing",
+                rdma::IN_FLIGHT
+            ),
+        ],
+        unit: String::from("MB/s"),
+        rows,
+        notes: vec![String::from(
+            "no RDMA device here: the simulated NIC copies with memcpy, so this measures the machines' overhead",
+        )],
+    }
 }
 
 /// What `compare net` measures.

@@ -5,6 +5,7 @@ pub mod disk;
 pub mod fio;
 pub mod io;
 pub mod net;
+pub mod rdma;
 pub mod recovery;
 pub mod report;
 pub mod store;
