@@ -93,6 +93,12 @@ pub enum EncodeError {
         /// Its bound.
         max: u64,
     },
+    /// A field holds a value the decoder refuses (out of its domain).
+    #[error("invalid {what}")]
+    Invalid {
+        /// The field.
+        what: &'static str,
+    },
 }
 
 /// A cursor over a borrowed input.

@@ -48,16 +48,16 @@ mod rdma {
     }
 
     fn faults() -> impl Strategy<Value = Faults> {
-        (0.0..0.2f64, 0.0..0.1f64, prop::bool::weighted(0.3), 0.0..0.02f64, 0.0..0.1f64, 0u32..8).prop_map(
-            |(lost_packet, rnr, access, qp_error, refused_post, delay)| Faults {
+        (0.0..0.2f64, 0.0..0.1f64, prop::bool::weighted(0.3), 0.0..0.02f64, 0.0..0.1f64, 0u32..8, 0.0..0.5f64)
+            .prop_map(|(lost_packet, rnr, access, qp_error, refused_post, delay, eager)| Faults {
                 lost_packet,
                 rnr,
                 remote_access: if access { 0.01 } else { 0.0 },
                 qp_error,
                 refused_post,
                 max_completion_delay: delay,
-            },
-        )
+                eager,
+            })
     }
 
     /// What one run did.
@@ -94,8 +94,12 @@ mod rdma {
         let stats = link.stats();
         assert_eq!(stats.released_early, 0, "a buffer was released while the device could touch it");
         assert_eq!(stats.posts_overflowed, 0, "the machine over-filled a send queue");
-        assert_eq!(link.nic.stats().cq_overruns, 0, "the completion queue overflowed");
-        assert_eq!(link.nic.stats().sq_full, 0);
+        let nic = link.nic.stats();
+        assert_eq!(nic.cq_overruns, 0, "the completion queue overflowed");
+        assert_eq!(nic.cq_bound_exceeded, 0, "more requests held slots than the CQ has entries");
+        assert_eq!(nic.sq_full, 0);
+        assert_eq!(nic.discarded, stats.discarded_by_destroy, "a reset discarded requests or completions");
+        assert_eq!(link.machine.stats().stray_completions, 0, "a completion matched no outstanding request");
         assert!(link.machine.is_idle());
         let mut outcome =
             Outcome { link: stats, wr: link.machine.stats(), nic: link.nic.stats(), ..Outcome::default() };
@@ -157,6 +161,7 @@ mod rdma {
             qp_error: 0.02,
             refused_post: 0.1,
             max_completion_delay: 4,
+            eager: 0.3,
         };
         let wr = WrConfig { max_send_wr: 16, signal_interval: 5, max_chain: 8, ..WrConfig::default() };
         let cases: Vec<Case> = (0..12)
@@ -183,6 +188,29 @@ mod rdma {
     }
 
     #[test]
+    fn deep_send_queues_on_a_small_cq_keep_within_the_cq() {
+        let wr = WrConfig { qps: 4, max_send_wr: 64, cq_capacity: 16, max_chain: 8, ..WrConfig::default() };
+        let cases: Vec<Case> =
+            (0..12).map(|_| Case { opcode: Opcode::Write, offset: 0, len: 256 << 10 }).collect();
+        let o = run_and_check_outcome(wr, Faults { max_completion_delay: 6, ..Faults::default() }, 9, &cases);
+        assert!(o.failures.is_empty());
+    }
+
+    /// A post refused after the device already executed the requests before the
+    /// refusal, all unsignaled: nothing would ever complete them but the drain marker.
+    #[test]
+    fn requests_executed_before_a_refused_post_are_completed_by_the_drain_marker() {
+        let wr = WrConfig { qps: 2, signal_interval: 100, max_chain: 4, ..WrConfig::default() };
+        let mut link = link(wr, Faults { eager: 1.0, ..Faults::default() }, 4);
+        link.nic.refuse_next_post(3);
+        let id = link.submit(Opcode::Write, 0, 0, 256 << 10).unwrap();
+        let done = link.run();
+        assert_eq!(done, [(id, Ok(256 << 10))]);
+        assert_eq!((link.stats().posts_failed, link.stats().qps_rebuilt), (1, 1));
+        assert!(link.machine.is_idle());
+    }
+
+    #[test]
     fn a_refused_access_fails_its_transfer_with_a_typed_error() {
         let faults = Faults { remote_access: 1.0, ..Faults::default() };
         let failures = run_and_check(
@@ -202,43 +230,72 @@ mod rdma {
         assert_eq!(failures, [TransferError::RetriesExhausted(WcStatus::RetryExcErr)]);
     }
 
-    #[test]
-    fn a_machine_that_never_signals_is_refused_by_the_device_once_the_queue_is_full() {
-        // The broken variant of the signaling rule: with the last of a chain unsignaled
-        // the device's slots are never freed. Modelled here by posting straight to the
-        // simulated NIC, since the machine cannot be configured to do it.
-        use larder_engine::rdma::sim::{ENOMEM, SimNic};
-        use larder_engine::rdma::transfer::WorkRequest;
+    use larder_engine::rdma::mr::MemoryRegion;
+    use larder_engine::rdma::sim::{CqId, HostId, SimNic};
+    use larder_engine::rdma::transfer::WorkRequest;
+
+    /// A device with two hosts, a 4 KiB region on each and one connected pair of QPs
+    /// with `depth` send slots; the initiator's host, regions, CQ and QP number.
+    fn connected_pair(depth: usize) -> (SimNic, HostId, MemoryRegion, MemoryRegion, CqId, u32) {
+        use larder_engine::rdma::qp::{Access, Mtu, QpConfig, QueuePair, RemoteQp};
         let mut nic = SimNic::new(1, Faults::default());
-        let host = nic.add_host();
+        let (a, b) = (nic.add_host(), nic.add_host());
+        let rights = Access::LOCAL_WRITE | Access::REMOTE_WRITE;
+        let (local, remote) = (nic.register(a, 4096, rights), nic.register(b, 4096, rights));
         let cq = nic.create_cq(64);
-        let qpn = nic.create_qp(host, cq, 4);
-        let mut qp = larder_engine::rdma::qp::QueuePair::new(Default::default());
-        let remote = larder_engine::rdma::qp::RemoteQp {
-            qpn,
-            gid: [0; 16],
-            lid: 0,
-            psn: Default::default(),
-            mtu: larder_engine::rdma::qp::Mtu::Mtu4096,
-        };
-        qp.connect(remote, Default::default()).unwrap();
-        while let Some(m) = qp.poll_modify() {
-            qp.handle_modify_result(nic.modify_qp(qpn, &m)).unwrap();
+        let (qa, qb) = (nic.create_qp(a, cq, depth), nic.create_qp(b, cq, depth));
+        for (qpn, peer) in [(qa, qb), (qb, qa)] {
+            let mut qp = QueuePair::new(QpConfig::default());
+            let remote =
+                RemoteQp { qpn: peer, gid: [0; 16], lid: 0, psn: Default::default(), mtu: Mtu::Mtu4096 };
+            qp.connect(remote, Default::default()).unwrap();
+            while let Some(m) = qp.poll_modify() {
+                qp.handle_modify_result(nic.modify_qp(qpn, &m)).unwrap();
+            }
         }
-        let wr = |wr_id| WorkRequest {
+        (nic, a, local, remote, cq, qa)
+    }
+
+    fn write(local: &MemoryRegion, remote: &MemoryRegion, wr_id: u64, signaled: bool) -> WorkRequest {
+        WorkRequest {
             wr_id,
             opcode: Opcode::Write,
-            local_addr: 0,
-            lkey: 0,
-            len: 1,
-            remote_addr: 0,
-            rkey: 0,
-            signaled: false,
-        };
-        let chain: Vec<WorkRequest> = (0..4).map(wr).collect();
-        nic.post_send(qpn, &chain).unwrap();
-        let err = nic.post_send(qpn, &[wr(9)]).unwrap_err();
-        assert_eq!((err.first_unposted, err.errno), (0, ENOMEM));
+            local_addr: local.addr,
+            lkey: local.lkey,
+            len: 8,
+            remote_addr: remote.addr,
+            rkey: remote.rkey,
+            signaled,
+        }
+    }
+
+    /// The device rule the machine's signaling exists for: a queue filled with
+    /// unsignaled requests stays full after they execute.
+    #[test]
+    fn the_simulated_device_never_frees_slots_of_unsignaled_requests_alone() {
+        use larder_engine::rdma::sim::ENOMEM;
+        let (mut nic, _, local, remote, cq, qp) = connected_pair(4);
+        let chain: Vec<WorkRequest> = (1..=4).map(|id| write(&local, &remote, id, false)).collect();
+        nic.post_send(qp, &chain).unwrap();
+        while nic.step() {}
+        assert_eq!(nic.stats().executed, 4);
+        assert_eq!(nic.poll_cq(cq, 16, &mut Vec::new()), 0);
+        let refused = nic.post_send(qp, &[write(&local, &remote, 5, true)]).unwrap_err();
+        assert_eq!((refused.first_unposted, refused.errno), (0, ENOMEM));
+    }
+
+    /// ... and one polled completion frees its request and every earlier one of its QP.
+    #[test]
+    fn one_polled_completion_frees_the_slots_of_its_qps_earlier_requests() {
+        let (mut nic, host, local, remote, cq, qp) = connected_pair(4);
+        let chain: Vec<WorkRequest> = (1..=4).map(|id| write(&local, &remote, id, id == 4)).collect();
+        nic.post_send(qp, &chain).unwrap();
+        while nic.step() {}
+        assert!(nic.touches(host, local.addr, 8), "executed, but no completion polled yet");
+        assert_eq!(nic.poll_cq(cq, 16, &mut Vec::new()), 1);
+        assert!(!nic.touches(host, local.addr, 8));
+        let again: Vec<WorkRequest> = (5..=8).map(|id| write(&local, &remote, id, id == 8)).collect();
+        nic.post_send(qp, &again).unwrap();
     }
 
     proptest! {
@@ -255,7 +312,10 @@ mod rdma {
             for failure in run_and_check(wr, faults, seed, &cases) {
                 match failure {
                     TransferError::Refused(WcStatus::RemAccessErr) => prop_assert!(faults.remote_access > 0.0),
-                    TransferError::RetriesExhausted(_) => {}
+                    TransferError::RetriesExhausted(_) => prop_assert!(
+                        faults.lost_packet + faults.rnr + faults.qp_error + faults.refused_post + faults.remote_access > 0.0,
+                        "retries exhausted without faults"
+                    ),
                     other => prop_assert!(false, "unexpected failure {:?}", other),
                 }
             }

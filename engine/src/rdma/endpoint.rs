@@ -87,6 +87,33 @@ pub struct EndpointInfo {
 }
 
 impl EndpointInfo {
+    /// What the decoder refuses: no QP or more than [`MAX_QPS`], a QP number of more
+    /// than 24 bits, more than [`MAX_REGIONS`] regions, an empty or wrapping region, or
+    /// regions not sorted and disjoint.
+    fn check(&self) -> Result<(), EncodeError> {
+        let invalid = |what| Err(EncodeError::Invalid { what });
+        if self.qps.is_empty() {
+            return invalid("qp count (at least 1)");
+        }
+        if self.qps.len() > MAX_QPS {
+            return Err(EncodeError::TooLong {
+                what: "qp count",
+                len: self.qps.len() as u64,
+                max: MAX_QPS as u64,
+            });
+        }
+        if self.qps.iter().any(|qp| qp.qpn > Psn::MAX) {
+            return invalid("qp number (24 bits)");
+        }
+        if self.regions.iter().any(|r| r.len == 0 || r.addr.checked_add(r.len).is_none()) {
+            return invalid("region range");
+        }
+        if self.regions.windows(2).any(|pair| pair[0].end() > pair[1].addr) {
+            return invalid("region order (sorted, disjoint)");
+        }
+        Ok(())
+    }
+
     /// What the QP at `index` connects to on this side.
     pub fn remote_qp(&self, index: usize) -> Option<RemoteQp> {
         let qp = self.qps.get(index)?;
@@ -125,13 +152,7 @@ impl EndpointMessage {
         w.u8(ENDPOINT_FORMAT_VERSION);
         match self {
             EndpointMessage::Info(info) => {
-                if info.qps.is_empty() {
-                    return Err(EncodeError::TooLong {
-                        what: "qp count (at least 1)",
-                        len: 0,
-                        max: MAX_QPS as u64,
-                    });
-                }
+                info.check()?;
                 w.u8(TAG_INFO);
                 w.u64(info.node.0);
                 w.u64(info.nonce);
@@ -261,7 +282,8 @@ pub enum EndpointEvent {
     },
     /// Both sides' QPs are in RTS: work requests may be posted.
     Connected,
-    /// The handshake is over without a connection.
+    /// The handshake is over without a connection (or, with
+    /// [`HandshakeError::PeerRestarted`], a connection is over: rebuild the endpoint).
     Failed(HandshakeError),
 }
 
@@ -344,7 +366,17 @@ impl EndpointHandshake {
 
     /// One message from the peer.
     pub fn handle_message(&mut self, bytes: &[u8]) {
-        if matches!(self.phase, HandshakePhase::Failed | HandshakePhase::Connected) {
+        if self.phase == HandshakePhase::Failed {
+            return;
+        }
+        if self.phase == HandshakePhase::Connected {
+            // Connected: only a restart of the peer's endpoint matters (its QPs are
+            // new, so these are dead); anything else is a late duplicate.
+            if let Ok(EndpointMessage::Info(info)) = EndpointMessage::decode(bytes) {
+                if self.peer.as_ref().is_some_and(|p| p.nonce != info.nonce) {
+                    self.fail(HandshakeError::PeerRestarted);
+                }
+            }
             return;
         }
         match EndpointMessage::decode(bytes) {

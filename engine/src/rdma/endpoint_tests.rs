@@ -132,8 +132,27 @@ fn out_of_bounds_fields_are_refused() {
 #[test]
 fn the_encoder_refuses_what_the_decoder_would() {
     let mut buf = vec![0u8; 4 * EndpointMessage::MAX_LEN];
-    assert!(EndpointMessage::Info(info(1, 2, 0)).encode(&mut buf).is_err());
-    assert!(EndpointMessage::Info(info(1, 2, MAX_QPS + 1)).encode(&mut buf).is_err());
+    let refused = |info: EndpointInfo| {
+        EndpointMessage::Info(info).encode(&mut vec![0u8; 4 * EndpointMessage::MAX_LEN]).is_err()
+    };
+    assert!(refused(info(1, 2, 0)));
+    assert!(refused(info(1, 2, MAX_QPS + 1)));
+    let mut wide = info(1, 2, 1);
+    wide.qps[0].qpn = 1 << 24;
+    assert!(refused(wide));
+    let mut many = info(1, 2, 1);
+    many.regions =
+        (0..=MAX_REGIONS as u64).map(|i| RemoteRegion { addr: i * 10, len: 10, rkey: 0 }).collect();
+    assert!(refused(many));
+    for regions in [
+        vec![RemoteRegion { addr: 5, len: 0, rkey: 1 }],
+        vec![RemoteRegion { addr: u64::MAX, len: 2, rkey: 1 }],
+        vec![RemoteRegion { addr: 100, len: 10, rkey: 1 }, RemoteRegion { addr: 105, len: 10, rkey: 2 }],
+        vec![RemoteRegion { addr: 100, len: 10, rkey: 1 }, RemoteRegion { addr: 50, len: 10, rkey: 2 }],
+    ] {
+        assert!(refused(EndpointInfo { regions: regions.clone(), ..info(1, 2, 1) }), "{regions:?}");
+    }
+    assert!(EndpointMessage::Info(info(1, 2, 1)).encode(&mut buf).is_ok());
 }
 
 const T0: Instant = Instant::ZERO;
@@ -259,6 +278,25 @@ fn out_of_turn_messages_end_the_handshake_with_a_typed_error() {
     assert!(matches!(failure(&mut a), Some(HandshakeError::Decode(_))));
     assert_eq!(a.phase(), HandshakePhase::Failed);
     assert_eq!(a.poll_transmit(&mut [0u8; 8]), None, "a failed handshake sends nothing more");
+}
+
+#[test]
+fn a_peer_that_restarts_its_endpoint_after_connecting_ends_the_connection() {
+    let [mut a, mut b] = pair(1, 1);
+    for _ in 0..3 {
+        bring_up(&mut a);
+        bring_up(&mut b);
+        let (ma, mb) = (outbox(&mut a), outbox(&mut b));
+        ma.iter().for_each(|m| b.handle_message(m));
+        mb.iter().for_each(|m| a.handle_message(m));
+    }
+    assert_eq!(a.phase(), HandshakePhase::Connected);
+    events(&mut a);
+    // A late duplicate of the same Info is ignored; a new nonce is a restart.
+    a.handle_message(&encode(&EndpointMessage::Info(info(2, 22, 1))));
+    assert_eq!(a.phase(), HandshakePhase::Connected);
+    a.handle_message(&encode(&EndpointMessage::Info(info(2, 23, 1))));
+    assert_eq!(failure(&mut a), Some(HandshakeError::PeerRestarted));
 }
 
 #[test]

@@ -267,6 +267,8 @@ pub fn check_modify(actual: QpState, sq_draining: bool, call: ModifyCall) -> Res
     if call.mask.contains(AttrMask::STATE) && from == QpState::Sqd && sq_draining && to != QpState::Err {
         return Err(ModifyError::Draining);
     }
+    // Without STATE the call is checked as cur -> cur but moves nothing.
+    let after = if call.mask.contains(AttrMask::STATE) { to } else { actual };
     let rule = rc_transition(from, to).ok_or(ModifyError::InvalidTransition { from, to })?;
     let missing = rule.required.difference(call.mask);
     if !missing.is_empty() {
@@ -276,7 +278,7 @@ pub fn check_modify(actual: QpState, sq_draining: bool, call: ModifyCall) -> Res
     if !extra.is_empty() {
         return Err(ModifyError::UnexpectedAttributes { from, to, extra });
     }
-    Ok(to)
+    Ok(after)
 }
 
 /// A 24-bit packet sequence number.
@@ -450,6 +452,8 @@ pub struct AddressVector {
 pub struct QpAttributes {
     /// `qp_state`.
     pub state: QpState,
+    /// `cur_qp_state` (read with [`AttrMask::CUR_STATE`], which this machine never sets).
+    pub cur_state: QpState,
     /// `port_num`.
     pub port: u8,
     /// `pkey_index`.
@@ -484,6 +488,7 @@ impl QpAttributes {
     fn to(state: QpState) -> Self {
         Self {
             state,
+            cur_state: QpState::Reset,
             port: 0,
             pkey_index: 0,
             access: Access::empty(),
@@ -514,7 +519,7 @@ pub struct ModifyRequest {
 impl ModifyRequest {
     /// The call as [`check_modify`] sees it.
     pub fn call(&self) -> ModifyCall {
-        ModifyCall { mask: self.mask, target: self.attrs.state, claimed_current: self.attrs.state }
+        ModifyCall { mask: self.mask, target: self.attrs.state, claimed_current: self.attrs.cur_state }
     }
 }
 

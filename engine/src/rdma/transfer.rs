@@ -37,8 +37,11 @@
 //!    gives chains.
 //! 4. Feed every polled completion to [`WrMachine::handle_completion`], and a QP's
 //!    fatal event to [`WrMachine::handle_qp_error`].
-//! 5. Drain [`WrMachine::poll_event`]; on [`WrEvent::QpFailed`] move that QP to ERR
-//!    before the next `poll_post` (which then gives its marker). Go back to step 3
+//! 5. Drain [`WrMachine::poll_event`] after every `handle_*` call: on
+//!    [`WrEvent::QpFailed`] move that QP to ERR before the next `poll_post` (which
+//!    then gives its marker); on [`WrEvent::MarkerRefused`] destroy the QP and call
+//!    [`WrMachine::handle_qp_destroyed`]; on [`WrEvent::QpDrained`] reset and
+//!    reconnect it, then [`WrMachine::handle_qp_restored`]. Go back to step 3
 //!    (completions free room).
 
 use alloc::collections::VecDeque;
@@ -105,7 +108,8 @@ pub struct WrConfig {
     pub qps: usize,
     /// Each QP's `max_send_wr` (as `ibv_create_qp` gave it back).
     pub max_send_wr: u32,
-    /// The shared CQ's entries.
+    /// The entries of the CQ this endpoint's QPs complete into. The CQ is this
+    /// machine's alone: `wr_id`s are unique per machine, not across machines.
     pub cq_capacity: u32,
     /// One request in this many is signaled (and always a chain's last).
     pub signal_interval: u32,
@@ -129,6 +133,24 @@ impl Default for WrConfig {
             slice_size: 64 * 1024,
             max_retries: 9,
             max_chain: 32,
+        }
+    }
+}
+
+impl WrConfig {
+    /// The configuration the machine runs with: at least one QP, send queues of at
+    /// least 2 and a CQ of at least 2 per QP (one each is kept for drain markers), and
+    /// no zero interval, slice or chain. Size the device's queues from this.
+    pub fn normalized(self) -> Self {
+        let qps = self.qps.max(1);
+        Self {
+            qps,
+            max_send_wr: self.max_send_wr.max(2),
+            cq_capacity: self.cq_capacity.max(2 * qps as u32),
+            signal_interval: self.signal_interval.max(1),
+            slice_size: self.slice_size.max(1),
+            max_chain: self.max_chain.max(1),
+            ..self
         }
     }
 }
@@ -176,6 +198,13 @@ pub enum WrEvent {
     /// [`WrMachine::poll_post`], so that its outstanding requests and the marker that
     /// follows complete flushed.
     QpFailed {
+        /// Its index.
+        qp: usize,
+    },
+    /// Posting the failed QP's drain marker was refused, so its outstanding requests
+    /// may never complete: destroy the QP (its buffers are then out of the device's
+    /// reach) and call [`WrMachine::handle_qp_destroyed`].
+    MarkerRefused {
         /// Its index.
         qp: usize,
     },
@@ -314,16 +343,7 @@ impl WrMachine {
     /// takes at least 2 requests and the CQ at least 2 per QP (one each is kept for
     /// drain markers).
     pub fn new(config: WrConfig, local: MemoryRegions, remote: Vec<RemoteRegion>) -> Self {
-        let qps = config.qps.max(1);
-        let config = WrConfig {
-            qps,
-            max_send_wr: config.max_send_wr.max(2),
-            cq_capacity: config.cq_capacity.max(2 * qps as u32),
-            signal_interval: config.signal_interval.max(1),
-            slice_size: config.slice_size.max(1),
-            max_chain: config.max_chain.max(1),
-            ..config
-        };
+        let config = config.normalized();
         let lanes = (0..config.qps)
             .map(|_| Lane {
                 state: LaneState::Up,
@@ -410,9 +430,8 @@ impl WrMachine {
         if len == 0 {
             return Err(TransferError::Empty);
         }
-        let (Some(local_end), Some(_)) = (local_addr.checked_add(len), remote_addr.checked_add(len)) else {
-            return Err(TransferError::LocalRange);
-        };
+        let local_end = local_addr.checked_add(len).ok_or(TransferError::LocalRange)?;
+        remote_addr.checked_add(len).ok_or(TransferError::RemoteRange)?;
         let (mut offset, mut count) = (0, 0);
         while offset < len {
             let (l, r) = (local_addr + offset, remote_addr + offset);
@@ -474,10 +493,18 @@ impl WrMachine {
                 continue;
             }
             self.next_lane = qp + 1;
-            let count = room.min(self.queue.len());
-            for i in 0..count {
+            while chain.len() < room {
                 let Some(slice) = self.queue.pop_front() else { break };
-                chain.push(self.post_one(qp, slice, i + 1 == count));
+                if let Some(wr) = self.post_one(qp, slice) {
+                    chain.push(wr);
+                }
+            }
+            let last = chain.last_mut()?;
+            // Every chain ends signaled, so that its last slot is freed by a completion.
+            if !last.signaled {
+                last.signaled = true;
+                self.lanes[qp].since_signal = 0;
+                self.stats.signaled += 1;
             }
             self.awaiting_post = Some((qp, chain.len()));
             return Some(qp);
@@ -485,23 +512,28 @@ impl WrMachine {
         None
     }
 
-    fn post_one(&mut self, qp: usize, slice: Slice, last: bool) -> WorkRequest {
-        let opcode = self.transfers.get_mut(slice.transfer.0).map_or(Opcode::Read, |t| {
-            t.queued -= 1;
-            t.in_flight += 1;
-            t.opcode
-        });
+    /// The request for one queued slice; `None` (and dropped) if its transfer is gone,
+    /// which the counters never allow.
+    fn post_one(&mut self, qp: usize, slice: Slice) -> Option<WorkRequest> {
+        let Some(t) = self.transfers.get_mut(slice.transfer.0) else {
+            debug_assert!(false, "a queued slice outlived its transfer");
+            return None;
+        };
+        debug_assert!(t.error.is_none(), "a failed transfer's slices are never queued");
+        t.queued -= 1;
+        t.in_flight += 1;
+        let opcode = t.opcode;
         let wr_id = self.posted.insert(|_| Posted { slice: Some(slice), lane: qp });
         let lane = &mut self.lanes[qp];
         lane.since_signal += 1;
-        let signaled = last || lane.since_signal >= self.config.signal_interval;
+        let signaled = lane.since_signal >= self.config.signal_interval;
         if signaled {
             lane.since_signal = 0;
             self.stats.signaled += 1;
         }
         lane.outstanding.push_back(wr_id);
         self.cq_outstanding += 1;
-        WorkRequest {
+        Some(WorkRequest {
             wr_id,
             opcode,
             local_addr: slice.local_addr,
@@ -510,7 +542,7 @@ impl WrMachine {
             remote_addr: slice.remote_addr,
             rkey: slice.rkey,
             signaled,
-        }
+        })
     }
 
     fn post_marker(&mut self, qp: usize) -> WorkRequest {
@@ -550,14 +582,22 @@ impl WrMachine {
             let Some(posted) = self.posted.remove(wr_id) else { continue };
             self.cq_outstanding -= 1;
             let Some(slice) = posted.slice else {
-                self.lanes[qp].marker_posted = false;
+                // The drain marker itself was refused: offering it again would loop.
+                // The QP must be destroyed (which ends the device's access to every
+                // buffer it names) and reported with handle_qp_destroyed.
+                self.events.push_back(WrEvent::MarkerRefused { qp });
                 continue;
             };
-            if let Some(t) = self.transfers.get_mut(slice.transfer.0) {
+            let Some(t) = self.transfers.get_mut(slice.transfer.0) else { continue };
+            if t.error.is_some() {
+                // Failed meanwhile (fail_all between the post and its result): not sent
+                // again.
+                self.slice_left(slice.transfer);
+            } else {
                 t.in_flight -= 1;
                 t.queued += 1;
+                self.queue.push_front(slice);
             }
-            self.queue.push_front(slice);
         }
         self.fail_lane(qp);
         self.check_drained(qp);
@@ -596,12 +636,12 @@ impl WrMachine {
     /// names; the others are earlier ones of its QP).
     fn slice_covered(&mut self, slice: Slice, class: StatusClass, this: bool, status: WcStatus) {
         match class {
-            // Earlier requests were executed, in order, before the one completed. A
-            // flush (a drain marker's, say) says nothing of them, so they are sent
-            // again: that is harmless, it is the same bytes to the same place.
+            // Earlier requests without a completion of their own were executed, in
+            // order, before the one completed: a failed or flushed request always
+            // completes (signaled or not), and on an RC QP completions come in order.
+            _ if !this => self.slice_left(slice.transfer),
             StatusClass::Success => self.slice_left(slice.transfer),
             StatusClass::Flushed => self.slice_again(slice, status),
-            _ if !this => self.slice_left(slice.transfer),
             StatusClass::Transient => self.slice_again(slice, status),
             StatusClass::Refused => {
                 self.fail_transfer(slice.transfer, TransferError::Refused(status));
@@ -617,6 +657,23 @@ impl WrMachine {
             self.fail_lane(qp);
             self.check_drained(qp);
         }
+    }
+
+    /// The QP was destroyed (or reset, which drops its requests without completions):
+    /// the device touches none of its buffers any more, so its outstanding requests are
+    /// sent again on other QPs, and it is drained.
+    pub fn handle_qp_destroyed(&mut self, qp: usize) {
+        if qp >= self.lanes.len() {
+            return;
+        }
+        self.fail_lane(qp);
+        while let Some(wr_id) = self.lanes[qp].outstanding.pop_front() {
+            if let Some(Posted { slice: Some(slice), .. }) = self.posted.remove(wr_id) {
+                self.slice_again(slice, WcStatus::WrFlushErr);
+            }
+            self.cq_outstanding -= 1;
+        }
+        self.check_drained(qp);
     }
 
     /// The drained QP `qp` is connected again (reset, RESET → RTS): it takes requests.

@@ -94,7 +94,8 @@ fn ranges_outside_the_regions_are_refused_and_nothing_is_queued() {
     assert_eq!(m.submit(Opcode::Write, LOCAL + 2048 * KIB - 10, REMOTE, 11), Err(TransferError::LocalRange));
     assert_eq!(m.submit(Opcode::Write, LOCAL, REMOTE + 4608 * KIB - 10, 11), Err(TransferError::RemoteRange));
     assert_eq!(m.submit(Opcode::Write, LOCAL, REMOTE - 1, 10), Err(TransferError::RemoteRange));
-    assert_eq!(m.submit(Opcode::Write, LOCAL, u64::MAX - 5, 10), Err(TransferError::LocalRange));
+    assert_eq!(m.submit(Opcode::Write, LOCAL, u64::MAX - 5, 10), Err(TransferError::RemoteRange));
+    assert_eq!(m.submit(Opcode::Write, u64::MAX - 5, REMOTE, 10), Err(TransferError::LocalRange));
     // A read lands in local memory: the region must allow local writes.
     assert_eq!(m.submit(Opcode::Read, 0x50_0000_0000, REMOTE, 10), Err(TransferError::LocalRange));
     m.submit(Opcode::Write, 0x50_0000_0000, REMOTE, 10).unwrap();
@@ -274,13 +275,13 @@ fn a_refused_post_requeues_what_was_not_posted_and_fails_the_qp() {
     assert_eq!(again.iter().map(|(qp, c)| (*qp, c.len())).collect::<Vec<_>>(), [(0, 1), (1, 2)]);
     let marker = again[0].1[0];
     assert!(marker.signaled && marker.len == 0);
-    // The marker's flush covers QP 0's two requests: they go again.
-    m.handle_completion(Completion { wr_id: marker.wr_id, status: WcStatus::WrFlushErr });
-    assert_eq!(events(&mut m), [WrEvent::QpDrained { qp: 0 }]);
+    // In RC order: QP 0's two requests flush (they go again), then the marker.
     for wr in &posted {
         m.handle_completion(Completion { wr_id: wr.wr_id, status: WcStatus::WrFlushErr });
     }
-    assert_eq!(m.stats().stray_completions, 2, "covered by the marker already");
+    assert!(events(&mut m).is_empty(), "not drained before the marker's completion");
+    m.handle_completion(Completion { wr_id: marker.wr_id, status: WcStatus::WrFlushErr });
+    assert_eq!(events(&mut m), [WrEvent::QpDrained { qp: 0 }]);
     let last: Vec<WorkRequest> = post_all(&mut m).into_iter().flat_map(|(_, c)| c).collect();
     assert_eq!(last.len(), 2);
     m.handle_completion(ok(again[1].1[1].wr_id));
@@ -307,4 +308,62 @@ fn fail_all_ends_queued_transfers_at_once_and_posted_ones_at_their_completions()
         [WrEvent::Done { id: first, result: Err(TransferError::Closed) }, WrEvent::QpDrained { qp: 0 }]
     );
     assert!(m.is_idle());
+}
+
+#[test]
+fn a_marker_covers_requests_that_executed_without_a_completion() {
+    let mut m = machine(WrConfig { qps: 1, max_chain: 3, signal_interval: 100, ..WrConfig::default() });
+    let id = m.submit(Opcode::Write, LOCAL, REMOTE, 192 * KIB).unwrap();
+    let mut chain = Vec::new();
+    assert_eq!(m.poll_post(&mut chain), Some(0));
+    // Two of three posted, both unsignaled; the device executes them and says nothing.
+    m.handle_post_result(Err(PostFailure { first_unposted: 2, errno: 5 }));
+    assert_eq!(events(&mut m), [WrEvent::QpFailed { qp: 0 }]);
+    let marker = post_all(&mut m).remove(0).1[0];
+    assert_eq!(marker.len, 0);
+    // The QP in ERR flushes only the marker: it covers the two, which were executed.
+    m.handle_completion(Completion { wr_id: marker.wr_id, status: WcStatus::WrFlushErr });
+    assert_eq!(events(&mut m), [WrEvent::QpDrained { qp: 0 }]);
+    assert!(m.handle_qp_restored(0));
+    let last: Vec<WorkRequest> = post_all(&mut m).into_iter().flat_map(|(_, c)| c).collect();
+    assert_eq!(last.len(), 1, "only the unposted slice goes again");
+    m.handle_completion(ok(last[0].wr_id));
+    assert_eq!(events(&mut m), [WrEvent::Done { id, result: Ok(192 * KIB) }]);
+    assert_eq!(m.stats().retries, 0);
+}
+
+#[test]
+fn a_transfer_failed_between_a_post_and_its_result_is_not_sent_again() {
+    let mut m = machine(WrConfig { qps: 2, ..WrConfig::default() });
+    let id = m.submit(Opcode::Write, LOCAL, REMOTE, 128 * KIB).unwrap();
+    let mut chain = Vec::new();
+    assert_eq!(m.poll_post(&mut chain), Some(0));
+    m.fail_all(TransferError::Closed);
+    m.handle_post_result(Err(PostFailure { first_unposted: 0, errno: 5 }));
+    let got = events(&mut m);
+    assert!(got.contains(&WrEvent::Done { id, result: Err(TransferError::Closed) }), "{got:?}");
+    assert!(post_all(&mut m).is_empty(), "nothing of the closed transfer is posted again");
+    assert!(m.is_idle());
+}
+
+#[test]
+fn a_refused_marker_is_not_offered_again_and_a_destroyed_qp_gives_its_requests_back() {
+    let mut m = machine(WrConfig { qps: 2, max_chain: 2, signal_interval: 100, ..WrConfig::default() });
+    let id = m.submit(Opcode::Write, LOCAL, REMOTE, 128 * KIB).unwrap();
+    let wrs: Vec<(usize, Vec<WorkRequest>)> = post_all(&mut m);
+    assert_eq!(wrs.len(), 1);
+    m.handle_qp_error(0);
+    assert_eq!(events(&mut m), [WrEvent::QpFailed { qp: 0 }]);
+    let mut chain = Vec::new();
+    assert_eq!(m.poll_post(&mut chain), Some(0));
+    assert_eq!(chain[0].len, 0, "the marker");
+    m.handle_post_result(Err(PostFailure { first_unposted: 0, errno: 5 }));
+    assert_eq!(events(&mut m), [WrEvent::MarkerRefused { qp: 0 }]);
+    assert_eq!(m.poll_post(&mut chain), None, "the marker is not offered again");
+    m.handle_qp_destroyed(0);
+    assert_eq!(events(&mut m), [WrEvent::QpDrained { qp: 0 }]);
+    let again: Vec<(usize, Vec<WorkRequest>)> = post_all(&mut m);
+    assert_eq!(again.iter().map(|(qp, c)| (*qp, c.len())).collect::<Vec<_>>(), [(1, 2)]);
+    m.handle_completion(ok(again[0].1[1].wr_id));
+    assert_eq!(events(&mut m), [WrEvent::Done { id, result: Ok(128 * KIB) }]);
 }

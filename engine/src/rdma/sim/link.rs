@@ -46,6 +46,10 @@ pub struct LinkStats {
     pub posts_overflowed: u64,
     /// Posts refused by an injected fault.
     pub posts_failed: u64,
+    /// QPs destroyed (reset) after their drain marker was refused.
+    pub qps_destroyed: u64,
+    /// What those resets discarded (every other discard is a fault of the machine).
+    pub discarded_by_destroy: u64,
 }
 
 /// One side's QPs: the device's number and the engine's machine for each, and the
@@ -72,6 +76,7 @@ pub struct SimLink {
     a: Side,
     b: Side,
     cq: CqId,
+    cq_capacity: usize,
     next_psn: u32,
     chain: Vec<WorkRequest>,
     polled: Vec<(u32, Completion)>,
@@ -84,6 +89,7 @@ impl SimLink {
     /// Builds both hosts, registers their memory, runs the endpoint handshake and
     /// brings every QP to RTS.
     pub fn new(config: LinkConfig) -> Self {
+        let config = LinkConfig { wr: config.wr.normalized(), ..config };
         let mut nic = SimNic::new(config.seed, Faults::default());
         let (ha, hb) = (nic.add_host(), nic.add_host());
         let rights = Access::LOCAL_WRITE | Access::REMOTE_READ | Access::REMOTE_WRITE;
@@ -109,6 +115,7 @@ impl SimLink {
             a,
             b,
             cq,
+            cq_capacity: config.wr.cq_capacity as usize,
             next_psn: 1,
             chain: Vec::new(),
             polled: Vec::new(),
@@ -217,7 +224,7 @@ impl SimLink {
         let mut polled = core::mem::take(&mut self.polled);
         loop {
             let mut progress = self.post_all();
-            progress |= self.nic.step();
+            progress |= self.nic.run_steps(2 * self.cq_capacity);
             polled.clear();
             self.nic.poll_cq(self.cq, 64, &mut polled);
             for (_, completion) in polled.drain(..) {
@@ -249,6 +256,8 @@ impl SimLink {
                 Ok(()) => {}
             }
             self.machine.handle_post_result(result);
+            // Events first: a failed QP goes to ERR before its marker is posted.
+            self.handle_events();
             progress = true;
         }
         self.chain = chain;
@@ -273,6 +282,18 @@ impl SimLink {
                     let (qpn, machine) = &mut self.a.qps[qp];
                     machine.fail();
                     drive(&mut self.nic, *qpn, machine);
+                }
+                WrEvent::MarkerRefused { qp } => {
+                    // Destroying the QP is modelled by a reset: the device drops
+                    // everything it holds for it.
+                    let before = self.nic.stats().discarded;
+                    let (qpn, machine) = &mut self.a.qps[qp];
+                    machine.handle_device_error();
+                    machine.reset();
+                    drive(&mut self.nic, *qpn, machine);
+                    self.stats.qps_destroyed += 1;
+                    self.stats.discarded_by_destroy += self.nic.stats().discarded - before;
+                    self.machine.handle_qp_destroyed(qp);
                 }
                 WrEvent::QpDrained { qp } => self.rebuild(qp),
             }

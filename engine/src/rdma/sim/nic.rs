@@ -74,6 +74,10 @@ pub struct Faults {
     /// Up to this many steps pass before an executed request's completion is
     /// delivered.
     pub max_completion_delay: u32,
+    /// The chance that the device executes a request at once, while the chain it is
+    /// part of is still being posted (as hardware may): a post refused mid-chain then
+    /// leaves executed requests without completions behind.
+    pub eager: f64,
 }
 
 /// What the device did.
@@ -91,6 +95,11 @@ pub struct NicStats {
     pub dropped: u64,
     /// Completions lost because a CQ was full.
     pub cq_overruns: u64,
+    /// Posts after which the requests holding slots on a CQ's QPs (each of which could
+    /// complete, if only as flushed) outnumbered the CQ's entries.
+    pub cq_bound_exceeded: u64,
+    /// Requests and completions a move to RESET discarded.
+    pub discarded: u64,
     /// Posts refused because a send queue was full.
     pub sq_full: u64,
 }
@@ -114,8 +123,9 @@ struct SimQp {
     max_send_wr: usize,
     /// Requests not yet executed, in order.
     queued: VecDeque<WorkRequest>,
-    /// Posted requests whose slots no polled completion has freed, in order.
-    slots: VecDeque<u64>,
+    /// Posted requests whose slots no polled completion has freed, in order: until
+    /// then the device may still touch their buffers.
+    slots: VecDeque<WorkRequest>,
     /// Completions produced, waiting to be delivered (each with its remaining delay).
     produced: VecDeque<(Completion, u32)>,
 }
@@ -136,6 +146,7 @@ pub struct SimNic {
     cqs: Vec<SimCq>,
     hosts: usize,
     next_addr: u64,
+    refuse_next_post_at: Option<usize>,
     stats: NicStats,
 }
 
@@ -150,6 +161,7 @@ impl SimNic {
             cqs: Vec::new(),
             hosts: 0,
             next_addr: 0x1000_0000,
+            refuse_next_post_at: None,
             stats: NicStats::default(),
         }
     }
@@ -157,6 +169,12 @@ impl SimNic {
     /// What the device did so far.
     pub fn stats(&self) -> NicStats {
         self.stats
+    }
+
+    /// Makes the next post fail (`EIO`) at request `at` of its chain, the earlier ones
+    /// posted: a scripted fault.
+    pub fn refuse_next_post(&mut self, at: usize) {
+        self.refuse_next_post_at = Some(at);
     }
 
     /// Changes the fault rates from now on.
@@ -253,6 +271,7 @@ impl SimNic {
             QpState::Reset => {
                 let qp = &mut self.qps[i];
                 self.stats.dropped += qp.queued.len() as u64;
+                self.stats.discarded += (qp.queued.len() + qp.produced.len()) as u64;
                 qp.queued.clear();
                 qp.slots.clear();
                 qp.produced.clear();
@@ -268,10 +287,10 @@ impl SimNic {
         let Some(i) = self.qp_index(qpn) else {
             return Err(PostFailure { first_unposted: 0, errno: EINVAL });
         };
-        let refuse_at = if self.chance(self.faults.refused_post) {
-            self.rng.random_range(0..chain.len().max(1))
-        } else {
-            usize::MAX
+        let refuse_at = match self.refuse_next_post_at.take() {
+            Some(at) => at,
+            None if self.chance(self.faults.refused_post) => self.rng.random_range(0..chain.len().max(1)),
+            None => usize::MAX,
         };
         for (n, wr) in chain.iter().enumerate() {
             if n == refuse_at {
@@ -285,15 +304,27 @@ impl SimNic {
                 self.stats.sq_full += 1;
                 return Err(PostFailure { first_unposted: n, errno: ENOMEM });
             }
-            qp.slots.push_back(wr.wr_id);
+            qp.slots.push_back(*wr);
             if qp.state == QpState::Err {
                 qp.produced.push_back((Completion { wr_id: wr.wr_id, status: WcStatus::WrFlushErr }, 0));
                 self.stats.flushed += 1;
             } else {
                 qp.queued.push_back(*wr);
             }
+            self.check_cq_bound(i);
+            if self.chance(self.faults.eager) && runs(self.qps[i].state) {
+                self.execute(i);
+            }
         }
         Ok(())
+    }
+
+    fn check_cq_bound(&mut self, i: usize) {
+        let cq = self.qps[i].cq;
+        let held: usize = self.qps.iter().filter(|q| q.cq == cq).map(|q| q.slots.len()).sum();
+        if held > self.cqs[cq.0].capacity {
+            self.stats.cq_bound_exceeded += 1;
+        }
     }
 
     /// `ibv_poll_cq`: up to `max` completions appended to `out`, with the QP number of
@@ -304,7 +335,7 @@ impl SimNic {
             let Some((qpn, completion)) = self.cqs[cq.0].entries.pop_front() else { break };
             if let Some(i) = self.qp_index(qpn) {
                 let slots = &mut self.qps[i].slots;
-                if let Some(at) = slots.iter().position(|id| *id == completion.wr_id) {
+                if let Some(at) = slots.iter().position(|wr| wr.wr_id == completion.wr_id) {
                     slots.drain(..=at);
                 }
             }
@@ -314,14 +345,29 @@ impl SimNic {
         n
     }
 
-    /// Whether any request on `host` that has not been executed or flushed names a
-    /// local byte in `[addr, addr + len)`: the device may still touch that memory.
+    /// Whether any request posted on `host` whose slot no polled completion has freed
+    /// names a local byte in `[addr, addr + len)`: by the verbs rule its buffer is not
+    /// free yet.
     pub fn touches(&self, host: HostId, addr: u64, len: u64) -> bool {
         self.qps
             .iter()
             .filter(|q| q.host == host)
-            .flat_map(|q| q.queued.iter())
-            .any(|wr| wr.local_addr < addr + len && addr < wr.local_addr + u64::from(wr.len))
+            .flat_map(|q| q.slots.iter())
+            .any(|wr| wr.len > 0 && wr.local_addr < addr + len && addr < wr.local_addr + u64::from(wr.len))
+    }
+
+    /// Runs a random number of [`SimNic::step`]s, 1 to `max`, so that completions pile
+    /// up between polls as on a busy device; false if there was nothing to do.
+    pub fn run_steps(&mut self, max: usize) -> bool {
+        let steps = self.rng.random_range(1..=max.max(1));
+        let mut any = false;
+        for _ in 0..steps {
+            if !self.step() {
+                break;
+            }
+            any = true;
+        }
+        any
     }
 
     /// Whether the device has nothing left to do.
