@@ -12,7 +12,9 @@
 //!   within the send and completion queues, matches completions and recovers failed
 //!   QPs;
 //! - `sim` (feature `sim`): a simulated NIC and a two-host link, for tests and
-//!   benchmarks where no device exists.
+//!   benchmarks where no device exists;
+//! - `verbs` (feature `rdma`): the driver over libibverbs (rdma-sys) that executes the
+//!   machines' outputs on a real device.
 
 pub mod endpoint;
 pub mod mr;
@@ -21,6 +23,8 @@ pub mod qp;
 pub mod sim;
 pub mod status;
 pub mod transfer;
+#[cfg(feature = "rdma")]
+pub mod verbs;
 
 #[cfg(test)]
 mod endpoint_tests;
