@@ -184,6 +184,18 @@ fn bring_up(h: &mut EndpointHandshake) -> Vec<EndpointEvent> {
     got
 }
 
+/// Rounds of both sides answering BringUp and exchanging what they send (three are
+/// enough for Info, BringUp, Ready).
+fn run_to_quiet(a: &mut EndpointHandshake, b: &mut EndpointHandshake) {
+    for _ in 0..3 {
+        bring_up(a);
+        bring_up(b);
+        let (ma, mb) = (outbox(a), outbox(b));
+        ma.iter().for_each(|m| b.handle_message(m));
+        mb.iter().for_each(|m| a.handle_message(m));
+    }
+}
+
 #[test]
 fn both_sides_connect_whoever_speaks_first_or_both_at_once() {
     for order in 0..3 {
@@ -207,13 +219,7 @@ fn both_sides_connect_whoever_speaks_first_or_both_at_once() {
                 from_a.iter().for_each(|m| b.handle_message(m));
             }
         }
-        for _ in 0..3 {
-            bring_up(&mut a);
-            bring_up(&mut b);
-            let (ma, mb) = (outbox(&mut a), outbox(&mut b));
-            ma.iter().for_each(|m| b.handle_message(m));
-            mb.iter().for_each(|m| a.handle_message(m));
-        }
+        run_to_quiet(&mut a, &mut b);
         assert_eq!(
             (a.phase(), b.phase()),
             (HandshakePhase::Connected, HandshakePhase::Connected),
@@ -283,13 +289,7 @@ fn out_of_turn_messages_end_the_handshake_with_a_typed_error() {
 #[test]
 fn a_peer_that_restarts_its_endpoint_after_connecting_ends_the_connection() {
     let [mut a, mut b] = pair(1, 1);
-    for _ in 0..3 {
-        bring_up(&mut a);
-        bring_up(&mut b);
-        let (ma, mb) = (outbox(&mut a), outbox(&mut b));
-        ma.iter().for_each(|m| b.handle_message(m));
-        mb.iter().for_each(|m| a.handle_message(m));
-    }
+    run_to_quiet(&mut a, &mut b);
     assert_eq!(a.phase(), HandshakePhase::Connected);
     events(&mut a);
     // A late duplicate of the same Info is ignored; a new nonce is a restart.

@@ -23,55 +23,39 @@
 
 use bitflags::bitflags;
 
-/// A queue pair's state, with verbs' numbering (`enum ibv_qp_state`).
+/// A queue pair's state, with verbs' numbering (`enum ibv_qp_state`) as discriminants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
 pub enum QpState {
     /// Just created, or reset: no work is processed.
-    Reset,
+    Reset = 0,
     /// Initialised: receives may be posted, nothing is processed.
-    Init,
+    Init = 1,
     /// Ready to receive.
-    Rtr,
+    Rtr = 2,
     /// Ready to send: the only state in which sends are processed.
-    Rts,
+    Rts = 3,
     /// Send queue drained.
-    Sqd,
+    Sqd = 4,
     /// Send queue error (not reached by an RC QP, whose send errors move it to ERR).
-    Sqe,
+    Sqe = 5,
     /// Error: every outstanding and newly posted work request completes flushed.
-    Err,
+    Err = 6,
 }
 
 impl QpState {
-    /// Every state, in verbs' order.
+    /// Every state, in verbs' order (indexed by its code).
     pub const ALL: [QpState; 7] =
         [QpState::Reset, QpState::Init, QpState::Rtr, QpState::Rts, QpState::Sqd, QpState::Sqe, QpState::Err];
 
     /// The state's `ibv_qp_state` value.
     pub const fn verbs_code(self) -> u32 {
-        match self {
-            QpState::Reset => 0,
-            QpState::Init => 1,
-            QpState::Rtr => 2,
-            QpState::Rts => 3,
-            QpState::Sqd => 4,
-            QpState::Sqe => 5,
-            QpState::Err => 6,
-        }
+        self as u32
     }
 
     /// The state for an `ibv_qp_state` value (`None` for UNKNOWN and anything else).
     pub const fn from_verbs_code(code: u32) -> Option<Self> {
-        match code {
-            0 => Some(QpState::Reset),
-            1 => Some(QpState::Init),
-            2 => Some(QpState::Rtr),
-            3 => Some(QpState::Rts),
-            4 => Some(QpState::Sqd),
-            5 => Some(QpState::Sqe),
-            6 => Some(QpState::Err),
-            _ => None,
-        }
+        if code < Self::ALL.len() as u32 { Some(Self::ALL[code as usize]) } else { None }
     }
 }
 
@@ -305,43 +289,33 @@ impl Psn {
     }
 }
 
-/// A path MTU (`enum ibv_mtu`).
+/// A path MTU (`enum ibv_mtu`, its values as discriminants).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
 pub enum Mtu {
     /// 256 bytes.
-    Mtu256,
+    Mtu256 = 1,
     /// 512 bytes.
-    Mtu512,
+    Mtu512 = 2,
     /// 1024 bytes.
-    Mtu1024,
+    Mtu1024 = 3,
     /// 2048 bytes.
-    Mtu2048,
+    Mtu2048 = 4,
     /// 4096 bytes.
-    Mtu4096,
+    Mtu4096 = 5,
 }
 
 impl Mtu {
+    const ALL: [Mtu; 5] = [Mtu::Mtu256, Mtu::Mtu512, Mtu::Mtu1024, Mtu::Mtu2048, Mtu::Mtu4096];
+
     /// The `ibv_mtu` value (1 to 5).
     pub const fn verbs_code(self) -> u8 {
-        match self {
-            Mtu::Mtu256 => 1,
-            Mtu::Mtu512 => 2,
-            Mtu::Mtu1024 => 3,
-            Mtu::Mtu2048 => 4,
-            Mtu::Mtu4096 => 5,
-        }
+        self as u8
     }
 
     /// The MTU of an `ibv_mtu` value.
     pub const fn from_verbs_code(code: u8) -> Option<Self> {
-        match code {
-            1 => Some(Mtu::Mtu256),
-            2 => Some(Mtu::Mtu512),
-            3 => Some(Mtu::Mtu1024),
-            4 => Some(Mtu::Mtu2048),
-            5 => Some(Mtu::Mtu4096),
-            _ => None,
-        }
+        if code >= 1 && code <= Self::ALL.len() as u8 { Some(Self::ALL[code as usize - 1]) } else { None }
     }
 
     /// The MTU in bytes.
