@@ -506,6 +506,7 @@ async fn a_client_beside_its_own_node_writes_and_reads_its_segment_in_memory() {
         storage_root: None,
         node_id: None,
         tier: Default::default(),
+        rdma: None,
     };
     let own = node::start(config).await.unwrap();
     assert!(own.wait_registered(HANG_GUARD).await);
@@ -543,4 +544,145 @@ async fn a_client_beside_its_own_node_writes_and_reads_its_segment_in_memory() {
     assert_same(&client.get(b"local/0").await.unwrap(), &value(0, 500_000), "after the refused write");
     own.stop().await.unwrap();
     assert_eq!(local.write(&write, &[1u8; 4096]), Err(DataError::UnknownSegment));
+}
+
+/// A node in this process whose RDMA port (if any) attaches to `fabric`.
+async fn rdma_node(
+    master: &MasterProcess,
+    fabric: Option<&larder_tokio::cluster::SimFabric>,
+) -> larder_tokio::cluster::NodeServer {
+    let config = larder_tokio::cluster::NodeServerConfig {
+        master: master.addr,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        cluster: cluster(),
+        memory_bytes: 32 << 20,
+        storage_root: None,
+        node_id: None,
+        tier: Default::default(),
+        rdma: fabric.cloned(),
+    };
+    let node = larder_tokio::cluster::node::start(config).await.unwrap();
+    assert!(node.wait_registered(HANG_GUARD).await);
+    node
+}
+
+/// A client speaking as `node`, beside it in this process, with an RDMA port on `fabric`.
+async fn member_client(
+    master: &MasterProcess,
+    node: &larder_tokio::cluster::NodeServer,
+    fabric: &larder_tokio::cluster::SimFabric,
+) -> RemoteStore {
+    RemoteStore::connect_as(master.addr, cluster(), node.node, node.incarnation, HANG_GUARD)
+        .await
+        .unwrap()
+        .with_local_segment(node.local_segment())
+        .with_rdma(fabric)
+}
+
+/// Transport selection end to end, the simulated NIC standing in for the device: two
+/// nodes with RDMA ports; a put on node A (into its own segment) is read on node B over
+/// RDMA, a pure client's puts land on either node over RDMA; a value larger than the
+/// staging memory, and a client without a port, go over TCP; every byte is verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_that_both_have_rdma_move_replica_bytes_over_it_and_others_over_tcp() {
+    use larder_tokio::cluster::SimFabric;
+    let master = MasterProcess::start("127.0.0.1:0", &[]);
+    let fabric = SimFabric::new(7, 8 << 20);
+    let (a, b) = (rdma_node(&master, Some(&fabric)).await, rdma_node(&master, Some(&fabric)).await);
+    let (on_a, on_b) = (member_client(&master, &a, &fabric).await, member_client(&master, &b, &fabric).await);
+    let sizes = [1, 4096, 65_537, (1 << 20) + 3, 3 << 20];
+    for (i, len) in sizes.iter().enumerate() {
+        on_a.put(format!("a/{i}").as_bytes(), &value(i as u64, *len), 1).await.unwrap();
+    }
+    assert_eq!(on_a.stats().local_writes, sizes.len() as u64, "{:?}", on_a.stats());
+    for (i, len) in sizes.iter().enumerate() {
+        assert_same(&on_b.get(format!("a/{i}").as_bytes()).await.unwrap(), &value(i as u64, *len), "on B");
+    }
+    assert_eq!(on_b.stats().rdma_reads, sizes.len() as u64, "{:?}", on_b.stats());
+
+    let pure = store(&master).await.with_rdma(&fabric);
+    for (i, len) in sizes.iter().enumerate() {
+        pure.put(format!("c/{i}").as_bytes(), &value(100 + i as u64, *len), 1).await.unwrap();
+    }
+    assert_eq!(pure.stats().rdma_writes, sizes.len() as u64, "{:?}", pure.stats());
+    for (i, len) in sizes.iter().enumerate() {
+        let want = value(100 + i as u64, *len);
+        assert_same(&pure.get(format!("c/{i}").as_bytes()).await.unwrap(), &want, "pure client");
+    }
+    assert_eq!(pure.stats().rdma_reads, sizes.len() as u64, "{:?}", pure.stats());
+
+    // Larger than the staging memory: TCP carries it, both ways.
+    let large = value(9, 9 << 20);
+    pure.put(b"large", &large, 1).await.unwrap();
+    assert_same(&pure.get(b"large").await.unwrap(), &large, "large");
+    assert_eq!((pure.stats().rdma_writes, pure.stats().rdma_reads), (sizes.len() as u64, sizes.len() as u64));
+
+    // A client without a port reads the same objects over TCP.
+    let tcp = store(&master).await;
+    for (i, len) in sizes.iter().enumerate() {
+        assert_same(&tcp.get(format!("a/{i}").as_bytes()).await.unwrap(), &value(i as u64, *len), "over TCP");
+    }
+    assert_eq!(tcp.stats().rdma_reads, 0);
+    let moved: u64 = sizes.iter().map(|l| *l as u64).sum::<u64>() * 3;
+    assert!(fabric.stats().bytes >= moved, "{:?}", fabric.stats());
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+/// A node without an RDMA port refuses the endpoint: a client that has one moves its
+/// bytes over TCP, correctly, and offers it once only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_rdma_is_served_over_tcp_by_a_client_with_it() {
+    use larder_tokio::cluster::SimFabric;
+    let master = MasterProcess::start("127.0.0.1:0", &[]);
+    let fabric = SimFabric::new(8, 8 << 20);
+    let node = rdma_node(&master, None).await;
+    let client = store(&master).await.with_rdma(&fabric);
+    for i in 0..4u64 {
+        client.put(format!("t/{i}").as_bytes(), &value(i, 200_000), 1).await.unwrap();
+        assert_same(&client.get(format!("t/{i}").as_bytes()).await.unwrap(), &value(i, 200_000), "TCP");
+    }
+    let stats = client.stats();
+    assert_eq!((stats.rdma_writes, stats.rdma_reads, stats.memory_reads), (0, 0, 4), "{stats:?}");
+    assert_eq!(fabric.stats().bytes, 0);
+    node.stop().await.unwrap();
+}
+
+/// The simulated device loses packets, forces QPs into ERR, refuses posts and delays
+/// completions; transfers are retried on the other QP, or handed to TCP when an
+/// endpoint is lost (a new one is set up for the next): every put lands and every get
+/// returns the bytes put, whichever transport carried them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rdma_faults_never_lose_or_corrupt_a_transfer() {
+    use larder_engine::rdma::sim::Faults;
+    use larder_tokio::cluster::SimFabric;
+    let master = MasterProcess::start("127.0.0.1:0", &[]);
+    let fabric = SimFabric::new(9, 8 << 20);
+    let nodes = [rdma_node(&master, Some(&fabric)).await, rdma_node(&master, Some(&fabric)).await];
+    let client = store(&master).await.with_rdma(&fabric);
+    fabric.set_faults(Faults {
+        lost_packet: 0.05,
+        rnr: 0.02,
+        remote_access: 0.002,
+        qp_error: 0.003,
+        refused_post: 0.01,
+        max_completion_delay: 8,
+        eager: 0.1,
+    });
+    let count = 40u64;
+    for i in 0..count {
+        let len = 1000 + (i as usize * 37_813) % (2 << 20);
+        client.put(format!("f/{i}").as_bytes(), &value(i, len), 1).await.unwrap();
+    }
+    for i in 0..count {
+        let len = 1000 + (i as usize * 37_813) % (2 << 20);
+        assert_same(&client.get(format!("f/{i}").as_bytes()).await.unwrap(), &value(i, len), "under faults");
+    }
+    let (stats, nic) = (client.stats(), fabric.stats());
+    assert_eq!(stats.memory_reads, count, "{stats:?}");
+    assert!(stats.rdma_writes > 0 && stats.rdma_reads > 0, "{stats:?}");
+    assert!(nic.errors + nic.flushed > 0, "the faults happened: {nic:?}");
+    for node in nodes {
+        node.stop().await.unwrap();
+    }
 }

@@ -354,6 +354,7 @@ impl LarderCluster {
                     storage_root: None,
                     node_id: None,
                     tier: Default::default(),
+                    rdma: None,
                 };
                 larder_tokio::cluster::node::start(node).await.map_err(|e| e.to_string())?;
             }

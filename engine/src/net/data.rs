@@ -14,6 +14,14 @@
 //!   bytes it received against it. A range that holds anything else is refused, never
 //!   returned as the object.
 //!
+//! Over RDMA the node moves the bytes itself, so that it keeps every one of these
+//! checks: a writer that registered its value sends a [`DataRequest::PullWrite`] and the
+//! node reads the value from the writer's memory (RDMA READ) into a staging buffer, then
+//! takes it as a [`DataRequest::Write`]; a reader sends a [`DataRequest::PushRead`] and
+//! the node, having checked the range as for a [`DataRequest::Read`], writes the bytes
+//! into the reader's memory (RDMA WRITE). The endpoint handshake that sets up the QPs
+//! travels in [`DataRequest::Endpoint`] bodies on the same connection.
+//!
 //! Bodies travel in [`super::FrameKind::Request`] / [`super::FrameKind::Response`]
 //! frames. Each starts `[DATA_FORMAT_VERSION, tag]`; integers are little-endian; the
 //! value bytes are the rest of the body (the frame's length bounds them).
@@ -39,9 +47,18 @@ pub const READ_ANSWER_HEADER_LEN: usize = 2 + 4;
 const TAG_WRITE: u8 = 1;
 const TAG_READ: u8 = 2;
 const TAG_READ_DISK: u8 = 3;
+const TAG_ENDPOINT: u8 = 4;
+const TAG_PULL_WRITE: u8 = 5;
+const TAG_PUSH_READ: u8 = 6;
 const TAG_WRITTEN: u8 = 1;
 const TAG_READ_ANSWER: u8 = 2;
 const TAG_REFUSED: u8 = 3;
+const TAG_ENDPOINT_ANSWER: u8 = 4;
+const TAG_PUSHED: u8 = 5;
+
+/// The most bytes of one endpoint-handshake message in a [`DataRequest::Endpoint`]
+/// (the RDMA endpoint codec's own bound is lower).
+pub const MAX_ENDPOINT_MESSAGE: usize = 4096;
 
 /// A request to the node that owns a segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +100,96 @@ pub enum DataRequest<'a> {
         /// The version the reader's replica list names.
         version: ObjectVersion,
     },
+    /// RDMA endpoint-handshake messages from the sender (answered with the node's).
+    Endpoint {
+        /// The messages.
+        messages: EndpointMessages<'a>,
+    },
+    /// A [`DataRequest::Write`] whose `len` bytes the node reads (RDMA READ) from the
+    /// writer's registered memory at `source`, over the endpoint this connection's peer
+    /// set up.
+    PullWrite {
+        /// The segment.
+        segment: SegmentId,
+        /// Where in it.
+        offset: u64,
+        /// The version the master granted the range to.
+        version: ObjectVersion,
+        /// The master run that granted it.
+        epoch: u64,
+        /// CRC32C of the value as the writer computed it; checked on arrival.
+        crc32c: u32,
+        /// The object's key.
+        key: KeyRef<'a>,
+        /// The value's length (never zero).
+        len: u64,
+        /// The value's address in the writer's memory, inside a region it offered.
+        source: u64,
+    },
+    /// A [`DataRequest::Read`] whose bytes the node writes (RDMA WRITE) into the
+    /// reader's registered memory at `dest`; answered with [`DataResponse::Pushed`]
+    /// once they are there.
+    PushRead {
+        /// The segment.
+        segment: SegmentId,
+        /// Where in it.
+        offset: u64,
+        /// How many bytes (never zero).
+        len: u64,
+        /// The version the reader's replica list names.
+        version: ObjectVersion,
+        /// Where in the reader's memory, inside a region it offered.
+        dest: u64,
+    },
+}
+
+/// A sequence of endpoint-handshake messages, each one to 4096 bytes, as they travel:
+/// each behind its two-byte length. A decoded one is well formed throughout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointMessages<'a>(&'a [u8]);
+
+impl<'a> EndpointMessages<'a> {
+    /// No messages.
+    pub const EMPTY: EndpointMessages<'static> = EndpointMessages(&[]);
+
+    /// Appends `message` to `out` as one element of a sequence.
+    ///
+    /// # Panics
+    /// If `message` is empty or longer than [`MAX_ENDPOINT_MESSAGE`].
+    pub fn push(out: &mut Vec<u8>, message: &[u8]) {
+        assert!(!message.is_empty() && message.len() <= MAX_ENDPOINT_MESSAGE, "an endpoint message's size");
+        out.extend_from_slice(&(message.len() as u16).to_le_bytes());
+        out.extend_from_slice(message);
+    }
+
+    /// Checks `bytes` as a sequence built by [`EndpointMessages::push`].
+    pub fn new(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes);
+        while r.remaining() > 0 {
+            let len = usize::from(r.u16("endpoint message length")?);
+            if len == 0 || len > MAX_ENDPOINT_MESSAGE {
+                return Err(DecodeError::InvalidValue { what: "endpoint message length" });
+            }
+            r.bytes(len, "endpoint message")?;
+        }
+        Ok(Self(bytes))
+    }
+
+    /// The encoded sequence.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.0
+    }
+
+    /// The messages, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> {
+        let mut rest = self.0;
+        core::iter::from_fn(move || {
+            let (len, tail) = rest.split_first_chunk::<2>()?;
+            let (message, tail) = tail.split_at(usize::from(u16::from_le_bytes(*len)));
+            rest = tail;
+            Some(message)
+        })
+    }
 }
 
 /// The owning node's answer.
@@ -99,6 +206,16 @@ pub enum DataResponse<'a> {
     },
     /// Refused.
     Refused(DataError),
+    /// The node's endpoint-handshake messages, in answer to the sender's.
+    Endpoint {
+        /// The messages.
+        messages: EndpointMessages<'a>,
+    },
+    /// The bytes of a [`DataRequest::PushRead`] are in the reader's memory.
+    Pushed {
+        /// Their CRC32C as computed when they were written; check it.
+        crc32c: u32,
+    },
 }
 
 /// Why a node refused a data request.
@@ -125,6 +242,10 @@ pub enum DataError {
     /// The node has no SSD tier, or its tier could not read the record.
     #[error("the node's SSD tier cannot serve it")]
     DiskUnavailable,
+    /// No RDMA transfer with this node now: it has no device, no endpoint with this
+    /// peer (handshake first), or the transfer failed. TCP serves instead.
+    #[error("no RDMA transfer with this node now")]
+    RdmaUnavailable,
     /// A code this build does not know.
     #[error("unknown data error code {0}")]
     Unknown(u16),
@@ -139,6 +260,7 @@ impl DataError {
             DataError::NotHeld => 4,
             DataError::Corrupted => 5,
             DataError::DiskUnavailable => 6,
+            DataError::RdmaUnavailable => 7,
             DataError::Unknown(code) => code,
         }
     }
@@ -151,6 +273,7 @@ impl DataError {
             4 => DataError::NotHeld,
             5 => DataError::Corrupted,
             6 => DataError::DiskUnavailable,
+            7 => DataError::RdmaUnavailable,
             other => DataError::Unknown(other),
         }
     }
@@ -200,6 +323,35 @@ impl<'a> DataRequest<'a> {
                     w.u64(version.0);
                 });
             }
+            DataRequest::Endpoint { messages } => {
+                out.extend_from_slice(&[DATA_FORMAT_VERSION, TAG_ENDPOINT]);
+                out.extend_from_slice(messages.as_bytes());
+            }
+            DataRequest::PullWrite { segment, offset, version, epoch, crc32c, key, len, source } => {
+                write_header(out, WRITE_HEADER_LEN + 16 + 2 + key.len(), |w| {
+                    w.u8(DATA_FORMAT_VERSION);
+                    w.u8(TAG_PULL_WRITE);
+                    w.u64(segment.0);
+                    w.u64(offset);
+                    w.u64(version.0);
+                    w.u64(epoch);
+                    w.u32(crc32c);
+                    w.u64(len);
+                    w.u64(source);
+                    w.key(key);
+                });
+            }
+            DataRequest::PushRead { segment, offset, len, version, dest } => {
+                write_header(out, 2 + 40, |w| {
+                    w.u8(DATA_FORMAT_VERSION);
+                    w.u8(TAG_PUSH_READ);
+                    w.u64(segment.0);
+                    w.u64(offset);
+                    w.u64(len);
+                    w.u64(version.0);
+                    w.u64(dest);
+                });
+            }
         }
     }
 
@@ -238,6 +390,37 @@ impl<'a> DataRequest<'a> {
                 r.finish("data request")?;
                 Ok(DataRequest::ReadDisk { key, version })
             }
+            TAG_ENDPOINT => {
+                let messages = EndpointMessages::new(r.bytes(r.remaining(), "endpoint messages")?)?;
+                Ok(DataRequest::Endpoint { messages })
+            }
+            TAG_PULL_WRITE => {
+                let segment = SegmentId(r.u64("segment")?);
+                let offset = r.u64("offset")?;
+                let version = ObjectVersion(r.u64("version")?);
+                let epoch = r.u64("epoch")?;
+                let crc32c = r.u32("crc32c")?;
+                let len = r.u64("length")?;
+                let source = r.u64("source address")?;
+                let key = r.key()?;
+                r.finish("data request")?;
+                if len == 0 {
+                    return Err(DecodeError::InvalidValue { what: "empty value" });
+                }
+                Ok(DataRequest::PullWrite { segment, offset, version, epoch, crc32c, key, len, source })
+            }
+            TAG_PUSH_READ => {
+                let segment = SegmentId(r.u64("segment")?);
+                let offset = r.u64("offset")?;
+                let len = r.u64("length")?;
+                let version = ObjectVersion(r.u64("version")?);
+                let dest = r.u64("destination address")?;
+                r.finish("data request")?;
+                if len == 0 {
+                    return Err(DecodeError::InvalidValue { what: "empty read" });
+                }
+                Ok(DataRequest::PushRead { segment, offset, len, version, dest })
+            }
             tag => Err(DecodeError::UnknownTag { what: "data request", tag }),
         }
     }
@@ -255,6 +438,14 @@ impl<'a> DataResponse<'a> {
             DataResponse::Refused(e) => {
                 out.extend_from_slice(&[DATA_FORMAT_VERSION, TAG_REFUSED]);
                 out.extend_from_slice(&e.code().to_le_bytes());
+            }
+            DataResponse::Endpoint { messages } => {
+                out.extend_from_slice(&[DATA_FORMAT_VERSION, TAG_ENDPOINT_ANSWER]);
+                out.extend_from_slice(messages.as_bytes());
+            }
+            DataResponse::Pushed { crc32c } => {
+                out.extend_from_slice(&[DATA_FORMAT_VERSION, TAG_PUSHED]);
+                out.extend_from_slice(&crc32c.to_le_bytes());
             }
         }
     }
@@ -279,6 +470,11 @@ impl<'a> DataResponse<'a> {
                 return Ok(DataResponse::Read { crc32c, bytes });
             }
             TAG_REFUSED => DataResponse::Refused(DataError::from_code(r.u16("data error")?)),
+            TAG_ENDPOINT_ANSWER => {
+                let messages = EndpointMessages::new(r.bytes(r.remaining(), "endpoint messages")?)?;
+                return Ok(DataResponse::Endpoint { messages });
+            }
+            TAG_PUSHED => DataResponse::Pushed { crc32c: r.u32("crc32c")? },
             tag => return Err(DecodeError::UnknownTag { what: "data response", tag }),
         };
         r.finish("data response")?;
@@ -448,6 +644,33 @@ mod tests {
         round_trip_response(DataResponse::Written);
         round_trip_response(DataResponse::Read { crc32c: 0xdead_beef, bytes: b"value" });
         round_trip_response(DataResponse::Read { crc32c: 0, bytes: b"" });
+        round_trip_request(DataRequest::PullWrite {
+            segment: SEG,
+            offset: 64,
+            version: V2,
+            epoch: 3,
+            crc32c: 11,
+            key: KeyRef::new(b"prefix/2").unwrap(),
+            len: 5,
+            source: 0x1000_0000,
+        });
+        round_trip_request(DataRequest::PushRead {
+            segment: SEG,
+            offset: 8,
+            len: 5,
+            version: V1,
+            dest: 0x2000,
+        });
+        let mut messages = Vec::new();
+        EndpointMessages::push(&mut messages, b"info");
+        EndpointMessages::push(&mut messages, b"ready");
+        let messages = EndpointMessages::new(&messages).unwrap();
+        assert_eq!(messages.iter().collect::<Vec<_>>(), [&b"info"[..], &b"ready"[..]]);
+        round_trip_request(DataRequest::Endpoint { messages });
+        round_trip_request(DataRequest::Endpoint { messages: EndpointMessages::EMPTY });
+        round_trip_response(DataResponse::Endpoint { messages });
+        round_trip_response(DataResponse::Endpoint { messages: EndpointMessages::EMPTY });
+        round_trip_response(DataResponse::Pushed { crc32c: 0x1234_5678 });
         for e in [
             DataError::UnknownSegment,
             DataError::OutOfBounds,
@@ -455,6 +678,7 @@ mod tests {
             DataError::NotHeld,
             DataError::Corrupted,
             DataError::DiskUnavailable,
+            DataError::RdmaUnavailable,
             DataError::Unknown(999),
         ] {
             round_trip_response(DataResponse::Refused(e));
@@ -503,6 +727,31 @@ mod tests {
             Err(DecodeError::UnknownTag { what: "data request", tag: 9 })
         );
         assert!(matches!(DataResponse::decode(&[2, 1]), Err(DecodeError::UnsupportedVersion { .. })));
+        // Endpoint messages: each non-empty, at most 4096 bytes, and whole.
+        for bad in [&[0u8, 0][..], &[1, 0][..], &[3, 0, 1, 2][..], &[1][..]] {
+            assert!(EndpointMessages::new(bad).is_err(), "{bad:?}");
+            let body = [&[DATA_FORMAT_VERSION, TAG_ENDPOINT][..], bad].concat();
+            assert!(DataRequest::decode(&body).is_err(), "{bad:?}");
+        }
+        let long = (MAX_ENDPOINT_MESSAGE as u16 + 1).to_le_bytes();
+        let body = [&long[..], &[0u8; MAX_ENDPOINT_MESSAGE + 1][..]].concat();
+        assert!(EndpointMessages::new(&body).is_err());
+        let mut zero = Vec::new();
+        DataRequest::PushRead { segment: SEG, offset: 0, len: 0, version: V1, dest: 0 }.encode(&mut zero);
+        assert_eq!(DataRequest::decode(&zero), Err(DecodeError::InvalidValue { what: "empty read" }));
+        let mut zero = Vec::new();
+        DataRequest::PullWrite {
+            segment: SEG,
+            offset: 0,
+            version: V1,
+            epoch: 1,
+            crc32c: 0,
+            key: k(),
+            len: 0,
+            source: 0,
+        }
+        .encode(&mut zero);
+        assert_eq!(DataRequest::decode(&zero), Err(DecodeError::InvalidValue { what: "empty value" }));
     }
 
     #[test]

@@ -260,6 +260,7 @@ async fn start_node(
             write_behind_bytes: usize::try_from(config.write_behind_bytes).expect("validated"),
             direct_io: config.direct_io,
         },
+        rdma: None,
     };
     let place = config.storage_root.clone().unwrap_or_else(|| listen.to_string().into());
     node::start(node)

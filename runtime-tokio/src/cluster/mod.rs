@@ -11,10 +11,12 @@ pub mod master;
 pub mod member;
 mod metrics;
 pub mod node;
+mod rdma;
 pub mod remote;
 
 pub use client::{CallError, Client, LinkState, PushedCommand};
 pub use master::{MasterServer, MasterServerConfig};
 pub use member::Member;
 pub use node::{LocalSegment, NodeServer, NodeServerConfig, SegmentWrite, TierSettings};
+pub use rdma::SimFabric;
 pub use remote::{RemoteError, RemoteStats, RemoteStore};

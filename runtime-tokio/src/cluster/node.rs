@@ -40,6 +40,7 @@ use tokio::sync::mpsc;
 use super::client::{Client, LinkState};
 use super::clock::EngineClock;
 use super::connection::{self, Outbound, Service};
+use super::rdma::{NodeRdma, SimFabric};
 use crate::TokioRuntime;
 
 /// How `larder node` runs.
@@ -62,6 +63,9 @@ pub struct NodeServerConfig {
     pub node_id: Option<NodeId>,
     /// How its SSD tier runs.
     pub tier: TierSettings,
+    /// The RDMA fabric its port attaches to (`None`: no device, replica bytes move
+    /// over TCP). Only the simulated fabric exists so far (tests, benchmarks).
+    pub rdma: Option<SimFabric>,
 }
 
 /// How a node's SSD tier runs: the embedded store's settings of the same names.
@@ -300,6 +304,16 @@ impl NodeState {
         version: ObjectVersion,
         expected: Option<u32>,
     ) -> Result<Bytes, DataError> {
+        self.copy_replica_with_crc(replica, version, expected).map(|(bytes, _)| bytes)
+    }
+
+    /// [`NodeState::copy_replica`], with the CRC32C the bytes match.
+    fn copy_replica_with_crc(
+        &self,
+        replica: &MemoryReplica,
+        version: ObjectVersion,
+        expected: Option<u32>,
+    ) -> Result<(Bytes, u32), DataError> {
         let s = self.segment.read().unwrap_or_else(PoisonError::into_inner);
         if replica.segment != s.id {
             return Err(DataError::UnknownSegment);
@@ -311,7 +325,7 @@ impl NodeState {
             self.note_crc_failure();
             return Err(DataError::Corrupted);
         }
-        Ok(Bytes::from(bytes))
+        Ok((Bytes::from(bytes), crc))
     }
 }
 
@@ -422,7 +436,19 @@ pub async fn start(config: NodeServerConfig) -> std::io::Result<NodeServer> {
         idle_timeout: Duration::from_secs(30),
         max_frame_body: DEFAULT_MAX_FRAME_BODY,
     };
-    let service = Arc::new(DataService { state: Arc::clone(&state), outbound: Default::default() });
+    let rdma = match &config.rdma {
+        Some(fabric) => Some(std::sync::Mutex::new(NodeRdma::new(fabric, node))),
+        None => {
+            tracing::info!("node {node}: no RDMA device: replica bytes move over TCP");
+            None
+        }
+    };
+    let service = Arc::new(DataService {
+        state: Arc::clone(&state),
+        rdma,
+        outbound: Default::default(),
+        peers: Default::default(),
+    });
     let serving = tokio::spawn(connection::accept_loop(listener, server_config, clock, service));
     let hello = Hello {
         min_version: PROTOCOL_VERSIONS.0,
@@ -919,11 +945,54 @@ const READ_HEADER_ROOM: usize = 16;
 #[derive(Debug)]
 struct DataService {
     state: Arc<NodeState>,
+    /// The node's RDMA port, if it has a device.
+    rdma: Option<std::sync::Mutex<NodeRdma>>,
     outbound: std::sync::Mutex<std::collections::HashMap<u64, mpsc::UnboundedSender<Outbound>>>,
+    /// Each connection's peer (node and run), as its handshake bound them.
+    peers: std::sync::Mutex<std::collections::HashMap<u64, (NodeId, u64)>>,
 }
 
 impl DataService {
-    async fn answer(&self, body: &[u8]) -> Vec<u8> {
+    /// The RDMA port, if the node has one.
+    fn rdma(&self) -> Result<std::sync::MutexGuard<'_, NodeRdma>, DataError> {
+        let rdma = self.rdma.as_ref().ok_or(DataError::RdmaUnavailable)?;
+        Ok(rdma.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn peer(&self, conn: u64) -> Result<(NodeId, u64), DataError> {
+        let peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        peers.get(&conn).copied().ok_or(DataError::RdmaUnavailable)
+    }
+
+    /// Takes a write whose value the node reads from the writer's memory over RDMA.
+    fn pull_write(
+        &self,
+        conn: u64,
+        write: &SegmentWrite<'_>,
+        len: u64,
+        source: u64,
+    ) -> Result<(), DataError> {
+        let peer = self.peer(conn)?;
+        let bytes = self.rdma()?.pull(peer, source, len)?;
+        self.state.write(write, &bytes)
+    }
+
+    /// Checks a read as over TCP, then writes its bytes into the reader's memory over
+    /// RDMA; their CRC32C.
+    fn push_read(
+        &self,
+        conn: u64,
+        replica: &MemoryReplica,
+        version: ObjectVersion,
+        dest: u64,
+    ) -> Result<u32, DataError> {
+        let peer = self.peer(conn)?;
+        let (bytes, crc32c) = self.state.copy_replica_with_crc(replica, version, None)?;
+        self.rdma()?.push(peer, dest, &bytes)?;
+        Ok(crc32c)
+    }
+
+    async fn answer(&self, conn: u64, body: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         let Ok(request) = DataRequest::decode(body) else {
             DataResponse::Refused(DataError::Unknown(0)).encode(&mut out);
@@ -962,6 +1031,23 @@ impl DataService {
                 }
                 Err(e) => DataResponse::Refused(e).encode(&mut out),
             },
+            DataRequest::Endpoint { messages } => match (self.peer(conn), self.rdma()) {
+                (Ok(peer), Ok(mut rdma)) => rdma.answer_endpoint(peer, messages, &mut out),
+                (Err(e), _) | (_, Err(e)) => DataResponse::Refused(e).encode(&mut out),
+            },
+            DataRequest::PullWrite { segment, offset, version, epoch, crc32c, key, len, source } => {
+                let write = SegmentWrite { segment, offset, version, epoch, crc32c, key };
+                match self.pull_write(conn, &write, len, source) {
+                    Ok(()) => DataResponse::Written.encode(&mut out),
+                    Err(e) => DataResponse::Refused(e).encode(&mut out),
+                }
+            }
+            DataRequest::PushRead { segment, offset, len, version, dest } => {
+                match self.push_read(conn, &MemoryReplica { segment, offset, len }, version, dest) {
+                    Ok(crc32c) => DataResponse::Pushed { crc32c }.encode(&mut out),
+                    Err(e) => DataResponse::Refused(e).encode(&mut out),
+                }
+            }
         }
         out
     }
@@ -990,17 +1076,19 @@ impl Service for DataService {
     async fn hello(
         &self,
         conn: u64,
-        _hello: Hello,
+        hello: Hello,
         outbound: mpsc::UnboundedSender<Outbound>,
     ) -> Result<(), RefusalReason> {
         self.outbound.lock().unwrap_or_else(PoisonError::into_inner).insert(conn, outbound);
+        let peer = (hello.node, hello.incarnation.0);
+        self.peers.lock().unwrap_or_else(PoisonError::into_inner).insert(conn, peer);
         Ok(())
     }
 
     async fn requests(&self, conn: u64, batch: Vec<(u64, Bytes)>) -> bool {
         let mut responses = Vec::with_capacity(batch.len());
         for (id, body) in batch {
-            responses.push((id, Bytes::from(self.answer(&body).await)));
+            responses.push((id, Bytes::from(self.answer(conn, &body).await)));
         }
         let outbound = self.outbound.lock().unwrap_or_else(PoisonError::into_inner).get(&conn).cloned();
         outbound.is_some_and(|o| o.send(Outbound::Responses(responses)).is_ok())
@@ -1010,5 +1098,6 @@ impl Service for DataService {
 
     async fn closed(&self, conn: u64) {
         self.outbound.lock().unwrap_or_else(PoisonError::into_inner).remove(&conn);
+        self.peers.lock().unwrap_or_else(PoisonError::into_inner).remove(&conn);
     }
 }

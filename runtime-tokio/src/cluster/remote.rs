@@ -27,6 +27,7 @@ use larder_engine::{
 
 use super::client::{CallError, Client, LinkState};
 use super::node::{LocalSegment, SegmentWrite};
+use super::rdma::{ClientRdma, SimFabric};
 
 /// Why a cluster operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -91,17 +92,23 @@ pub struct RemoteStore {
     writer: NodeId,
     incarnation: Incarnation,
     peers: Mutex<HashMap<SocketAddr, std::sync::Arc<PeerLinks>>>,
-    locations: Mutex<HashMap<SegmentId, SocketAddr>>,
+    /// Where each segment is served, and by which node.
+    locations: Mutex<HashMap<SegmentId, (SocketAddr, NodeId)>>,
     /// A storage root the nodes share with this client: disk replicas are read straight
     /// from their bucket files there.
     shared_root: Option<std::path::PathBuf>,
     /// The segment of this client's own node, written and read without the network.
     local: Option<LocalSegment>,
+    /// This client's RDMA port, if it has one: nodes that have one too move replica
+    /// bytes with it over RDMA.
+    rdma: Option<ClientRdma>,
     memory_reads: AtomicU64,
     disk_reads: AtomicU64,
     direct_disk_reads: AtomicU64,
     local_writes: AtomicU64,
     local_reads: AtomicU64,
+    rdma_writes: AtomicU64,
+    rdma_reads: AtomicU64,
 }
 
 /// Where a client's gets were served from.
@@ -117,6 +124,11 @@ pub struct RemoteStats {
     pub local_writes: u64,
     /// Gets answered from this client's own node's segment in memory (no network).
     pub local_reads: u64,
+    /// Replicas written into another node's segment over RDMA (the rest of the
+    /// remote ones went over TCP).
+    pub rdma_writes: u64,
+    /// Memory replicas read from another node's segment over RDMA.
+    pub rdma_reads: u64,
 }
 
 impl RemoteStore {
@@ -150,11 +162,14 @@ impl RemoteStore {
             locations: Mutex::default(),
             shared_root: None,
             local: None,
+            rdma: None,
             memory_reads: AtomicU64::new(0),
             disk_reads: AtomicU64::new(0),
             direct_disk_reads: AtomicU64::new(0),
             local_writes: AtomicU64::new(0),
             local_reads: AtomicU64::new(0),
+            rdma_writes: AtomicU64::new(0),
+            rdma_reads: AtomicU64::new(0),
         })
     }
 
@@ -175,6 +190,15 @@ impl RemoteStore {
         self
     }
 
+    /// Attaches an RDMA port to `fabric`: replica bytes to and from nodes that have a
+    /// port too move over RDMA (the node moves them, with the checks it makes on TCP),
+    /// to and from the others over TCP.
+    #[must_use]
+    pub fn with_rdma(mut self, fabric: &SimFabric) -> Self {
+        self.rdma = Some(ClientRdma::new(fabric, self.writer));
+        self
+    }
+
     /// The own node's segment, if `segment` is it.
     fn local(&self, segment: SegmentId) -> Option<&LocalSegment> {
         self.local.as_ref().filter(|l| l.id() == segment)
@@ -188,6 +212,8 @@ impl RemoteStore {
             direct_disk_reads: self.direct_disk_reads.load(Ordering::Relaxed),
             local_writes: self.local_writes.load(Ordering::Relaxed),
             local_reads: self.local_reads.load(Ordering::Relaxed),
+            rdma_writes: self.rdma_writes.load(Ordering::Relaxed),
+            rdma_reads: self.rdma_reads.load(Ordering::Relaxed),
         }
     }
 
@@ -398,9 +424,18 @@ impl RemoteStore {
             self.local_writes.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
-        let peer = self.peer(replica.segment).await?;
-        let mut head = Vec::with_capacity(MAX_WRITE_HEAD_LEN);
+        let (addr, node) = self.locate(replica.segment).await?;
+        let peer = self.peer_at(addr).await?;
         let (segment, offset) = (replica.segment, replica.offset);
+        if let Some(rdma) = self.rdma_with(addr, node, &peer).await {
+            let len = value.len() as u64;
+            let write =
+                |source| DataRequest::PullWrite { segment, offset, version, epoch, crc32c, key, len, source };
+            if let Some(written) = self.write_rdma(rdma, addr, &peer, (segment, value), write).await {
+                return written;
+            }
+        }
+        let mut head = Vec::with_capacity(MAX_WRITE_HEAD_LEN);
         DataRequest::Write { segment, offset, version, epoch, crc32c, key, bytes: value }
             .encode_head(&mut head);
         let sent = peer.call_parts(vec![Bytes::from(head), value.clone()]).await;
@@ -428,7 +463,13 @@ impl RemoteStore {
             self.local_reads.fetch_add(1, Ordering::Relaxed);
             return Ok(bytes);
         }
-        let peer = self.peer(replica.segment).await?;
+        let (addr, node) = self.locate(replica.segment).await?;
+        let peer = self.peer_at(addr).await?;
+        if let Some(rdma) = self.rdma_with(addr, node, &peer).await {
+            if let Some(read) = self.read_rdma(rdma, addr, &peer, replica, version, crc32c).await {
+                return read;
+            }
+        }
         let mut body = Vec::new();
         DataRequest::Read { segment: replica.segment, offset: replica.offset, len: replica.len, version }
             .encode(&mut body);
@@ -449,26 +490,127 @@ impl RemoteStore {
         }
     }
 
-    /// The connection to the node serving `segment`.
-    async fn peer(&self, segment: SegmentId) -> Result<Client, RemoteError> {
+    /// Where the node serving `segment` listens, and which node it is.
+    async fn locate(&self, segment: SegmentId) -> Result<(SocketAddr, NodeId), RemoteError> {
         let known =
             self.locations.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&segment).copied();
-        let addr = match known {
-            Some(addr) => addr,
-            None => {
-                let addr = match self.master.call(&Request::Locate { segment }).await? {
-                    Response::Locate(Ok(location)) => location.serves.ok_or(not_serving(location.node))?,
-                    Response::Locate(Err(e)) => return Err(master_error(e)),
-                    other => return Err(RemoteError::Protocol(format!("{other:?}"))),
-                };
-                self.locations
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(segment, addr);
-                addr
+        if let Some(known) = known {
+            return Ok(known);
+        }
+        let location = match self.master.call(&Request::Locate { segment }).await? {
+            Response::Locate(Ok(location)) => location,
+            Response::Locate(Err(e)) => return Err(master_error(e)),
+            other => return Err(RemoteError::Protocol(format!("{other:?}"))),
+        };
+        let found = (location.serves.ok_or(not_serving(location.node))?, location.node);
+        self.locations.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(segment, found);
+        Ok(found)
+    }
+
+    /// This client's RDMA port if transfers with the node at `addr` use RDMA: the
+    /// first call per node offers it an endpoint over `peer` (one handshake at a time).
+    async fn rdma_with(&self, addr: SocketAddr, node: NodeId, peer: &Client) -> Option<&ClientRdma> {
+        let rdma = self.rdma.as_ref()?;
+        if let Some(settled) = rdma.uses_rdma(addr) {
+            return settled.then_some(rdma);
+        }
+        let _one = rdma.handshaking.lock().await;
+        if let Some(settled) = rdma.uses_rdma(addr) {
+            return settled.then_some(rdma);
+        }
+        let (mut body, mut pending) = rdma.begin(addr, node)?;
+        loop {
+            let answer = peer.call_raw(body).await.ok();
+            match rdma.handle_answer(addr, &mut pending, answer.as_deref()) {
+                Some(next) => body = next,
+                None => return (rdma.uses_rdma(addr) == Some(true)).then_some(rdma),
+            }
+        }
+    }
+
+    /// A write whose value the node pulls from this client's staging memory over RDMA
+    /// (`request`: the request for the staged value's address); `None` when TCP is to
+    /// carry it instead (no staging room, or the node has no RDMA for it now).
+    async fn write_rdma<'k>(
+        &self,
+        rdma: &ClientRdma,
+        addr: SocketAddr,
+        peer: &Client,
+        (segment, value): (SegmentId, &[u8]),
+        request: impl FnOnce(u64) -> DataRequest<'k>,
+    ) -> Option<Result<(), RemoteError>> {
+        let slot = rdma.take_slot(value.len() as u64)?;
+        rdma.fill(&slot, value);
+        let mut body = Vec::new();
+        request(rdma.address(&slot)).encode(&mut body);
+        let answer = match peer.call_raw(body).await {
+            Ok(answer) => answer,
+            // No answer: the node may still be reading the slot, so it is never given
+            // out again (it leaks); the endpoint is set up anew.
+            Err(e) => {
+                rdma.forget(addr);
+                return Some(self.forget_on_failure(Some(segment), Err(e)).map_err(RemoteError::from));
             }
         };
-        self.peer_at(addr).await
+        rdma.release(slot);
+        Some(match DataResponse::decode(&answer) {
+            Ok(DataResponse::Written) => {
+                self.rdma_writes.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(DataResponse::Refused(DataError::RdmaUnavailable)) => {
+                rdma.forget(addr);
+                return None;
+            }
+            Ok(DataResponse::Refused(e)) => Err(RemoteError::Data(e)),
+            other => Err(RemoteError::Protocol(format!("{other:?}"))),
+        })
+    }
+
+    /// A memory replica the node pushes into this client's staging memory over RDMA,
+    /// checked as a TCP read is; `None` when TCP is to carry it instead.
+    async fn read_rdma(
+        &self,
+        rdma: &ClientRdma,
+        addr: SocketAddr,
+        peer: &Client,
+        replica: &MemoryReplica,
+        version: ObjectVersion,
+        crc32c: Option<u32>,
+    ) -> Option<Result<Bytes, RemoteError>> {
+        let slot = rdma.take_slot(replica.len)?;
+        let (segment, offset, len) = (replica.segment, replica.offset, replica.len);
+        let mut body = Vec::new();
+        DataRequest::PushRead { segment, offset, len, version, dest: rdma.address(&slot) }.encode(&mut body);
+        let answer = match peer.call_raw(body).await {
+            Ok(answer) => answer,
+            // No answer: the node may still be writing into the slot, so it leaks.
+            Err(e) => {
+                rdma.forget(addr);
+                return Some(self.forget_on_failure(Some(segment), Err(e)).map_err(RemoteError::from));
+            }
+        };
+        let result = match DataResponse::decode(&answer) {
+            Ok(DataResponse::Pushed { crc32c: kept }) => {
+                let bytes = rdma.contents(&slot);
+                let expected = crc32c.unwrap_or(kept);
+                if kept != expected || larder_engine::checksum::crc32c(&bytes) != expected {
+                    Err(RemoteError::Corrupted)
+                } else {
+                    self.rdma_reads.fetch_add(1, Ordering::Relaxed);
+                    Ok(Bytes::from(bytes))
+                }
+            }
+            Ok(DataResponse::Refused(DataError::RdmaUnavailable)) => {
+                rdma.release(slot);
+                rdma.forget(addr);
+                return None;
+            }
+            Ok(DataResponse::Refused(e)) => Err(RemoteError::Data(e)),
+            other => Err(RemoteError::Protocol(format!("{other:?}"))),
+        };
+        rdma.release(slot);
+        Some(result)
     }
 
     /// Reads a disk replica from its bucket file on the shared root if there is one and
@@ -558,7 +700,12 @@ impl RemoteStore {
     ) -> Result<T, CallError> {
         if result.is_err() {
             if let Some(segment) = segment {
-                self.locations.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&segment);
+                let forgotten =
+                    self.locations.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&segment);
+                // A node at that address again may be another run, with or without RDMA.
+                if let (Some((addr, _)), Some(rdma)) = (forgotten, &self.rdma) {
+                    rdma.forget(addr);
+                }
             }
         }
         result

@@ -39,6 +39,7 @@ async fn phases(c: &BenchConfig, cluster: &ClusterBench) -> Result<Summary, Stri
                 storage_root: cluster.storage_root.clone(),
                 node_id: None,
                 tier: Default::default(),
+                rdma: None,
             };
             let node = larder_tokio::cluster::node::start(node)
                 .await

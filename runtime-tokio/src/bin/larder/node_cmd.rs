@@ -87,7 +87,7 @@ pub(crate) fn resolve(args: NodeArgs) -> Result<NodeServerConfig, String> {
         None => None,
     };
     let tier = TierSettings { max_disk_bytes, ..TierSettings::default() };
-    Ok(NodeServerConfig { master, listen, cluster, memory_bytes, storage_root, node_id, tier })
+    Ok(NodeServerConfig { master, listen, cluster, memory_bytes, storage_root, node_id, tier, rdma: None })
 }
 
 /// Runs until ctrl-c or SIGTERM; then withdraws the segment from the cluster (if the
