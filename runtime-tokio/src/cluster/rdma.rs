@@ -16,15 +16,16 @@
 //!
 //! A transfer is run by the engine's [`WrMachine`] over the endpoint's QPs; the node
 //! answers only once the machine reports it done, when the device touches neither
-//! side's staging any more. A failed QP is drained and left down; when none is left the
-//! node refuses with [`DataError::RdmaUnavailable`] and the client hands the transfer
-//! to TCP and sets up a new endpoint for the next one.
+//! side's staging any more. A failed QP is drained and left down; when none is left, or
+//! a transfer stalls, the node resets the endpoint's QPs (the device drops what it
+//! holds of them), refuses with [`DataError::RdmaUnavailable`], and the client hands
+//! the transfer to TCP and sets up a new endpoint for the next one.
 //!
 //! The device here is the engine's simulated NIC ([`SimFabric`], shared by every
 //! participant in one process): it stands in for the hardware in tests and benchmarks.
 //! The runtime does not drive a verbs device yet (`larder_engine::rdma::verbs` is the
-//! driver to plug in at this seam), so `larder node` and `larder master` processes move
-//! bytes over TCP and say so once in their log.
+//! driver to plug in at this seam), so `larder node` processes move bytes over TCP and
+//! say so once at start.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -188,7 +189,8 @@ fn step_handshake(
     Ok((out, connected))
 }
 
-/// How long an endpoint handshake may take.
+/// The endpoint handshake's own deadline. Each of its two rounds is one request on
+/// the data connection, whose timeout bounds it first, so this is never reached here.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------
@@ -203,6 +205,8 @@ pub(crate) struct ClientRdma {
     /// Staging ranges in use, `(offset, len)`, sorted by offset.
     slots: Mutex<Vec<(u64, u64)>>,
     endpoints: Mutex<HashMap<SocketAddr, ClientEndpoint>>,
+    /// The generation the next connected endpoint gets.
+    next_generation: std::sync::atomic::AtomicU64,
     /// Held through a handshake, so that two transfers to a new node set up one
     /// endpoint, not two that replace each other.
     pub(crate) handshaking: tokio::sync::Mutex<()>,
@@ -212,9 +216,26 @@ pub(crate) struct ClientRdma {
 #[derive(Debug)]
 enum ClientEndpoint {
     /// Connected: its QPs stay for the life of the endpoint (the node posts to them).
-    Connected { _qps: Vec<(u32, QueuePair)> },
+    Connected {
+        /// Which endpoint with this node it is: a failure seen on an earlier one must
+        /// not forget it.
+        generation: u64,
+        _qps: Vec<(u32, QueuePair)>,
+    },
     /// The node offers no RDMA: TCP until its connection fails.
     NotOffered,
+}
+
+/// How a client's transfers with one node go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// Over RDMA, on the endpoint of this generation.
+    Rdma {
+        /// The endpoint's generation.
+        generation: u64,
+    },
+    /// Over TCP.
+    Tcp,
 }
 
 /// A range of the client's staging memory, held for one transfer.
@@ -238,6 +259,7 @@ impl ClientRdma {
             node,
             slots: Mutex::default(),
             endpoints: Mutex::default(),
+            next_generation: std::sync::atomic::AtomicU64::new(1),
             handshaking: tokio::sync::Mutex::new(()),
         }
     }
@@ -246,10 +268,13 @@ impl ClientRdma {
         self.endpoints.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whether transfers with the node at `addr` use RDMA (`Some(true)`), TCP
-    /// (`Some(false)`), or are not settled yet (`None`: hand shake first).
-    pub(crate) fn uses_rdma(&self, addr: SocketAddr) -> Option<bool> {
-        self.endpoints().get(&addr).map(|e| matches!(e, ClientEndpoint::Connected { .. }))
+    /// How transfers with the node at `addr` go; `None`: not settled yet (hand shake
+    /// first).
+    pub(crate) fn transport(&self, addr: SocketAddr) -> Option<Transport> {
+        self.endpoints().get(&addr).map(|e| match e {
+            ClientEndpoint::Connected { generation, .. } => Transport::Rdma { generation: *generation },
+            ClientEndpoint::NotOffered => Transport::Tcp,
+        })
     }
 
     /// Starts a handshake with `node`: the first body to send, and the handshake to
@@ -299,7 +324,8 @@ impl ClientRdma {
             // The node's empty answer to this side's Ready: both sides are connected.
             Ok(_) if pending.hs.phase() == HandshakePhase::Connected => {
                 let qps = std::mem::take(&mut pending.qps);
-                self.settle(addr, ClientEndpoint::Connected { _qps: qps });
+                let generation = self.next_generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.settle(addr, ClientEndpoint::Connected { generation, _qps: qps });
                 None
             }
             _ => {
@@ -316,10 +342,20 @@ impl ClientRdma {
         self.endpoints().insert(addr, endpoint);
     }
 
-    /// The endpoint with `addr` failed a transfer, or the connection to it failed: the
-    /// next transfer hands shake again.
+    /// The connection to `addr` failed (the node may be another run now): the next
+    /// transfer hands shake again.
     pub(crate) fn forget(&self, addr: SocketAddr) {
         self.endpoints().remove(&addr);
+    }
+
+    /// A transfer on endpoint `generation` with `addr` failed: the next transfer hands
+    /// shake again, unless a newer endpoint took its place meanwhile.
+    pub(crate) fn forget_endpoint(&self, addr: SocketAddr, generation: u64) {
+        let mut endpoints = self.endpoints();
+        if matches!(endpoints.get(&addr), Some(ClientEndpoint::Connected { generation: g, .. }) if *g == generation)
+        {
+            endpoints.remove(&addr);
+        }
     }
 
     /// A staging slot of `len` bytes, if there is room.
@@ -395,6 +431,8 @@ pub(crate) struct NodeRdma {
     /// The device was seen touching the staging after a transfer ended: it is never
     /// used again (nor is RDMA).
     poisoned: bool,
+    /// Rounds of device work a transfer gets before it counts as stalled.
+    max_drive_rounds: usize,
 }
 
 /// One peer's endpoint on the node.
@@ -412,7 +450,13 @@ struct NodeEndpoint {
 
 impl NodeRdma {
     pub(crate) fn new(fabric: &SimFabric, node: NodeId) -> Self {
-        Self { port: Port::open(fabric), node, endpoints: HashMap::new(), poisoned: false }
+        Self {
+            port: Port::open(fabric),
+            node,
+            endpoints: HashMap::new(),
+            poisoned: false,
+            max_drive_rounds: MAX_DRIVE_ROUNDS,
+        }
     }
 
     /// Answers a peer's endpoint messages (`peer`: the node and incarnation its
@@ -503,9 +547,17 @@ impl NodeRdma {
         if !fill.is_empty() {
             nic.region_bytes_mut(staging.addr).expect("registered")[..fill.len()].copy_from_slice(fill);
         }
-        let outcome = endpoint.run(&mut nic, opcode, staging.addr, remote, len);
-        if outcome.is_some() && nic.touches(self.port.host, staging.addr, len) {
-            tracing::error!("the RDMA device still holds the staging after a transfer ended: RDMA is off");
+        let outcome = endpoint.run(&mut nic, opcode, staging.addr, remote, len, self.max_drive_rounds);
+        if !matches!(outcome, Some(Ok(_))) {
+            // Failed, or stalled with requests still in the device: the QPs go to RESET,
+            // which drops whatever the device holds of them, so that neither side's
+            // memory is touched after the refusal; the peer sets up a new endpoint.
+            tracing::debug!("RDMA transfer with {:?}: {outcome:?}; the peer falls back to TCP", peer.0);
+            self.drop_endpoint(&mut nic, peer);
+        }
+        // Every request of the node's names its staging: none may be left.
+        if nic.touches(self.port.host, staging.addr, len) {
+            tracing::error!("the RDMA device still holds the staging after a transfer: RDMA is off");
             self.poisoned = true;
         }
         match outcome {
@@ -513,18 +565,7 @@ impl NodeRdma {
                 let len = usize::try_from(len).expect("inside the staging");
                 Ok(take(&nic.region_bytes(staging.addr).expect("registered")[..len]))
             }
-            Some(result) => {
-                tracing::debug!("RDMA transfer with {:?}: {result:?}; the peer falls back to TCP", peer.0);
-                self.drop_endpoint(&mut nic, peer);
-                Err(DataError::RdmaUnavailable)
-            }
-            None => {
-                // The transfer never ended: its requests may still be in the device, so
-                // the staging is never used again.
-                tracing::error!("an RDMA transfer stalled: RDMA is off");
-                self.poisoned = true;
-                Err(DataError::RdmaUnavailable)
-            }
+            _ => Err(DataError::RdmaUnavailable),
         }
     }
 
@@ -545,6 +586,7 @@ impl NodeEndpoint {
         local: u64,
         remote: u64,
         len: u64,
+        max_rounds: usize,
     ) -> Option<Result<u64, TransferError>> {
         let machine = self.machine.as_mut()?;
         let id = match machine.submit(opcode, local, remote, len) {
@@ -553,7 +595,7 @@ impl NodeEndpoint {
         };
         let mut chain: Vec<WorkRequest> = Vec::new();
         let mut polled = Vec::new();
-        for _ in 0..MAX_DRIVE_ROUNDS {
+        for _ in 0..max_rounds {
             let mut progress = false;
             while let Some(lane) = self.machine.as_mut()?.poll_post(&mut chain) {
                 let result = nic.post_send(self.qps[lane].0, &chain);
@@ -619,5 +661,84 @@ impl NodeEndpoint {
             qp.reset();
             execute_modifies(nic, *qpn, qp);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLIENT: NodeId = NodeId(11);
+    const NODE: NodeId = NodeId(22);
+    /// The client's connection, as the node's handshake bound it.
+    const PEER: (NodeId, u64) = (CLIENT, 1);
+
+    fn node_addr() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 1))
+    }
+
+    /// Runs the endpoint handshake between `client` and `node` over the bodies their
+    /// data connection would carry.
+    fn connect(client: &ClientRdma, node: &mut NodeRdma) {
+        let (mut body, mut pending) = client.begin(node_addr(), NODE).expect("an offer");
+        loop {
+            let Ok(DataRequest::Endpoint { messages }) = DataRequest::decode(&body) else {
+                panic!("not an endpoint body")
+            };
+            let mut answer = Vec::new();
+            node.answer_endpoint(PEER, messages, &mut answer);
+            match client.handle_answer(node_addr(), &mut pending, Some(&answer)) {
+                Some(next) => body = next,
+                None => break,
+            }
+        }
+    }
+
+    /// A push the node gives up on (stalled) is refused, and the refusal lets the reader
+    /// reuse its slot: nothing left in the device may write into it afterwards.
+    #[test]
+    fn a_stalled_push_leaves_nothing_in_the_device_that_could_write_into_the_readers_slot() {
+        const LEN: usize = 8 << 20;
+        let fabric = SimFabric::new(3, LEN);
+        let client = ClientRdma::new(&fabric, CLIENT);
+        let mut node = NodeRdma::new(&fabric, NODE);
+        connect(&client, &mut node);
+        // 128 slices, at most 64 device steps: the transfer cannot end in one round.
+        node.max_drive_rounds = 1;
+        let slot = client.take_slot(LEN as u64).expect("room");
+        assert_eq!(node.push(PEER, client.address(&slot), &vec![7u8; LEN]), Err(DataError::RdmaUnavailable));
+        client.fill(&slot, &vec![1u8; LEN]);
+        let mut nic = fabric.lock();
+        while nic.step() {}
+        drop(nic);
+        assert!(client.contents(&slot).iter().all(|b| *b == 1), "the device wrote into a released slot");
+    }
+
+    fn generation(client: &ClientRdma) -> u64 {
+        match client.transport(node_addr()) {
+            Some(Transport::Rdma { generation }) => generation,
+            other => panic!("not connected: {other:?}"),
+        }
+    }
+
+    /// A transfer that failed on an endpoint the client has since replaced (it was in
+    /// flight during the new handshake) does not forget the new one.
+    #[test]
+    fn a_failure_on_an_older_endpoint_does_not_forget_the_newer_one() {
+        let fabric = SimFabric::new(4, 1 << 20);
+        let client = ClientRdma::new(&fabric, CLIENT);
+        let mut node = NodeRdma::new(&fabric, NODE);
+        connect(&client, &mut node);
+        let first = generation(&client);
+        client.forget_endpoint(node_addr(), first);
+        assert_eq!(client.transport(node_addr()), None, "its own failure forgets it");
+        connect(&client, &mut node);
+        let second = generation(&client);
+        assert_ne!(first, second);
+        client.forget_endpoint(node_addr(), first);
+        assert_eq!(generation(&client), second, "a late failure of the first kept the second");
+        let slot = client.take_slot(4096).expect("room");
+        assert_eq!(node.push(PEER, client.address(&slot), &[5u8; 4096]), Ok(()));
+        assert!(client.contents(&slot).iter().all(|b| *b == 5));
     }
 }

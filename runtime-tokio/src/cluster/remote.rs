@@ -27,7 +27,7 @@ use larder_engine::{
 
 use super::client::{CallError, Client, LinkState};
 use super::node::{LocalSegment, SegmentWrite};
-use super::rdma::{ClientRdma, SimFabric};
+use super::rdma::{ClientRdma, SimFabric, Transport};
 
 /// Why a cluster operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -431,7 +431,7 @@ impl RemoteStore {
             let len = value.len() as u64;
             let write =
                 |source| DataRequest::PullWrite { segment, offset, version, epoch, crc32c, key, len, source };
-            if let Some(written) = self.write_rdma(rdma, addr, &peer, (segment, value), write).await {
+            if let Some(written) = self.write_rdma(rdma, &peer, (segment, value), write).await {
                 return written;
             }
         }
@@ -466,7 +466,7 @@ impl RemoteStore {
         let (addr, node) = self.locate(replica.segment).await?;
         let peer = self.peer_at(addr).await?;
         if let Some(rdma) = self.rdma_with(addr, node, &peer).await {
-            if let Some(read) = self.read_rdma(rdma, addr, &peer, replica, version, crc32c).await {
+            if let Some(read) = self.read_rdma(rdma, &peer, replica, version, crc32c).await {
                 return read;
             }
         }
@@ -507,23 +507,27 @@ impl RemoteStore {
         Ok(found)
     }
 
-    /// This client's RDMA port if transfers with the node at `addr` use RDMA: the
+    /// The RDMA endpoint with the node at `addr`, if transfers with it use RDMA: the
     /// first call per node offers it an endpoint over `peer` (one handshake at a time).
-    async fn rdma_with(&self, addr: SocketAddr, node: NodeId, peer: &Client) -> Option<&ClientRdma> {
+    async fn rdma_with(&self, addr: SocketAddr, node: NodeId, peer: &Client) -> Option<RdmaLink<'_>> {
         let rdma = self.rdma.as_ref()?;
-        if let Some(settled) = rdma.uses_rdma(addr) {
-            return settled.then_some(rdma);
+        let link = |transport| match transport {
+            Transport::Rdma { generation } => Some(RdmaLink { rdma, addr, generation }),
+            Transport::Tcp => None,
+        };
+        if let Some(settled) = rdma.transport(addr) {
+            return link(settled);
         }
         let _one = rdma.handshaking.lock().await;
-        if let Some(settled) = rdma.uses_rdma(addr) {
-            return settled.then_some(rdma);
+        if let Some(settled) = rdma.transport(addr) {
+            return link(settled);
         }
         let (mut body, mut pending) = rdma.begin(addr, node)?;
         loop {
             let answer = peer.call_raw(body).await.ok();
             match rdma.handle_answer(addr, &mut pending, answer.as_deref()) {
                 Some(next) => body = next,
-                None => return (rdma.uses_rdma(addr) == Some(true)).then_some(rdma),
+                None => return rdma.transport(addr).and_then(link),
             }
         }
     }
@@ -533,33 +537,29 @@ impl RemoteStore {
     /// carry it instead (no staging room, or the node has no RDMA for it now).
     async fn write_rdma<'k>(
         &self,
-        rdma: &ClientRdma,
-        addr: SocketAddr,
+        link: RdmaLink<'_>,
         peer: &Client,
         (segment, value): (SegmentId, &[u8]),
         request: impl FnOnce(u64) -> DataRequest<'k>,
     ) -> Option<Result<(), RemoteError>> {
-        let slot = rdma.take_slot(value.len() as u64)?;
-        rdma.fill(&slot, value);
+        let slot = link.rdma.take_slot(value.len() as u64)?;
+        link.rdma.fill(&slot, value);
         let mut body = Vec::new();
-        request(rdma.address(&slot)).encode(&mut body);
+        request(link.rdma.address(&slot)).encode(&mut body);
         let answer = match peer.call_raw(body).await {
             Ok(answer) => answer,
             // No answer: the node may still be reading the slot, so it is never given
             // out again (it leaks); the endpoint is set up anew.
-            Err(e) => {
-                rdma.forget(addr);
-                return Some(self.forget_on_failure(Some(segment), Err(e)).map_err(RemoteError::from));
-            }
+            Err(e) => return Some(self.forget_on_failure(Some(segment), Err(e)).map_err(RemoteError::from)),
         };
-        rdma.release(slot);
+        link.rdma.release(slot);
         Some(match DataResponse::decode(&answer) {
             Ok(DataResponse::Written) => {
                 self.rdma_writes.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
             Ok(DataResponse::Refused(DataError::RdmaUnavailable)) => {
-                rdma.forget(addr);
+                link.forget();
                 return None;
             }
             Ok(DataResponse::Refused(e)) => Err(RemoteError::Data(e)),
@@ -571,28 +571,25 @@ impl RemoteStore {
     /// checked as a TCP read is; `None` when TCP is to carry it instead.
     async fn read_rdma(
         &self,
-        rdma: &ClientRdma,
-        addr: SocketAddr,
+        link: RdmaLink<'_>,
         peer: &Client,
         replica: &MemoryReplica,
         version: ObjectVersion,
         crc32c: Option<u32>,
     ) -> Option<Result<Bytes, RemoteError>> {
-        let slot = rdma.take_slot(replica.len)?;
+        let slot = link.rdma.take_slot(replica.len)?;
         let (segment, offset, len) = (replica.segment, replica.offset, replica.len);
         let mut body = Vec::new();
-        DataRequest::PushRead { segment, offset, len, version, dest: rdma.address(&slot) }.encode(&mut body);
+        DataRequest::PushRead { segment, offset, len, version, dest: link.rdma.address(&slot) }
+            .encode(&mut body);
         let answer = match peer.call_raw(body).await {
             Ok(answer) => answer,
             // No answer: the node may still be writing into the slot, so it leaks.
-            Err(e) => {
-                rdma.forget(addr);
-                return Some(self.forget_on_failure(Some(segment), Err(e)).map_err(RemoteError::from));
-            }
+            Err(e) => return Some(self.forget_on_failure(Some(segment), Err(e)).map_err(RemoteError::from)),
         };
         let result = match DataResponse::decode(&answer) {
             Ok(DataResponse::Pushed { crc32c: kept }) => {
-                let bytes = rdma.contents(&slot);
+                let bytes = link.rdma.contents(&slot);
                 let expected = crc32c.unwrap_or(kept);
                 if kept != expected || larder_engine::checksum::crc32c(&bytes) != expected {
                     Err(RemoteError::Corrupted)
@@ -602,14 +599,14 @@ impl RemoteStore {
                 }
             }
             Ok(DataResponse::Refused(DataError::RdmaUnavailable)) => {
-                rdma.release(slot);
-                rdma.forget(addr);
+                link.rdma.release(slot);
+                link.forget();
                 return None;
             }
             Ok(DataResponse::Refused(e)) => Err(RemoteError::Data(e)),
             other => Err(RemoteError::Protocol(format!("{other:?}"))),
         };
-        rdma.release(slot);
+        link.rdma.release(slot);
         Some(result)
     }
 
@@ -726,6 +723,22 @@ impl RemoteStore {
         let client = links.pick().ok_or(RemoteError::Unreachable(CallError::NotConnected(addr)))?;
         client.wait_up(std::time::Duration::from_secs(5)).await?;
         Ok(client.clone())
+    }
+}
+
+/// A client's RDMA endpoint with one node, as a transfer uses it.
+#[derive(Debug, Clone, Copy)]
+struct RdmaLink<'a> {
+    rdma: &'a ClientRdma,
+    addr: SocketAddr,
+    generation: u64,
+}
+
+impl RdmaLink<'_> {
+    /// The node refused the transfer on this endpoint: the next one sets up another
+    /// (unless another transfer already did).
+    fn forget(&self) {
+        self.rdma.forget_endpoint(self.addr, self.generation);
     }
 }
 
