@@ -476,11 +476,7 @@ impl RemoteStore {
         let answer = self.forget_on_failure(Some(replica.segment), peer.call_raw(body).await)?;
         match DataResponse::decode(&answer) {
             Ok(DataResponse::Read { crc32c: kept, bytes }) => {
-                let expected = crc32c.unwrap_or(kept);
-                if bytes.len() as u64 != replica.len
-                    || kept != expected
-                    || larder_engine::checksum::crc32c(bytes) != expected
-                {
+                if !is_replica(bytes, replica.len, kept, crc32c) {
                     return Err(RemoteError::Corrupted);
                 }
                 Ok(value_of(answer))
@@ -590,8 +586,7 @@ impl RemoteStore {
         let result = match DataResponse::decode(&answer) {
             Ok(DataResponse::Pushed { crc32c: kept }) => {
                 let bytes = link.rdma.contents(&slot);
-                let expected = crc32c.unwrap_or(kept);
-                if kept != expected || larder_engine::checksum::crc32c(&bytes) != expected {
+                if !is_replica(&bytes, len, kept, crc32c) {
                     Err(RemoteError::Corrupted)
                 } else {
                     self.rdma_reads.fetch_add(1, Ordering::Relaxed);
@@ -772,6 +767,14 @@ impl PeerLinks {
         }
         first_dial
     }
+}
+
+/// Whether `bytes`, read from a memory replica of `len` bytes whose node kept CRC32C
+/// `kept`, are the writer's: `expected` is the writer's CRC32C from the replica list
+/// (`None` only for an object no cluster client wrote: then the node's is taken).
+fn is_replica(bytes: &[u8], len: u64, kept: u32, expected: Option<u32>) -> bool {
+    let expected = expected.unwrap_or(kept);
+    bytes.len() as u64 == len && kept == expected && larder_engine::checksum::crc32c(bytes) == expected
 }
 
 /// The value in a read answer, without a copy: the answer's bytes past its header.
