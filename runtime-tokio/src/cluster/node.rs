@@ -24,7 +24,7 @@ use bytes::Bytes;
 use larder_engine::disk::{DropCause, Tier, TierConfig, TierEvent};
 use larder_engine::embedded::{FdWatch, Runtime};
 use larder_engine::memory::SegmentMemory;
-use larder_engine::net::data::{DataError, DataRequest, DataResponse, Extent, Extents};
+use larder_engine::net::data::{DataError, DataRequest, DataResponse, EndpointMessages, Extent, Extents};
 use larder_engine::net::{
     ClientConfig, ClusterName, DEFAULT_MAX_FRAME_BODY, Hello, PROTOCOL_VERSIONS, RefusalReason, Role,
     ServerConfig,
@@ -437,7 +437,7 @@ pub async fn start(config: NodeServerConfig) -> std::io::Result<NodeServer> {
         max_frame_body: DEFAULT_MAX_FRAME_BODY,
     };
     let rdma = match &config.rdma {
-        Some(fabric) => Some(std::sync::Mutex::new(NodeRdma::new(fabric, node))),
+        Some(fabric) => Some(Arc::new(std::sync::Mutex::new(NodeRdma::new(fabric, node)))),
         None => {
             tracing::info!("node {node}: no RDMA device: replica bytes move over TCP");
             None
@@ -945,18 +945,31 @@ const READ_HEADER_ROOM: usize = 16;
 #[derive(Debug)]
 struct DataService {
     state: Arc<NodeState>,
-    /// The node's RDMA port, if it has a device.
-    rdma: Option<std::sync::Mutex<NodeRdma>>,
+    /// The node's RDMA port, if it has a device. Its work runs on a blocking thread
+    /// (a transfer drives the device to its end), not on the workers serving the
+    /// other connections.
+    rdma: Option<Arc<std::sync::Mutex<NodeRdma>>>,
     outbound: std::sync::Mutex<std::collections::HashMap<u64, mpsc::UnboundedSender<Outbound>>>,
     /// Each connection's peer (node and run), as its handshake bound them.
     peers: std::sync::Mutex<std::collections::HashMap<u64, (NodeId, u64)>>,
 }
 
 impl DataService {
-    /// The RDMA port, if the node has one.
-    fn rdma(&self) -> Result<std::sync::MutexGuard<'_, NodeRdma>, DataError> {
-        let rdma = self.rdma.as_ref().ok_or(DataError::RdmaUnavailable)?;
-        Ok(rdma.lock().unwrap_or_else(PoisonError::into_inner))
+    /// Runs `work` on the RDMA port, on a blocking thread. A panic in it switches
+    /// RDMA off for good: the device may still hold the staging.
+    async fn on_rdma<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut NodeRdma) -> Result<T, DataError> + Send + 'static,
+    ) -> Result<T, DataError> {
+        let rdma = Arc::clone(self.rdma.as_ref().ok_or(DataError::RdmaUnavailable)?);
+        let port = Arc::clone(&rdma);
+        let done = tokio::task::spawn_blocking(move || {
+            work(&mut port.lock().unwrap_or_else(PoisonError::into_inner))
+        });
+        done.await.unwrap_or_else(|_| {
+            rdma.lock().unwrap_or_else(PoisonError::into_inner).switch_off();
+            Err(DataError::RdmaUnavailable)
+        })
     }
 
     fn peer(&self, conn: u64) -> Result<(NodeId, u64), DataError> {
@@ -965,7 +978,7 @@ impl DataService {
     }
 
     /// Takes a write whose value the node reads from the writer's memory over RDMA.
-    fn pull_write(
+    async fn pull_write(
         &self,
         conn: u64,
         write: &SegmentWrite<'_>,
@@ -973,13 +986,13 @@ impl DataService {
         source: u64,
     ) -> Result<(), DataError> {
         let peer = self.peer(conn)?;
-        let bytes = self.rdma()?.pull(peer, source, len)?;
+        let bytes = self.on_rdma(move |rdma| rdma.pull(peer, source, len)).await?;
         self.state.write(write, &bytes)
     }
 
     /// Checks a read as over TCP, then writes its bytes into the reader's memory over
     /// RDMA; their CRC32C.
-    fn push_read(
+    async fn push_read(
         &self,
         conn: u64,
         replica: &MemoryReplica,
@@ -988,8 +1001,21 @@ impl DataService {
     ) -> Result<u32, DataError> {
         let peer = self.peer(conn)?;
         let (bytes, crc32c) = self.state.copy_replica_with_crc(replica, version, None)?;
-        self.rdma()?.push(peer, dest, &bytes)?;
+        self.on_rdma(move |rdma| rdma.push(peer, dest, &bytes)).await?;
         Ok(crc32c)
+    }
+
+    /// The node's answer to a peer's endpoint messages.
+    async fn answer_endpoint(&self, conn: u64, messages: EndpointMessages<'_>) -> Result<Vec<u8>, DataError> {
+        let peer = self.peer(conn)?;
+        let messages = messages.as_bytes().to_vec();
+        self.on_rdma(move |rdma| {
+            let messages = EndpointMessages::new(&messages).map_err(|_| DataError::RdmaUnavailable)?;
+            let mut answer = Vec::new();
+            rdma.answer_endpoint(peer, messages, &mut answer);
+            Ok(answer)
+        })
+        .await
     }
 
     async fn answer(&self, conn: u64, body: &[u8]) -> Vec<u8> {
@@ -1031,19 +1057,19 @@ impl DataService {
                 }
                 Err(e) => DataResponse::Refused(e).encode(&mut out),
             },
-            DataRequest::Endpoint { messages } => match (self.peer(conn), self.rdma()) {
-                (Ok(peer), Ok(mut rdma)) => rdma.answer_endpoint(peer, messages, &mut out),
-                (Err(e), _) | (_, Err(e)) => DataResponse::Refused(e).encode(&mut out),
+            DataRequest::Endpoint { messages } => match self.answer_endpoint(conn, messages).await {
+                Ok(answer) => out = answer,
+                Err(e) => DataResponse::Refused(e).encode(&mut out),
             },
             DataRequest::PullWrite { segment, offset, version, epoch, crc32c, key, len, source } => {
                 let write = SegmentWrite { segment, offset, version, epoch, crc32c, key };
-                match self.pull_write(conn, &write, len, source) {
+                match self.pull_write(conn, &write, len, source).await {
                     Ok(()) => DataResponse::Written.encode(&mut out),
                     Err(e) => DataResponse::Refused(e).encode(&mut out),
                 }
             }
             DataRequest::PushRead { segment, offset, len, version, dest } => {
-                match self.push_read(conn, &MemoryReplica { segment, offset, len }, version, dest) {
+                match self.push_read(conn, &MemoryReplica { segment, offset, len }, version, dest).await {
                     Ok(crc32c) => DataResponse::Pushed { crc32c }.encode(&mut out),
                     Err(e) => DataResponse::Refused(e).encode(&mut out),
                 }

@@ -207,9 +207,10 @@ pub(crate) struct ClientRdma {
     endpoints: Mutex<HashMap<SocketAddr, ClientEndpoint>>,
     /// The generation the next connected endpoint gets.
     next_generation: std::sync::atomic::AtomicU64,
-    /// Held through a handshake, so that two transfers to a new node set up one
-    /// endpoint, not two that replace each other.
-    pub(crate) handshaking: tokio::sync::Mutex<()>,
+    /// One lock per node, held through a handshake with it, so that two transfers to
+    /// a new node set up one endpoint, not two that replace each other (handshakes
+    /// with other nodes go on meanwhile).
+    handshaking: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Where a client stands with one node.
@@ -260,8 +261,14 @@ impl ClientRdma {
             slots: Mutex::default(),
             endpoints: Mutex::default(),
             next_generation: std::sync::atomic::AtomicU64::new(1),
-            handshaking: tokio::sync::Mutex::new(()),
+            handshaking: Mutex::default(),
         }
+    }
+
+    /// The lock to hold through a handshake with the node at `addr`.
+    pub(crate) fn handshake_lock(&self, addr: SocketAddr) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.handshaking.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(locks.entry(addr).or_default())
     }
 
     fn endpoints(&self) -> MutexGuard<'_, HashMap<SocketAddr, ClientEndpoint>> {
@@ -457,6 +464,11 @@ impl NodeRdma {
             poisoned: false,
             max_drive_rounds: MAX_DRIVE_ROUNDS,
         }
+    }
+
+    /// Switches RDMA off for good (the device may still hold the staging).
+    pub(crate) fn switch_off(&mut self) {
+        self.poisoned = true;
     }
 
     /// Answers a peer's endpoint messages (`peer`: the node and incarnation its

@@ -514,7 +514,8 @@ impl RemoteStore {
         if let Some(settled) = rdma.transport(addr) {
             return link(settled);
         }
-        let _one = rdma.handshaking.lock().await;
+        let lock = rdma.handshake_lock(addr);
+        let _one = lock.lock().await;
         if let Some(settled) = rdma.transport(addr) {
             return link(settled);
         }
