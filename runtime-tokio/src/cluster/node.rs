@@ -1124,6 +1124,17 @@ impl Service for DataService {
 
     async fn closed(&self, conn: u64) {
         self.outbound.lock().unwrap_or_else(PoisonError::into_inner).remove(&conn);
-        self.peers.lock().unwrap_or_else(PoisonError::into_inner).remove(&conn);
+        let last_of_peer = {
+            let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+            peers.remove(&conn).filter(|peer| !peers.values().any(|other| other == peer))
+        };
+        if let Some(peer) = last_of_peer.filter(|_| self.rdma.is_some()) {
+            // A client run's endpoint lives as long as one of its connections does.
+            let forgotten = self.on_rdma(move |rdma| {
+                rdma.forget_peer(peer);
+                Ok(())
+            });
+            let _ = forgotten.await;
+        }
     }
 }

@@ -581,6 +581,20 @@ impl NodeRdma {
         }
     }
 
+    /// The peer's last connection closed: its endpoint goes (its QPs to RESET, which
+    /// drops whatever the device holds of them). No transfer is in flight on it: they
+    /// run under the port's lock, to their end.
+    pub(crate) fn forget_peer(&mut self, peer: (NodeId, u64)) {
+        let fabric = self.port.fabric.clone();
+        self.drop_endpoint(&mut fabric.lock(), peer);
+    }
+
+    /// Peers with an endpoint (connected or in a handshake).
+    #[cfg(test)]
+    fn endpoint_count(&self) -> usize {
+        self.endpoints.len()
+    }
+
     fn drop_endpoint(&mut self, nic: &mut SimNic, peer: (NodeId, u64)) {
         if let Some(mut endpoint) = self.endpoints.remove(&peer) {
             endpoint.reset(nic);
@@ -752,5 +766,24 @@ mod tests {
         let slot = client.take_slot(4096).expect("room");
         assert_eq!(node.push(PEER, client.address(&slot), &[5u8; 4096]), Ok(()));
         assert!(client.contents(&slot).iter().all(|b| *b == 5));
+    }
+
+    /// A peer whose connections all closed leaves no endpoint behind on the node, and
+    /// nothing of it can move bytes any more.
+    #[test]
+    fn a_gone_peers_endpoint_is_dropped_and_moves_no_bytes() {
+        let fabric = SimFabric::new(5, 1 << 20);
+        let client = ClientRdma::new(&fabric, CLIENT);
+        let mut node = NodeRdma::new(&fabric, NODE);
+        connect(&client, &mut node);
+        assert_eq!(node.endpoint_count(), 1);
+        node.forget_peer(PEER);
+        assert_eq!(node.endpoint_count(), 0);
+        let slot = client.take_slot(4096).expect("room");
+        client.fill(&slot, &[1u8; 4096]);
+        let moved = fabric.stats().bytes;
+        assert_eq!(node.push(PEER, client.address(&slot), &[5u8; 4096]), Err(DataError::RdmaUnavailable));
+        assert_eq!(fabric.stats().bytes, moved);
+        assert!(client.contents(&slot).iter().all(|b| *b == 1));
     }
 }
