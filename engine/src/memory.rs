@@ -8,7 +8,10 @@
 //! paid when the node starts, like the registration of a buffer an RDMA NIC will write
 //! into, and the memory is the node's from then on.
 
-use core::ops::{Deref, DerefMut};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::ptr::NonNull;
+use std::sync::{Mutex, PoisonError};
 
 use memmap2::{Advice, MmapMut};
 
@@ -16,9 +19,54 @@ use memmap2::{Advice, MmapMut};
 const PAGE: usize = 4096;
 
 /// A zeroed, committed byte buffer for a segment.
+///
+/// Its bytes are reached only by range: [`SegmentMemory::range`] and
+/// [`SegmentMemory::range_mut`] for the owner, [`SegmentMemory::lend`] for a writer
+/// that fills a range outside the owner's borrow (a socket read straight into the
+/// segment while the owner serves other ranges). A lent range is refused to both
+/// until its [`LentRange`] is dropped, and no reference to the whole buffer is ever
+/// made, so a lent range is never aliased.
 #[derive(Debug)]
 pub struct SegmentMemory {
-    map: MmapMut,
+    mapping: Arc<Mapping>,
+}
+
+#[derive(Debug)]
+struct Mapping {
+    /// Owns the mapping. Never borrowed after `base` was taken from it.
+    _map: MmapMut,
+    base: NonNull<u8>,
+    len: usize,
+    /// Ranges lent out, `(start, end)`, disjoint.
+    lent: Mutex<Vec<(usize, usize)>>,
+}
+
+// SAFETY: `base` points into the mapping `_map` owns, which lives as long as this
+// value; every access through it goes through a range that is either borrowed from
+// the `SegmentMemory` (so Rust's borrow rules order it) or lent exclusively to one
+// `LentRange` (recorded in `lent`, under its mutex). Moving or sharing the value
+// between threads changes neither.
+unsafe impl Send for Mapping {}
+// SAFETY: as for `Send`: shared access makes no reference into the bytes by itself.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    fn lent(&self) -> std::sync::MutexGuard<'_, Vec<(usize, usize)>> {
+        self.lent.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `start..start + len` if it lies inside and overlaps no lent range.
+    fn free_range(&self, start: usize, len: usize) -> Option<(usize, usize)> {
+        let end = start.checked_add(len).filter(|end| *end <= self.len)?;
+        let overlaps = self.lent().iter().any(|&(s, e)| s < end && start < e);
+        (!overlaps).then_some((start, end))
+    }
+
+    fn pointer(&self, start: usize) -> *mut u8 {
+        // `start` is at most `len` (checked by the callers): inside the mapping or one
+        // past its end, as `add` requires.
+        self.base.as_ptr().wrapping_add(start)
+    }
 }
 
 impl SegmentMemory {
@@ -30,34 +78,115 @@ impl SegmentMemory {
     /// space cannot be mapped.
     pub fn committed(len: usize) -> std::io::Result<Self> {
         let mut map = MmapMut::map_anon(len)?;
-        if len == 0 {
-            return Ok(Self { map });
-        }
-        if let Err(e) = map.advise(Advice::HugePage) {
-            tracing::debug!("madvise(MADV_HUGEPAGE): {e}");
-        }
-        if let Err(e) = map.advise(Advice::PopulateWrite) {
-            // Kernels before 5.14: a write per page commits it just the same.
-            tracing::debug!("madvise(MADV_POPULATE_WRITE): {e}; touching each page");
-            for page in map.chunks_mut(PAGE) {
-                page[0] = 0;
+        if len > 0 {
+            if let Err(e) = map.advise(Advice::HugePage) {
+                tracing::debug!("madvise(MADV_HUGEPAGE): {e}");
+            }
+            if let Err(e) = map.advise(Advice::PopulateWrite) {
+                // Kernels before 5.14: a write per page commits it just the same.
+                tracing::debug!("madvise(MADV_POPULATE_WRITE): {e}; touching each page");
+                for page in map.chunks_mut(PAGE) {
+                    page[0] = 0;
+                }
             }
         }
-        Ok(Self { map })
+        let base = NonNull::new(map.as_mut_ptr()).unwrap_or(NonNull::dangling());
+        Ok(Self { mapping: Arc::new(Mapping { _map: map, base, len, lent: Mutex::default() }) })
+    }
+
+    /// Its size in bytes.
+    pub fn len(&self) -> usize {
+        self.mapping.len
+    }
+
+    /// True if it has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.mapping.len == 0
+    }
+
+    /// The `len` bytes at `start`; `None` if they are not all inside, or some are lent.
+    pub fn range(&self, start: usize, len: usize) -> Option<&[u8]> {
+        let (start, end) = self.mapping.free_range(start, len)?;
+        // SAFETY: the range lies inside the mapping, which outlives `&self`. No
+        // `LentRange` holds any of it (checked just now), and none can be made while
+        // this borrow of `self` lasts (`lend` takes `&mut self`); the owner's mutable
+        // ranges need `&mut self` too. So nothing writes these bytes while the slice
+        // lives.
+        Some(unsafe { core::slice::from_raw_parts(self.mapping.pointer(start), end - start) })
+    }
+
+    /// The `len` bytes at `start`, to write; `None` if they are not all inside, or
+    /// some are lent.
+    pub fn range_mut(&mut self, start: usize, len: usize) -> Option<&mut [u8]> {
+        let (start, end) = self.mapping.free_range(start, len)?;
+        // SAFETY: inside the mapping, which outlives `&mut self`; no `LentRange` holds
+        // any of it (checked just now, and none can be made during this borrow), and
+        // `&mut self` excludes every other range borrowed from `self`.
+        Some(unsafe { core::slice::from_raw_parts_mut(self.mapping.pointer(start), end - start) })
+    }
+
+    /// Lends the `len` bytes at `start` to be written outside any borrow of `self`,
+    /// until the [`LentRange`] is dropped; `None` if they are not all inside, or some
+    /// are lent already. The mapping lives at least as long as the range.
+    pub fn lend(&mut self, start: usize, len: usize) -> Option<LentRange> {
+        let mut lent = self.mapping.lent();
+        let end = start.checked_add(len).filter(|end| *end <= self.mapping.len && len > 0)?;
+        if lent.iter().any(|&(s, e)| s < end && start < e) {
+            return None;
+        }
+        lent.push((start, end));
+        drop(lent);
+        Some(LentRange { mapping: Arc::clone(&self.mapping), start, len })
     }
 }
 
-impl Deref for SegmentMemory {
-    type Target = [u8];
+/// A range of a [`SegmentMemory`] lent to one writer: neither the owner nor another
+/// writer reaches these bytes until it is dropped.
+#[derive(Debug)]
+pub struct LentRange {
+    mapping: Arc<Mapping>,
+    start: usize,
+    len: usize,
+}
 
-    fn deref(&self) -> &[u8] {
-        &self.map
+impl LentRange {
+    /// Where the range starts in the segment.
+    pub fn start(&self) -> usize {
+        self.start
+    }
+
+    /// Its length.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True if it is empty (never: `lend` refuses empty ranges).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The bytes, to write.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: the range lies inside the mapping, which `self.mapping` keeps alive;
+        // it is recorded as lent to this value alone (`lend` refused overlaps), and the
+        // owner's `range`/`range_mut` refuse lent bytes, so `&mut self` is the only way
+        // to them.
+        unsafe { core::slice::from_raw_parts_mut(self.mapping.pointer(self.start), self.len) }
+    }
+
+    /// The bytes as they are now.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: as for `bytes_mut`; `&self` excludes writes through `bytes_mut`.
+        unsafe { core::slice::from_raw_parts(self.mapping.pointer(self.start), self.len) }
     }
 }
 
-impl DerefMut for SegmentMemory {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        &mut self.map
+impl Drop for LentRange {
+    fn drop(&mut self) {
+        let mut lent = self.mapping.lent();
+        if let Some(at) = lent.iter().position(|&(s, _)| s == self.start) {
+            lent.swap_remove(at);
+        }
     }
 }
 
@@ -70,12 +199,47 @@ mod tests {
         for len in [0, 1, 4095, (2 << 20) + 3] {
             let mut memory = SegmentMemory::committed(len).unwrap();
             assert_eq!(memory.len(), len);
-            assert!(memory.iter().all(|&b| b == 0));
-            if let Some(last) = memory.last_mut() {
-                *last = 7;
-                assert_eq!(memory[len - 1], 7);
+            assert!(memory.range(0, len).unwrap().iter().all(|&b| b == 0));
+            if len > 0 {
+                memory.range_mut(len - 1, 1).unwrap()[0] = 7;
+                assert_eq!(memory.range(len - 1, 1).unwrap(), &[7]);
             }
+            assert!(memory.range(0, len + 1).is_none(), "past the end");
+            assert!(memory.range(usize::MAX, 2).is_none(), "overflowing");
         }
+    }
+
+    #[test]
+    fn a_lent_range_is_refused_to_the_owner_and_other_writers_until_dropped() {
+        let mut memory = SegmentMemory::committed(64 << 10).unwrap();
+        let mut lent = memory.lend(4096, 8192).unwrap();
+        for (start, len) in [(4096, 1), (0, 4097), (12_287, 10), (0, 64 << 10), (8000, 100)] {
+            assert!(memory.range(start, len).is_none(), "{start}+{len} read");
+            assert!(memory.range_mut(start, len).is_none(), "{start}+{len} written");
+            assert!(memory.lend(start, len).is_none(), "{start}+{len} lent twice");
+        }
+        assert!(memory.range(0, 4096).is_some() && memory.range(12_288, 4096).is_some(), "beside it");
+        assert!(memory.lend(0, 0).is_none(), "empty");
+        lent.bytes_mut().fill(9);
+        assert!(lent.bytes().iter().all(|&b| b == 9));
+        // Outliving the owner: the mapping stays until the range goes.
+        drop(memory);
+        lent.bytes_mut()[0] = 1;
+        assert_eq!(lent.bytes()[0], 1);
+    }
+
+    #[test]
+    fn a_dropped_range_is_the_owners_again_with_what_was_written() {
+        let mut memory = SegmentMemory::committed(64 << 10).unwrap();
+        let mut lent = memory.lend(100, 50).unwrap();
+        let mut beside = memory.lend(150, 50).unwrap();
+        lent.bytes_mut().fill(3);
+        beside.bytes_mut().fill(4);
+        drop(lent);
+        assert!(memory.range(100, 50).unwrap().iter().all(|&b| b == 3));
+        assert!(memory.range(100, 51).is_none(), "its neighbour is still lent");
+        drop(beside);
+        assert!(memory.range(150, 50).unwrap().iter().all(|&b| b == 4));
     }
 
     #[test]
@@ -86,7 +250,7 @@ mod tests {
         // SAFETY: the range is the whole mapping `memory` owns (its start is page
         // aligned, as every mapping is) and `resident` has one byte per page of it, as
         // mincore(2) writes.
-        let ret = unsafe { libc::mincore(memory.as_ptr() as *mut _, len, resident.as_mut_ptr()) };
+        let ret = unsafe { libc::mincore(memory.mapping.base.as_ptr().cast(), len, resident.as_mut_ptr()) };
         assert_eq!(ret, 0, "{}", std::io::Error::last_os_error());
         let absent = resident.iter().filter(|&&page| page & 1 == 0).count();
         assert_eq!(absent, 0, "{absent} of {} pages not in memory", resident.len());

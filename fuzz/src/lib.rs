@@ -164,10 +164,30 @@ pub fn net_decode(data: &[u8]) {
                 assert_eq!(&buf[..n], rest, "refusal re-encoding differs");
             }
             // The data plane's bodies, as a node and a reader receive them.
-            if let Ok(r) = larder_engine::net::data::DataRequest::decode(rest) {
+            let request = larder_engine::net::data::DataRequest::decode(rest);
+            if let Ok(r) = request {
                 let mut out = Vec::new();
                 r.encode(&mut out);
                 assert_eq!(out, rest, "data request re-encoding differs");
+            }
+            // A write's head, as a node reads it before the value arrives: the same
+            // fields as the whole write's, and never more than the body.
+            if let Ok(Some((head, len))) = larder_engine::net::data::WriteHead::decode_prefix(rest) {
+                assert!(len <= rest.len(), "a head longer than its body");
+                if let Ok(larder_engine::net::data::DataRequest::Write {
+                    segment,
+                    offset,
+                    version,
+                    epoch,
+                    crc32c,
+                    key,
+                    ..
+                }) = request
+                {
+                    let whole =
+                        larder_engine::net::data::WriteHead { segment, offset, version, epoch, crc32c, key };
+                    assert_eq!(head, whole, "a write's head differs from the write");
+                }
             }
             if let Ok(r) = larder_engine::net::data::DataResponse::decode(rest) {
                 let mut out = Vec::new();

@@ -361,12 +361,7 @@ impl<'a> DataRequest<'a> {
         r.version("data request", DATA_FORMAT_VERSION)?;
         match r.u8("data request tag")? {
             TAG_WRITE => {
-                let segment = SegmentId(r.u64("segment")?);
-                let offset = r.u64("offset")?;
-                let version = ObjectVersion(r.u64("version")?);
-                let epoch = r.u64("epoch")?;
-                let crc32c = r.u32("crc32c")?;
-                let key = r.key()?;
+                let WriteHead { segment, offset, version, epoch, crc32c, key } = WriteHead::read(&mut r)?;
                 let bytes = r.bytes(r.remaining(), "value")?;
                 if bytes.is_empty() {
                     return Err(DecodeError::InvalidValue { what: "empty value" });
@@ -482,6 +477,55 @@ impl<'a> DataResponse<'a> {
     }
 }
 
+/// A write request's fields before its value: what a node needs to take the value
+/// from the socket straight into its segment, before the value has arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteHead<'a> {
+    /// The segment written.
+    pub segment: SegmentId,
+    /// Where in it.
+    pub offset: u64,
+    /// The object version the range was granted to.
+    pub version: ObjectVersion,
+    /// The master run that granted it.
+    pub epoch: u64,
+    /// The writer's CRC32C of the value.
+    pub crc32c: u32,
+    /// The object's key.
+    pub key: KeyRef<'a>,
+}
+
+impl<'a> WriteHead<'a> {
+    /// The head of the write request whose body starts with `prefix`, and how many
+    /// bytes of the body it takes (its value follows). `Ok(None)`: the body is not a
+    /// write of this format (decode it whole), or `prefix` ends inside the head.
+    pub fn decode_prefix(prefix: &'a [u8]) -> Result<Option<(Self, usize)>, DecodeError> {
+        if prefix.get(..2) != Some(&[DATA_FORMAT_VERSION, TAG_WRITE]) {
+            return Ok(None);
+        }
+        let Some(key_len) = prefix.get(WRITE_HEADER_LEN..WRITE_HEADER_LEN + 2) else { return Ok(None) };
+        let head_len = WRITE_HEADER_LEN + 2 + usize::from(u16::from_le_bytes([key_len[0], key_len[1]]));
+        let Some(head) = prefix.get(..head_len) else { return Ok(None) };
+        let mut r = Reader::new(head);
+        r.version("data request", DATA_FORMAT_VERSION)?;
+        r.u8("data request tag")?;
+        let decoded = Self::read(&mut r)?;
+        r.finish("write head")?;
+        Ok(Some((decoded, head_len)))
+    }
+
+    fn read(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            segment: SegmentId(r.u64("segment")?),
+            offset: r.u64("offset")?,
+            version: ObjectVersion(r.u64("version")?),
+            epoch: r.u64("epoch")?,
+            crc32c: r.u32("crc32c")?,
+            key: r.key()?,
+        })
+    }
+}
+
 fn write_header(out: &mut Vec<u8>, len: usize, write: impl FnOnce(&mut Writer<'_>)) {
     let start = out.len();
     out.resize(start + len, 0);
@@ -569,12 +613,22 @@ impl Extents {
         crc32c: u32,
         key: KeyRef<'_>,
     ) {
-        let Ok(end) = self.in_bounds(offset, len) else { return };
+        if self.in_bounds(offset, len).is_err() {
+            return;
+        }
+        self.forget_overlapping(offset, len);
+        self.by_offset.insert(offset, Extent { len, version, crc32c, key: key.to_key() });
+    }
+
+    /// Forgets every extent overlapping `len` bytes at `offset`: a write that
+    /// [`Extents::check_write`] allowed is landing there, and what they held is being
+    /// overwritten.
+    pub fn forget_overlapping(&mut self, offset: u64, len: u64) {
+        let end = offset.saturating_add(len).min(self.size);
         let replaced: Vec<u64> = self.overlapping(offset, end).map(|(start, _)| *start).collect();
         for start in replaced {
             self.by_offset.remove(&start);
         }
-        self.by_offset.insert(offset, Extent { len, version, crc32c, key: key.to_key() });
     }
 
     /// Forgets the extent at `offset` if object `version` wrote it (the master freed
@@ -626,6 +680,38 @@ mod tests {
         let mut out = Vec::new();
         r.encode(&mut out);
         assert_eq!(DataResponse::decode(&out), Ok(r));
+    }
+
+    #[test]
+    fn a_write_head_decodes_from_any_prefix_that_holds_it() {
+        let key = KeyRef::new(b"prefix/7").unwrap();
+        let request = DataRequest::Write {
+            segment: SEG,
+            offset: 64,
+            version: V2,
+            epoch: 3,
+            crc32c: 5,
+            key,
+            bytes: b"value",
+        };
+        let mut body = Vec::new();
+        request.encode(&mut body);
+        let head_len = body.len() - 5;
+        let head = WriteHead { segment: SEG, offset: 64, version: V2, epoch: 3, crc32c: 5, key };
+        for cut in 0..=body.len() {
+            let decoded = WriteHead::decode_prefix(&body[..cut]).unwrap();
+            if cut < head_len {
+                assert_eq!(decoded, None, "cut at {cut}");
+            } else {
+                assert_eq!(decoded, Some((head, head_len)), "cut at {cut}");
+            }
+        }
+        let mut read = Vec::new();
+        DataRequest::Read { segment: SEG, offset: 0, len: 1, version: V1 }.encode(&mut read);
+        assert_eq!(WriteHead::decode_prefix(&read), Ok(None), "not a write");
+        let mut empty_key = body.clone();
+        empty_key[WRITE_HEADER_LEN..WRITE_HEADER_LEN + 2].copy_from_slice(&0u16.to_le_bytes());
+        assert!(WriteHead::decode_prefix(&empty_key).is_err(), "a malformed head");
     }
 
     #[test]

@@ -355,6 +355,12 @@ pub struct Frame {
 /// Room a receive buffer offers at least, for frames of unknown or small length.
 const RECEIVE_CHUNK: usize = 64 << 10;
 
+/// Bytes of a frame read before the rest of it, when reads follow
+/// [`Deframer::receive_limit`]: its header and the head of its body (a write's fields
+/// and key), so that the owner of the connection can tell what a large frame is before
+/// the rest of it arrives, and read that rest straight into its own memory.
+pub const FRAME_PROBE: usize = 16 << 10;
+
 /// A frame body up to this long gets its whole room at once when its header arrives;
 /// a longer one grows by doubling, so a peer must send half of what it announced
 /// before that much is held for it.
@@ -437,6 +443,44 @@ impl Deframer {
     /// Bytes received but not yet taken out as frames.
     pub fn buffered(&self) -> usize {
         self.buf.len()
+    }
+
+    /// The most bytes to read into [`Deframer::receive_buffer`] next (through a
+    /// limited view of it) for a large frame's head to arrive before the rest of it:
+    /// up to [`FRAME_PROBE`] bytes of a frame while fewer are in, then no limit.
+    pub fn receive_limit(&self) -> usize {
+        match self.partial_frame() {
+            Some((_, body)) if FRAME_HEADER_LEN + body.len() < FRAME_PROBE => {
+                FRAME_PROBE - FRAME_HEADER_LEN - body.len()
+            }
+            Some(_) => usize::MAX,
+            // A frame's header not in yet, or whole frames ahead of the next one
+            // (taken out before it, so it is still probed).
+            None => FRAME_PROBE,
+        }
+    }
+
+    /// The frame being received, if every frame before it was taken out and its body
+    /// is not all in yet: its header and the body bytes received so far.
+    pub fn partial_frame(&self) -> Option<(FrameHeader, &[u8])> {
+        if self.failed.is_some() {
+            return None;
+        }
+        let header = FrameHeader::decode(self.buf.first_chunk::<FRAME_HEADER_LEN>()?, self.max_body).ok()?;
+        let total = FRAME_HEADER_LEN + header.body_len as usize;
+        (self.buf.len() < total).then(|| (header, &self.buf[FRAME_HEADER_LEN..]))
+    }
+
+    /// Takes [`Deframer::partial_frame`] out: its header, the body bytes received so
+    /// far, and how many are still to come. The caller reads exactly that many bytes
+    /// of the stream itself (they are the rest of the body) before it gives this
+    /// deframer anything more.
+    pub fn take_partial_frame(&mut self) -> Option<(FrameHeader, Bytes, usize)> {
+        let (header, received) = self.partial_frame().map(|(h, body)| (h, body.len()))?;
+        let mut frame = self.buf.split_to(FRAME_HEADER_LEN + received);
+        frame.advance(FRAME_HEADER_LEN);
+        self.whole = 0;
+        Some((header, frame.freeze(), header.body_len as usize - received))
     }
 
     /// The next whole frame, `Ok(None)` if more bytes are needed, or the error that

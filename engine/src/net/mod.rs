@@ -24,12 +24,13 @@ pub mod server;
 
 pub use client::{ClientConfig, ClientConnection, ClientEvent, ClientState, DisconnectReason, RequestError};
 pub use frame::{
-    DEFAULT_MAX_FRAME_BODY, Deframer, FRAME_HEADER_LEN, Frame, FrameError, FrameHeader, FrameKind, Transmit,
+    DEFAULT_MAX_FRAME_BODY, Deframer, FRAME_HEADER_LEN, FRAME_PROBE, Frame, FrameError, FrameHeader,
+    FrameKind, Transmit,
 };
 pub use handshake::{
     ClusterName, ClusterNameError, Hello, PROTOCOL_VERSIONS, Refusal, RefusalReason, Role, Welcome,
 };
-pub use server::{CloseReason, ServerConfig, ServerConnection, ServerEvent, ServerState};
+pub use server::{CloseReason, DivertedRequest, ServerConfig, ServerConnection, ServerEvent, ServerState};
 
 #[cfg(test)]
 mod tests;

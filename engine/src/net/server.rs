@@ -17,6 +17,9 @@
 //! 4. Answer requests with [`ServerConnection::send_response`] (in any order: each
 //!    response carries its request's id), push work with
 //!    [`ServerConnection::send_command`].
+//!    A large request may instead have the rest of its body read by the owner
+//!    itself, straight into its own memory: [`ServerConnection::partial_request`],
+//!    then [`ServerConnection::divert_request`].
 //! 5. Write out what [`ServerConnection::poll_transmit`] (or, without copying bodies,
 //!    [`ServerConnection::poll_transmit_chunks`]) gives, then, if
 //!    [`ServerConnection::is_closed`], close the socket.
@@ -108,6 +111,18 @@ pub enum ServerEvent {
     Closed(CloseReason),
 }
 
+/// A request whose body's rest the owner reads from the stream itself (see
+/// [`ServerConnection::divert_request`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DivertedRequest {
+    /// The peer's request id: answer it as any request.
+    pub id: u64,
+    /// The body bytes received before the diversion.
+    pub received: Bytes,
+    /// The body bytes still to come: the next this many bytes of the stream.
+    pub missing: usize,
+}
+
 /// A send on a connection that cannot take it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -194,6 +209,13 @@ impl ServerConnection {
         self.deframer.receive_buffer()
     }
 
+    /// The most bytes to read into [`ServerConnection::receive_buffer`] next, so that
+    /// a large request's head is in before the rest of it and the owner may divert that
+    /// rest ([`ServerConnection::partial_request`]).
+    pub fn receive_limit(&self) -> usize {
+        self.deframer.receive_limit()
+    }
+
     /// Bytes were appended to [`ServerConnection::receive_buffer`].
     pub fn handle_received(&mut self, now: Instant) {
         if self.state == ServerState::Closed {
@@ -277,6 +299,30 @@ impl ServerConnection {
                 ),
             }
         }
+    }
+
+    /// The request being received, if every event before it was taken and its body is
+    /// not all in yet: its id, the body bytes received so far, and the body's length.
+    /// The owner may take the rest of the body from the stream itself
+    /// ([`ServerConnection::divert_request`]), for instance a write's value straight
+    /// into the memory it is for.
+    pub fn partial_request(&self) -> Option<(u64, &[u8], usize)> {
+        if self.state != ServerState::Established || !self.events.is_empty() {
+            return None;
+        }
+        let (header, received) = self.deframer.partial_frame()?;
+        (header.kind == FrameKind::Request).then_some((header.id, received, header.body_len as usize))
+    }
+
+    /// Takes [`ServerConnection::partial_request`] out of the stream. The owner then
+    /// reads the next `missing` bytes of the socket itself (calling
+    /// [`ServerConnection::handle_received`] as they arrive, which keeps the connection
+    /// alive), answers `id` as any request, and only then reads into
+    /// [`ServerConnection::receive_buffer`] again.
+    pub fn divert_request(&mut self) -> Option<DivertedRequest> {
+        self.partial_request()?;
+        let (header, received, missing) = self.deframer.take_partial_frame()?;
+        Some(DivertedRequest { id: header.id, received, missing })
     }
 
     fn take_hello(&mut self, body: &[u8]) {

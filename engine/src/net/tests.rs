@@ -841,3 +841,119 @@ fn a_large_body_read_in_place_is_handed_out_where_it_landed() {
     assert_eq!(&frame.body[..], &body[..]);
     assert_eq!(frame.body.as_ptr() as usize, landed_at, "the body is not copied");
 }
+
+/// An established server connection (the Hello taken and accepted).
+fn established_server() -> ServerConnection {
+    let mut s = ServerConnection::new(server_config(), at(0));
+    s.handle_bytes(at(0), &hello_frame(&hello()));
+    assert_eq!(server_events(&mut s), vec![ServerEvent::Hello(hello())]);
+    s.accept(at(0));
+    let _ = transmit_server(&mut s);
+    s
+}
+
+/// A request whose body's rest the owner reads from the stream itself: wherever the
+/// stream is cut, the diverted request's bytes are exactly its body, and the frames
+/// around it come out whole, in order, as if nothing had been diverted.
+#[test]
+fn a_diverted_request_takes_exactly_its_body_and_the_stream_goes_on_around_it() {
+    let body: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    let mut stream = frame(FrameKind::Request, 1, b"before");
+    let large_at = stream.len();
+    stream.extend(frame(FrameKind::Request, 2, &body));
+    stream.extend(frame(FrameKind::Request, 3, b"after"));
+    for first in [large_at + 1, large_at + FRAME_HEADER_LEN, large_at + FRAME_HEADER_LEN + 1, large_at + 700]
+    {
+        let mut s = established_server();
+        s.handle_bytes(at(1), &stream[..first]);
+        let mut events = server_events(&mut s);
+        if first < large_at + FRAME_HEADER_LEN {
+            // The header is not in yet: nothing to divert.
+            assert_eq!(s.partial_request(), None);
+            s.handle_bytes(at(1), &stream[first..large_at + FRAME_HEADER_LEN]);
+        }
+        let received = first.max(large_at + FRAME_HEADER_LEN) - large_at - FRAME_HEADER_LEN;
+        assert_eq!(
+            s.partial_request().map(|(id, got, len)| (id, got.len(), len)),
+            Some((2, received, body.len()))
+        );
+        let diverted = s.divert_request().unwrap();
+        assert_eq!((diverted.id, diverted.missing), (2, body.len() - received));
+        // The owner reads the rest of the body from the stream, then gives the
+        // connection what follows it.
+        let rest_at = large_at + FRAME_HEADER_LEN + body.len();
+        let mut taken = diverted.received.to_vec();
+        taken.extend_from_slice(&stream[rest_at - diverted.missing..rest_at]);
+        assert_eq!(taken, body);
+        s.handle_bytes(at(2), &stream[rest_at..]);
+        events.extend(server_events(&mut s));
+        let requests: Vec<_> = events
+            .iter()
+            .map(|e| match e {
+                ServerEvent::Request { id, body } => (*id, body.to_vec()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(requests, vec![(1, b"before".to_vec()), (3, b"after".to_vec())], "cut at {first}");
+    }
+}
+
+/// Only the frame at the front of the stream, a request, whose body is not all in,
+/// can be diverted: not while an earlier event is untaken, not a whole frame, and not
+/// before the connection is established.
+#[test]
+fn only_a_partial_request_at_the_front_is_diverted() {
+    let large = frame(FrameKind::Request, 2, &[7u8; 3000]);
+    let mut s = established_server();
+    s.handle_bytes(at(1), &frame(FrameKind::Request, 1, b"first"));
+    s.handle_bytes(at(1), &large[..100]);
+    assert_eq!(s.partial_request(), None, "a frame before it is in the buffer");
+    let first = s.poll_event();
+    assert!(matches!(first, Some(ServerEvent::Request { id: 1, .. })), "{first:?}");
+    assert!(s.partial_request().is_some());
+    s.handle_bytes(at(1), &large[100..]);
+    assert_eq!(s.partial_request(), None, "whole now");
+    assert!(matches!(s.poll_event(), Some(ServerEvent::Request { id: 2, .. })));
+
+    let mut s = established_server();
+    s.handle_bytes(at(1), &frame(FrameKind::Heartbeat, 0, b"")[..FRAME_HEADER_LEN - 1]);
+    assert_eq!(s.partial_request(), None, "no header yet");
+    let mut fresh = ServerConnection::new(server_config(), at(0));
+    fresh.handle_bytes(at(0), &large[..100]);
+    assert_eq!(fresh.partial_request(), None, "not established");
+    assert_eq!(fresh.divert_request(), None);
+}
+
+/// Reads that follow the server's receive limit, whatever sizes the socket gives,
+/// always leave a large request partial at the front once its first
+/// [`FRAME_PROBE`] bytes are in (frames ahead of it taken out first), so its owner can
+/// divert the rest; small frames come out whole as before.
+#[test]
+fn reads_within_the_receive_limit_always_stop_a_large_request_at_its_probe() {
+    let large = vec![5u8; 200_000];
+    let mut stream = frame(FrameKind::Request, 1, &[1u8; 10_000]);
+    stream.extend(frame(FrameKind::Request, 2, &large));
+    stream.extend(frame(FrameKind::Request, 3, b"after"));
+    for socket_gives in [1usize, 7, 4096, 20_000, 1 << 20] {
+        let mut s = established_server();
+        let (mut pos, mut ids, mut probed) = (0, Vec::new(), None);
+        while pos < stream.len() {
+            let n = s.receive_limit().min(socket_gives).min(stream.len() - pos);
+            assert!(n > 0);
+            s.handle_bytes(at(1), &stream[pos..pos + n]);
+            pos += n;
+            while let Some(event) = s.poll_event() {
+                let ServerEvent::Request { id, body } = event else { panic!("{event:?}") };
+                ids.push((id, body.len()));
+            }
+            if let Some((2, received, len)) = s.partial_request() {
+                if received.len() + FRAME_HEADER_LEN >= FRAME_PROBE {
+                    probed.get_or_insert((received.len(), len));
+                }
+            }
+        }
+        assert_eq!(ids, vec![(1, 10_000), (2, large.len()), (3, 5)], "reads of {socket_gives}");
+        let (received, len) = probed.expect("the large request was seen partial past its probe");
+        assert_eq!((received + FRAME_HEADER_LEN, len), (FRAME_PROBE, large.len()), "reads of {socket_gives}");
+    }
+}

@@ -42,6 +42,38 @@ pub(crate) trait Service: Send + Sync + 'static {
     fn close_reason(&self, reason: CloseReason) {
         let _ = reason;
     }
+
+    /// Whether the service may take request bodies from the socket itself
+    /// ([`Service::divert`]): the connection then reads each frame's head before the
+    /// rest of it, to offer it.
+    const DIVERTS: bool = false;
+
+    /// Where the rest of a request's body goes if the service takes it from the socket
+    /// itself (a write's value, straight into the segment): `received` is the body so
+    /// far, `len` its whole length. `None`: the connection buffers it as any other.
+    fn divert(&self, conn: u64, received: &[u8], len: usize) -> Option<Box<dyn BodySink>> {
+        let _ = (conn, received, len);
+        None
+    }
+}
+
+/// The memory the rest of a diverted request's body is read into, and the answer to it
+/// once it is all in.
+pub(crate) trait BodySink: Send {
+    /// Where the next bytes of the body go; empty once it is all in.
+    fn unfilled(&mut self) -> &mut [u8];
+
+    /// The socket put `n` bytes at the start of [`BodySink::unfilled`].
+    fn filled(&mut self, n: usize);
+
+    /// The body is all in: the response to send.
+    fn finish(self: Box<Self>) -> Bytes;
+}
+
+/// A request whose body the service is reading from the socket.
+struct Diverting {
+    id: u64,
+    sink: Box<dyn BodySink>,
 }
 
 /// What the actor tells a connection.
@@ -63,6 +95,10 @@ const MAX_UNSENT: usize = 8 << 20;
 
 /// Requests handed to the service at once (a data read may answer up to a frame).
 const MAX_BATCH: usize = 16;
+
+/// Bodies shorter than this are never offered to [`Service::divert`]: buffering and
+/// copying a few KiB costs less than the bookkeeping.
+const DIVERT_AT_LEAST: usize = 64 << 10;
 
 enum Wake {
     Read(std::io::Result<usize>),
@@ -116,6 +152,7 @@ pub(crate) async fn serve<S: Service>(
     let mut out = Transmit::new();
     let mut joined = false;
     let mut drain_until = None;
+    let mut diverting: Option<Diverting> = None;
     loop {
         let mut batch = Vec::new();
         // A bounded batch, and none while the peer leaves answers unread: requests not
@@ -152,6 +189,9 @@ pub(crate) async fn serve<S: Service>(
         if !batch.is_empty() && !service.requests(conn, batch).await {
             return;
         }
+        if S::DIVERTS && diverting.is_none() {
+            diverting = divert(&mut machine, service.as_ref(), conn);
+        }
         let _ = machine.poll_transmit_chunks(&mut out);
         if machine.is_closed() {
             if out.is_empty() {
@@ -173,15 +213,39 @@ pub(crate) async fn serve<S: Service>(
         let wake = tokio::select! {
             // In a block: a disabled branch's expression is still evaluated, and the
             // receive buffer would make room while the peer is not being read.
-            read = async { reader.read_buf(machine.receive_buffer()).await }, if reading => Wake::Read(read),
+            read = async {
+                match &mut diverting {
+                    Some(d) => reader.read(d.sink.unfilled()).await,
+                    None => {
+                        // A large request's head first, so that its rest may be diverted.
+                        let limit = if S::DIVERTS { machine.receive_limit() } else { usize::MAX };
+                        reader.read_buf(&mut bytes::BufMut::limit(machine.receive_buffer(), limit)).await
+                    }
+                }
+            }, if reading => Wake::Read(read),
             wrote = write_chunks(&mut writer, &out), if has_output => Wake::Wrote(wrote),
             next = outbound.recv() => Wake::Outbound(next),
             () = tokio::time::sleep_until(deadline) => Wake::Timer,
         };
         let now = clock.now();
         match wake {
-            Wake::Read(Ok(0) | Err(_)) => machine.handle_eof(now),
-            Wake::Read(Ok(_)) => machine.handle_received(now),
+            Wake::Read(Ok(0) | Err(_)) => {
+                // A body cut short: what it was read into goes back unused.
+                diverting = None;
+                machine.handle_eof(now);
+            }
+            Wake::Read(Ok(n)) => {
+                machine.handle_received(now);
+                if let Some(d) = &mut diverting {
+                    d.sink.filled(n);
+                    if d.sink.unfilled().is_empty() {
+                        let Diverting { id, sink } = diverting.take().expect("diverting");
+                        if let Err(e) = machine.send_response_parts(id, &[sink.finish()]) {
+                            tracing::debug!("response {id} not sent: {e}");
+                        }
+                    }
+                }
+            }
             Wake::Wrote(Ok(n)) if n > 0 => out.advance(n),
             Wake::Wrote(_) => break,
             Wake::Outbound(Some(first)) => {
@@ -200,6 +264,24 @@ pub(crate) async fn serve<S: Service>(
     if joined {
         service.closed(conn).await;
     }
+}
+
+/// Hands the rest of the request being received to the service, if it takes it from
+/// the socket itself.
+fn divert<S: Service>(machine: &mut ServerConnection, service: &S, conn: u64) -> Option<Diverting> {
+    let (_, received, len) = machine.partial_request().filter(|(_, _, len)| *len >= DIVERT_AT_LEAST)?;
+    let missing = len - received.len();
+    let mut sink = service.divert(conn, received, len)?;
+    // A sink of another size would desynchronise the stream: buffered instead.
+    if sink.unfilled().len() != missing {
+        tracing::error!(
+            "a diverted body's sink takes {} bytes, {missing} are to come",
+            sink.unfilled().len()
+        );
+        return None;
+    }
+    let diverted = machine.divert_request()?;
+    Some(Diverting { id: diverted.id, sink })
 }
 
 fn deliver(machine: &mut ServerConnection, message: Outbound) {

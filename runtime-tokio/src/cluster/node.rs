@@ -24,7 +24,9 @@ use bytes::Bytes;
 use larder_engine::disk::{DropCause, Tier, TierConfig, TierEvent};
 use larder_engine::embedded::{FdWatch, Runtime};
 use larder_engine::memory::SegmentMemory;
-use larder_engine::net::data::{DataError, DataRequest, DataResponse, EndpointMessages, Extent, Extents};
+use larder_engine::net::data::{
+    DataError, DataRequest, DataResponse, EndpointMessages, Extent, Extents, WriteHead,
+};
 use larder_engine::net::{
     ClientConfig, ClusterName, DEFAULT_MAX_FRAME_BODY, Hello, PROTOCOL_VERSIONS, RefusalReason, Role,
     ServerConfig,
@@ -39,9 +41,11 @@ use tokio::sync::mpsc;
 
 use super::client::{Client, LinkState};
 use super::clock::EngineClock;
-use super::connection::{self, Outbound, Service};
+use super::connection::{self, BodySink, Outbound, Service};
 use super::rdma::{NodeRdma, SimFabric};
 use crate::TokioRuntime;
+
+mod receive;
 
 /// How `larder node` runs.
 #[derive(Debug, Clone)]
@@ -111,6 +115,12 @@ pub struct NodeServer {
 }
 
 impl NodeServer {
+    /// Writes whose value was read from the socket straight into the segment (those
+    /// of at least 64 KiB whose range the segment took).
+    pub fn received_in_place(&self) -> u64 {
+        self.state.received_in_place.load(Ordering::Relaxed)
+    }
+
     /// Waits until the master has the segment mounted and every disk record of the
     /// node registered; false if that did not happen within `timeout`.
     pub async fn wait_registered(&self, timeout: std::time::Duration) -> bool {
@@ -264,6 +274,8 @@ struct NodeState {
     tier: Option<NodeTier>,
     /// Bytes found not matching their CRC32C since the last report to the master.
     crc_failures_unreported: AtomicU64,
+    /// Writes whose value was read from the socket straight into the segment.
+    received_in_place: AtomicU64,
 }
 
 impl NodeState {
@@ -291,7 +303,9 @@ impl NodeState {
             return Err(DataError::Corrupted);
         }
         s.extents.check_write(write.offset, len, write.version)?;
-        s.range_mut(write.offset, len).copy_from_slice(bytes);
+        // A receive in flight into the range: a writer the master gave it to before
+        // (its put since revoked) is still sending. This put cannot land beside it.
+        s.range_mut(write.offset, len).ok_or(DataError::Fenced)?.copy_from_slice(bytes);
         s.extents.record_write(write.offset, len, write.version, write.crc32c, write.key);
         Ok(())
     }
@@ -330,16 +344,24 @@ impl NodeState {
 }
 
 impl Segment {
-    /// The bytes of a range that [`Extents`] accepted (so it lies inside the segment).
+    /// The bytes of a range that [`Extents`] accepted (so it lies inside the segment,
+    /// and holds an extent: no receive into it is in flight).
     fn range(&self, offset: u64, len: u64) -> &[u8] {
-        let start = usize::try_from(offset).expect("inside the segment");
-        &self.bytes[start..start + usize::try_from(len).expect("inside the segment")]
+        let (start, len) = usize_range(offset, len);
+        self.bytes.range(start, len).expect("a range holding an extent is inside and not lent")
     }
 
-    fn range_mut(&mut self, offset: u64, len: u64) -> &mut [u8] {
-        let start = usize::try_from(offset).expect("inside the segment");
-        &mut self.bytes[start..start + usize::try_from(len).expect("inside the segment")]
+    /// The bytes of a range to write, unless a receive into part of it is in flight.
+    fn range_mut(&mut self, offset: u64, len: u64) -> Option<&mut [u8]> {
+        let (start, len) = usize_range(offset, len);
+        self.bytes.range_mut(start, len)
     }
+}
+
+/// A range [`Extents`] accepted, as memory indices.
+fn usize_range(offset: u64, len: u64) -> (usize, usize) {
+    let start = usize::try_from(offset).expect("inside the segment");
+    (start, usize::try_from(len).expect("inside the segment"))
 }
 
 /// Reads or creates the stable node id in `dir`.
@@ -424,6 +446,7 @@ pub async fn start(config: NodeServerConfig) -> std::io::Result<NodeServer> {
         segment: RwLock::new(segment),
         tier,
         crc_failures_unreported: AtomicU64::new(0),
+        received_in_place: AtomicU64::new(0),
     });
     let clock = EngineClock::new();
     let server_config = ServerConfig {
@@ -1121,6 +1144,17 @@ impl Service for DataService {
     }
 
     async fn command_ack(&self, _node: NodeId, _id: u64) {}
+
+    const DIVERTS: bool = true;
+
+    /// A write's value goes straight into its range of the segment, if the segment
+    /// takes the write; otherwise it is buffered, and refused by the same checks.
+    fn divert(&self, _conn: u64, received: &[u8], len: usize) -> Option<Box<dyn BodySink>> {
+        let (head, head_len) = WriteHead::decode_prefix(received).ok()??;
+        let value_len = len.checked_sub(head_len).filter(|n| *n > 0)?;
+        let receive = self.state.begin_receive(&head, value_len as u64, &received[head_len..]).ok()?;
+        Some(Box::new(receive))
+    }
 
     async fn closed(&self, conn: u64) {
         self.outbound.lock().unwrap_or_else(PoisonError::into_inner).remove(&conn);
