@@ -760,3 +760,44 @@ async fn large_values_are_received_straight_into_the_segment() {
     assert_eq!(node.received_in_place(), 3);
     node.stop().await.unwrap();
 }
+
+/// On one connection, a large write (received straight into the segment) and a read
+/// of the same range pipelined behind it: the stream goes on after the diverted body,
+/// so the read is answered, after the write, with the written bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_pipelined_behind_a_write_received_in_place_is_answered_after_it() {
+    let master = MasterProcess::start("127.0.0.1:0", &[]);
+    let node = rdma_node(&master, None).await;
+    let writer = NodeId(778);
+    let hello = client_hello(writer);
+    let (to_master, _) = Client::start(master.addr, ClientConfig::new(hello));
+    to_master.wait_up(HANG_GUARD).await.unwrap();
+    let larder_tokio::cluster::LinkState::Up(welcome) = to_master.link() else { panic!("up") };
+    let key = KeyRef::new(b"pipelined").unwrap();
+    let sent = value(3, 300_000);
+    let start = Request::PutStart { writer, key, size: sent.len() as u64, replicas: 1 };
+    let Response::PutStart(Ok(grant)) = to_master.call(&start).await.unwrap() else { panic!("granted") };
+    let (segment, offset, version) = (grant.replicas[0].segment, grant.replicas[0].offset, grant.version);
+    let crc32c = larder_engine::checksum::crc32c(&sent);
+    let mut write = Vec::new();
+    let epoch = welcome.incarnation.0;
+    DataRequest::Write { segment, offset, version, epoch, crc32c, key, bytes: &sent }.encode(&mut write);
+    let mut read = Vec::new();
+    DataRequest::Read { segment, offset, len: sent.len() as u64, version }.encode(&mut read);
+    let config = ClientConfig { window: 2, ..ClientConfig::new(Hello { role: Role::Peer, ..hello }) };
+    let (to_node, _) = Client::start(node.data_addr, config);
+    to_node.wait_up(HANG_GUARD).await.unwrap();
+    // Both calls are queued before either is answered: the read follows the write on
+    // the connection.
+    let (written, got) = tokio::join!(to_node.call_raw(write), to_node.call_raw(read));
+    assert_eq!(DataResponse::decode(&written.unwrap()), Ok(DataResponse::Written));
+    match DataResponse::decode(&got.unwrap()) {
+        Ok(DataResponse::Read { crc32c: read_crc, bytes }) => {
+            assert_eq!(read_crc, crc32c);
+            assert_same(bytes, &sent, "read behind the write");
+        }
+        other => panic!("expected the written bytes, got {other:?}"),
+    }
+    assert_eq!(node.received_in_place(), 1);
+    node.stop().await.unwrap();
+}

@@ -7,7 +7,8 @@ use std::io::IoSlice;
 use bytes::Bytes;
 use larder_engine::NodeId;
 use larder_engine::net::{
-    CloseReason, Hello, RefusalReason, Role, ServerConfig, ServerConnection, ServerEvent, Transmit,
+    CloseReason, FRAME_HEADER_LEN, FRAME_PROBE, Hello, RefusalReason, Role, ServerConfig, ServerConnection,
+    ServerEvent, Transmit,
 };
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -153,6 +154,7 @@ pub(crate) async fn serve<S: Service>(
     let mut joined = false;
     let mut drain_until = None;
     let mut diverting: Option<Diverting> = None;
+    let mut offered = None;
     loop {
         let mut batch = Vec::new();
         // A bounded batch, and none while the peer leaves answers unread: requests not
@@ -190,7 +192,7 @@ pub(crate) async fn serve<S: Service>(
             return;
         }
         if S::DIVERTS && diverting.is_none() {
-            diverting = divert(&mut machine, service.as_ref(), conn);
+            diverting = divert(&mut machine, service.as_ref(), conn, &mut offered);
         }
         let _ = machine.poll_transmit_chunks(&mut out);
         if machine.is_closed() {
@@ -267,9 +269,19 @@ pub(crate) async fn serve<S: Service>(
 }
 
 /// Hands the rest of the request being received to the service, if it takes it from
-/// the socket itself.
-fn divert<S: Service>(machine: &mut ServerConnection, service: &S, conn: u64) -> Option<Diverting> {
-    let (_, received, len) = machine.partial_request().filter(|(_, _, len)| *len >= DIVERT_AT_LEAST)?;
+/// the socket itself. Each request is offered once, when its first [`FRAME_PROBE`]
+/// bytes are in (`offered`: the last one offered).
+fn divert<S: Service>(
+    machine: &mut ServerConnection,
+    service: &S,
+    conn: u64,
+    offered: &mut Option<u64>,
+) -> Option<Diverting> {
+    let (id, received, len) = machine.partial_request()?;
+    if len < DIVERT_AT_LEAST || FRAME_HEADER_LEN + received.len() < FRAME_PROBE || *offered == Some(id) {
+        return None;
+    }
+    *offered = Some(id);
     let missing = len - received.len();
     let mut sink = service.divert(conn, received, len)?;
     // A sink of another size would desynchronise the stream: buffered instead.
@@ -281,7 +293,8 @@ fn divert<S: Service>(machine: &mut ServerConnection, service: &S, conn: u64) ->
         return None;
     }
     let diverted = machine.divert_request()?;
-    Some(Diverting { id: diverted.id, sink })
+    debug_assert_eq!((diverted.id, diverted.missing), (id, missing));
+    Some(Diverting { id, sink })
 }
 
 fn deliver(machine: &mut ServerConnection, message: Outbound) {

@@ -116,7 +116,8 @@ pub struct NodeServer {
 
 impl NodeServer {
     /// Writes whose value was read from the socket straight into the segment (those
-    /// of at least 64 KiB whose range the segment took).
+    /// whose request body, head and value, is 64 KiB or more, and whose range the
+    /// segment took).
     pub fn received_in_place(&self) -> u64 {
         self.state.received_in_place.load(Ordering::Relaxed)
     }
@@ -303,8 +304,9 @@ impl NodeState {
             return Err(DataError::Corrupted);
         }
         s.extents.check_write(write.offset, len, write.version)?;
-        // A receive in flight into the range: a writer the master gave it to before
-        // (its put since revoked) is still sending. This put cannot land beside it.
+        // A receive in flight into the range: another write into it is still arriving
+        // (a writer the master gave the range to before, its put since revoked, or a
+        // retry of this one). This write cannot land beside it: refused, as stale.
         s.range_mut(write.offset, len).ok_or(DataError::Fenced)?.copy_from_slice(bytes);
         s.extents.record_write(write.offset, len, write.version, write.crc32c, write.key);
         Ok(())

@@ -11,6 +11,13 @@
 //! new extent is recorded only once every byte is in and matches the writer's CRC32C.
 //! A receive cut short (the peer gone, the node stopping) gives the range back holding
 //! nothing.
+//!
+//! Forgetting what the range held when a receive begins loses nothing a reader may
+//! still ask for: the master grants a range only once the object that held it is gone
+//! (and a removed object's range stays out of use while it is leased). A receive that
+//! stalls keeps its range from other writes until its connection ends (at the idle
+//! timeout, if the peer says nothing): a put granted the same range meanwhile is
+//! refused as fenced, and its writer gets that error.
 
 use std::sync::{Arc, PoisonError};
 
