@@ -21,11 +21,13 @@ const PAGE: usize = 4096;
 /// A zeroed, committed byte buffer for a segment.
 ///
 /// Its bytes are reached only by range: [`SegmentMemory::range`] and
-/// [`SegmentMemory::range_mut`] for the owner, [`SegmentMemory::lend`] for a writer
+/// [`SegmentMemory::range_mut`] for the owner; [`SegmentMemory::lend`] for a writer
 /// that fills a range outside the owner's borrow (a socket read straight into the
-/// segment while the owner serves other ranges). A lent range is refused to both
-/// until its [`LentRange`] is dropped, and no reference to the whole buffer is ever
-/// made, so a lent range is never aliased.
+/// segment while the owner serves other ranges); [`SegmentMemory::share`] for a reader
+/// that keeps a range beyond the owner's borrow (a socket write straight from the
+/// segment). A lent range is refused to everyone else until its [`LentRange`] is
+/// dropped; a shared range is refused to writers until its [`SharedRange`] is dropped;
+/// no reference to the whole buffer is ever made.
 #[derive(Debug)]
 pub struct SegmentMemory {
     mapping: Arc<Mapping>,
@@ -37,8 +39,43 @@ struct Mapping {
     _map: MmapMut,
     base: NonNull<u8>,
     len: usize,
-    /// Ranges lent out, `(start, end)`, disjoint.
-    lent: Mutex<Vec<(usize, usize)>>,
+    /// Ranges lent or shared out.
+    lent: Mutex<Lends>,
+}
+
+/// The ranges handed out of a segment.
+#[derive(Debug, Default)]
+struct Lends {
+    out: Vec<Lend>,
+    next_id: u64,
+}
+
+#[derive(Debug)]
+struct Lend {
+    id: u64,
+    start: usize,
+    end: usize,
+    /// Shared with readers (no writer), or lent to one writer (no one else).
+    shared: bool,
+}
+
+impl Lends {
+    /// Whether a lend overlaps `start..end` (only exclusive ones if `writers_only`).
+    fn overlaps(&self, start: usize, end: usize, writers_only: bool) -> bool {
+        self.out.iter().any(|l| l.start < end && start < l.end && !(writers_only && l.shared))
+    }
+
+    fn take(&mut self, start: usize, end: usize, shared: bool) -> u64 {
+        self.next_id += 1;
+        self.out.push(Lend { id: self.next_id, start, end, shared });
+        self.next_id
+    }
+
+    fn give_back(&mut self, id: u64) {
+        if let Some(at) = self.out.iter().position(|l| l.id == id) {
+            self.out.swap_remove(at);
+        }
+    }
 }
 
 // SAFETY: `base` points into the mapping `_map` owns, which lives as long as this
@@ -51,15 +88,20 @@ unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    fn lent(&self) -> std::sync::MutexGuard<'_, Vec<(usize, usize)>> {
+    fn lent(&self) -> std::sync::MutexGuard<'_, Lends> {
         self.lent.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// `start..start + len` if it lies inside and overlaps no lent range.
-    fn free_range(&self, start: usize, len: usize) -> Option<(usize, usize)> {
-        let end = start.checked_add(len).filter(|end| *end <= self.len)?;
-        let overlaps = self.lent().iter().any(|&(s, e)| s < end && start < e);
-        (!overlaps).then_some((start, end))
+    /// `start..start + len` if it lies inside.
+    fn inside(&self, start: usize, len: usize) -> Option<(usize, usize)> {
+        Some((start, start.checked_add(len).filter(|end| *end <= self.len)?))
+    }
+
+    /// `start..start + len` if it lies inside and overlaps no lend (no lend to a
+    /// writer, if `for_reading`).
+    fn free_range(&self, start: usize, len: usize, for_reading: bool) -> Option<(usize, usize)> {
+        let (start, end) = self.inside(start, len)?;
+        (!self.lent().overlaps(start, end, for_reading)).then_some((start, end))
     }
 
     fn pointer(&self, start: usize) -> *mut u8 {
@@ -104,9 +146,10 @@ impl SegmentMemory {
         self.mapping.len == 0
     }
 
-    /// The `len` bytes at `start`; `None` if they are not all inside, or some are lent.
+    /// The `len` bytes at `start`; `None` if they are not all inside, or some are lent
+    /// to a writer.
     pub fn range(&self, start: usize, len: usize) -> Option<&[u8]> {
-        let (start, end) = self.mapping.free_range(start, len)?;
+        let (start, end) = self.mapping.free_range(start, len, true)?;
         // SAFETY: the range lies inside the mapping, which outlives `&self`. No
         // `LentRange` holds any of it (checked just now), and none can be made while
         // this borrow of `self` lasts (`lend` takes `&mut self`); the owner's mutable
@@ -118,10 +161,11 @@ impl SegmentMemory {
     /// The `len` bytes at `start`, to write; `None` if they are not all inside, or
     /// some are lent.
     pub fn range_mut(&mut self, start: usize, len: usize) -> Option<&mut [u8]> {
-        let (start, end) = self.mapping.free_range(start, len)?;
-        // SAFETY: inside the mapping, which outlives `&mut self`; no `LentRange` holds
-        // any of it (checked just now, and none can be made during this borrow), and
-        // `&mut self` excludes every other range borrowed from `self`.
+        let (start, end) = self.mapping.free_range(start, len, false)?;
+        // SAFETY: inside the mapping, which outlives `&mut self`; no `LentRange` or
+        // `SharedRange` holds any of it (checked just now, and none can be made during
+        // this borrow: `lend` and `share` borrow `self`), and `&mut self` excludes every
+        // other range borrowed from `self`.
         Some(unsafe { core::slice::from_raw_parts_mut(self.mapping.pointer(start), end - start) })
     }
 
@@ -129,14 +173,54 @@ impl SegmentMemory {
     /// until the [`LentRange`] is dropped; `None` if they are not all inside, or some
     /// are lent already. The mapping lives at least as long as the range.
     pub fn lend(&mut self, start: usize, len: usize) -> Option<LentRange> {
+        let (start, end) = self.mapping.inside(start, len).filter(|_| len > 0)?;
         let mut lent = self.mapping.lent();
-        let end = start.checked_add(len).filter(|end| *end <= self.mapping.len && len > 0)?;
-        if lent.iter().any(|&(s, e)| s < end && start < e) {
+        if lent.overlaps(start, end, false) {
             return None;
         }
-        lent.push((start, end));
+        let id = lent.take(start, end, false);
         drop(lent);
-        Some(LentRange { mapping: Arc::clone(&self.mapping), start, len })
+        Some(LentRange { mapping: Arc::clone(&self.mapping), id, start, len })
+    }
+
+    /// Shares the `len` bytes at `start` for reading beyond any borrow of `self`, until
+    /// the [`SharedRange`] is dropped: no writer reaches them meanwhile (`range_mut`
+    /// and `lend` refuse them). `None` if they are not all inside, or some are lent to
+    /// a writer. The mapping lives at least as long as the range.
+    pub fn share(&self, start: usize, len: usize) -> Option<SharedRange> {
+        let (start, end) = self.mapping.inside(start, len)?;
+        let mut lent = self.mapping.lent();
+        if lent.overlaps(start, end, true) {
+            return None;
+        }
+        let id = lent.take(start, end, true);
+        drop(lent);
+        Some(SharedRange { mapping: Arc::clone(&self.mapping), id, start, len })
+    }
+}
+
+/// A range of a [`SegmentMemory`] shared with readers: no writer reaches these bytes
+/// until it is dropped. Hand it to `Bytes::from_owner` to send it without a copy.
+#[derive(Debug)]
+pub struct SharedRange {
+    mapping: Arc<Mapping>,
+    id: u64,
+    start: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for SharedRange {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: the range lies inside the mapping, which `self.mapping` keeps alive;
+        // it is recorded as shared, so neither the owner's `range_mut` nor `lend` gives
+        // a writer any of it, and `share` refused it while a writer held part of it.
+        unsafe { core::slice::from_raw_parts(self.mapping.pointer(self.start), self.len) }
+    }
+}
+
+impl Drop for SharedRange {
+    fn drop(&mut self) {
+        self.mapping.lent().give_back(self.id);
     }
 }
 
@@ -145,6 +229,7 @@ impl SegmentMemory {
 #[derive(Debug)]
 pub struct LentRange {
     mapping: Arc<Mapping>,
+    id: u64,
     start: usize,
     len: usize,
 }
@@ -183,10 +268,7 @@ impl LentRange {
 
 impl Drop for LentRange {
     fn drop(&mut self) {
-        let mut lent = self.mapping.lent();
-        if let Some(at) = lent.iter().position(|&(s, _)| s == self.start) {
-            lent.swap_remove(at);
-        }
+        self.mapping.lent().give_back(self.id);
     }
 }
 
@@ -226,6 +308,29 @@ mod tests {
         drop(memory);
         lent.bytes_mut()[0] = 1;
         assert_eq!(lent.bytes()[0], 1);
+    }
+
+    #[test]
+    fn a_shared_range_is_refused_to_writers_only_until_dropped() {
+        let mut memory = SegmentMemory::committed(64 << 10).unwrap();
+        memory.range_mut(1000, 100).unwrap().fill(6);
+        let shared = memory.share(1000, 100).unwrap();
+        let again = memory.share(1050, 100).unwrap();
+        assert!(shared.as_ref().iter().all(|&b| b == 6));
+        assert!(memory.range(900, 300).is_some(), "the owner still reads it");
+        for (start, len) in [(1000, 1), (950, 60), (1099, 1), (1140, 20)] {
+            assert!(memory.range_mut(start, len).is_none(), "{start}+{len} written");
+            assert!(memory.lend(start, len).is_none(), "{start}+{len} lent");
+        }
+        drop(shared);
+        assert!(memory.range_mut(1000, 50).is_some(), "given back");
+        assert!(memory.range_mut(1000, 51).is_none(), "the other share still holds 1050..");
+        drop(again);
+        let lent = memory.lend(1000, 200).unwrap();
+        assert!(memory.share(1100, 1).is_none(), "lent to a writer");
+        drop(lent);
+        assert!(memory.share(1100, 1).is_some());
+        assert!(memory.share(64 << 10, 1).is_none(), "outside");
     }
 
     #[test]

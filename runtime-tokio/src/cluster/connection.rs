@@ -77,11 +77,15 @@ struct Diverting {
     sink: Box<dyn BodySink>,
 }
 
+/// A response's body, in parts sent one after the other (a large part is written from
+/// its buffer, not copied).
+pub(crate) type ResponseBody = smallvec::SmallVec<[Bytes; 2]>;
+
 /// What the actor tells a connection.
 #[derive(Debug)]
 pub(crate) enum Outbound {
-    /// Responses to send (a large body is written from its buffer, not copied).
-    Responses(Vec<(u64, Bytes)>),
+    /// Responses to send.
+    Responses(Vec<(u64, ResponseBody)>),
     /// A command to push.
     Command(u64, Vec<u8>),
     /// Refuse the peer and close (it broke the connection's binding).
@@ -301,7 +305,7 @@ fn deliver(machine: &mut ServerConnection, message: Outbound) {
     match message {
         Outbound::Responses(responses) => {
             for (id, body) in responses {
-                if let Err(e) = machine.send_response_parts(id, &[body]) {
+                if let Err(e) = machine.send_response_parts(id, &body) {
                     tracing::debug!("response {id} not sent: {e}");
                 }
             }

@@ -299,7 +299,7 @@ impl Actor {
             }
             self.metrics.request(op_name(&request), failed(&response));
             match encode(&Message::Response(response)) {
-                Ok(body) => responses.push((id, Bytes::from(body))),
+                Ok(body) => responses.push((id, smallvec::smallvec![Bytes::from(body)])),
                 Err(e) => {
                     tracing::error!("a response to {} does not encode: {e}", op_name(&request));
                     return self.refuse(conn, RefusalReason::ProtocolViolation);

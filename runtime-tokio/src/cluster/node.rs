@@ -23,7 +23,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use bytes::Bytes;
 use larder_engine::disk::{DropCause, Tier, TierConfig, TierEvent};
 use larder_engine::embedded::{FdWatch, Runtime};
-use larder_engine::memory::SegmentMemory;
+use larder_engine::memory::{SegmentMemory, SharedRange};
 use larder_engine::net::data::{
     DataError, DataRequest, DataResponse, EndpointMessages, Extent, Extents, WriteHead,
 };
@@ -41,7 +41,7 @@ use tokio::sync::mpsc;
 
 use super::client::{Client, LinkState};
 use super::clock::EngineClock;
-use super::connection::{self, BodySink, Outbound, Service};
+use super::connection::{self, BodySink, Outbound, ResponseBody, Service};
 use super::rdma::{NodeRdma, SimFabric};
 use crate::TokioRuntime;
 
@@ -321,6 +321,25 @@ impl NodeState {
         expected: Option<u32>,
     ) -> Result<Bytes, DataError> {
         self.copy_replica_with_crc(replica, version, expected).map(|(bytes, _)| bytes)
+    }
+
+    /// Object `version`'s bytes at `offset`, shared out of the segment (no writer
+    /// reaches them until the range is dropped), with the CRC32C they were written with.
+    fn share_replica(
+        &self,
+        segment: SegmentId,
+        offset: u64,
+        len: u64,
+        version: ObjectVersion,
+    ) -> Result<(u32, SharedRange), DataError> {
+        let s = self.segment.read().unwrap_or_else(PoisonError::into_inner);
+        if segment != s.id {
+            return Err(DataError::UnknownSegment);
+        }
+        let crc = s.extents.check_read(offset, len, version)?;
+        let (start, len) = usize_range(offset, len);
+        let shared = s.bytes.share(start, len).expect("a range holding an extent is inside and not lent");
+        Ok((crc, shared))
     }
 
     /// [`NodeState::copy_replica`], with the CRC32C the bytes match.
@@ -963,9 +982,6 @@ async fn commit_segment(node: NodeId, size: usize) -> std::io::Result<SegmentMem
         .map_err(std::io::Error::other)?
 }
 
-/// Room for a read answer's header ahead of its bytes.
-const READ_HEADER_ROOM: usize = 16;
-
 /// Answers data requests from the segment and the SSD tier.
 #[derive(Debug)]
 struct DataService {
@@ -1043,11 +1059,11 @@ impl DataService {
         .await
     }
 
-    async fn answer(&self, conn: u64, body: &[u8]) -> Vec<u8> {
+    async fn answer(&self, conn: u64, body: &[u8]) -> ResponseBody {
         let mut out = Vec::new();
         let Ok(request) = DataRequest::decode(body) else {
             DataResponse::Refused(DataError::Unknown(0)).encode(&mut out);
-            return out;
+            return smallvec::smallvec![Bytes::from(out)];
         };
         match request {
             DataRequest::Write { segment, offset, version, epoch, crc32c, key, bytes } => {
@@ -1058,19 +1074,12 @@ impl DataService {
                 }
             }
             DataRequest::Read { segment, offset, len, version } => {
-                let s = self.state.segment.read().unwrap_or_else(PoisonError::into_inner);
-                let checked = if segment == s.id {
-                    s.extents.check_read(offset, len, version)
-                } else {
-                    Err(DataError::UnknownSegment)
-                };
-                match checked {
-                    Ok(crc) => {
-                        let range = s.range(offset, len);
-                        // One allocation of the answer's size, not a doubling series.
-                        out.reserve_exact(READ_HEADER_ROOM + range.len());
+                match self.state.share_replica(segment, offset, len, version) {
+                    Ok((crc, shared)) => {
+                        // The bytes are sent from the segment itself: no writer reaches the
+                        // range until the socket has taken them.
                         DataResponse::encode_read_header(&mut out, crc);
-                        out.extend_from_slice(range);
+                        return smallvec::smallvec![Bytes::from(out), Bytes::from_owner(shared)];
                     }
                     Err(e) => DataResponse::Refused(e).encode(&mut out),
                 }
@@ -1100,7 +1109,7 @@ impl DataService {
                 }
             }
         }
-        out
+        smallvec::smallvec![Bytes::from(out)]
     }
 
     /// The tier's copy of `key`, if it is `version` (the tier checks its CRC).
@@ -1139,7 +1148,7 @@ impl Service for DataService {
     async fn requests(&self, conn: u64, batch: Vec<(u64, Bytes)>) -> bool {
         let mut responses = Vec::with_capacity(batch.len());
         for (id, body) in batch {
-            responses.push((id, Bytes::from(self.answer(conn, &body).await)));
+            responses.push((id, self.answer(conn, &body).await));
         }
         let outbound = self.outbound.lock().unwrap_or_else(PoisonError::into_inner).get(&conn).cloned();
         outbound.is_some_and(|o| o.send(Outbound::Responses(responses)).is_ok())

@@ -298,6 +298,33 @@ mod tests {
         assert_eq!(read(&node, 0, v.len(), 7), Err(DataError::NotHeld));
     }
 
+    /// A read answer is sent from the segment itself: while its bytes are out, no write
+    /// or receive lands on them, so what the socket sends is what was checked.
+    #[test]
+    fn a_range_being_sent_takes_no_write_or_receive_until_it_is_sent() {
+        let node = node();
+        let (old, new) = (value(7, 100_000), value(8, 100_000));
+        node.write(&buffered(0, 1, &old), &old).unwrap();
+        let (crc, shared) = node.share_replica(SEGMENT, 0, old.len() as u64, ObjectVersion(1)).unwrap();
+        assert_eq!(crc, larder_engine::checksum::crc32c(&old));
+        let sent = Bytes::from_owner(shared);
+        assert_eq!(node.write(&buffered(50_000, 2, &new), &new), Err(DataError::Fenced));
+        assert_eq!(
+            node.begin_receive(&head(0, 2, &new), new.len() as u64, &[]).unwrap_err(),
+            DataError::Fenced
+        );
+        let again = read(&node, 0, old.len(), 1).unwrap();
+        assert!(sent == old && again == old, "sent and read again: the old bytes");
+        drop(sent);
+        node.write(&buffered(50_000, 2, &new), &new).unwrap();
+        assert_eq!(read(&node, 50_000, new.len(), 2).unwrap(), new);
+        assert_eq!(
+            node.share_replica(SEGMENT, 0, old.len() as u64, ObjectVersion(1)).unwrap_err(),
+            DataError::NotHeld,
+            "overwritten"
+        );
+    }
+
     #[test]
     fn a_receive_is_refused_up_front_as_a_buffered_write_would_be() {
         let node = node();
