@@ -5,21 +5,22 @@
 //!
 //! 1. [`ServerConnection::new`] when a socket is accepted.
 //! 2. Whenever the socket gives bytes, [`ServerConnection::handle_bytes`] (or read
-//!    into [`ServerConnection::receive_buffer`], then
-//!    [`ServerConnection::handle_received`]); at end of stream,
+//!    into [`ServerConnection::receive_buffer`], at most
+//!    [`ServerConnection::receive_limit`] bytes if large requests are to be diverted,
+//!    then [`ServerConnection::handle_received`]); at end of stream,
 //!    [`ServerConnection::handle_eof`].
 //! 3. Drain [`ServerConnection::poll_event`] until `None`. Frames are decoded lazily
 //!    here, one event at a time, so a peer cannot queue more work than the owner takes.
 //!    On [`ServerEvent::Hello`] the owner decides at once with
 //!    [`ServerConnection::accept`] or [`ServerConnection::refuse`]; until then no
 //!    further event comes. A request that breaks the binding is answered by
-//!    [`ServerConnection::refuse`] too.
+//!    [`ServerConnection::refuse`] too. Then a large request still arriving
+//!    ([`ServerConnection::partial_request`]) may have the rest of its body read by
+//!    the owner itself, straight into its own memory
+//!    ([`ServerConnection::divert_request`]); the owner answers it as any request.
 //! 4. Answer requests with [`ServerConnection::send_response`] (in any order: each
 //!    response carries its request's id), push work with
 //!    [`ServerConnection::send_command`].
-//!    A large request may instead have the rest of its body read by the owner
-//!    itself, straight into its own memory: [`ServerConnection::partial_request`],
-//!    then [`ServerConnection::divert_request`].
 //! 5. Write out what [`ServerConnection::poll_transmit`] (or, without copying bodies,
 //!    [`ServerConnection::poll_transmit_chunks`]) gives, then, if
 //!    [`ServerConnection::is_closed`], close the socket.
