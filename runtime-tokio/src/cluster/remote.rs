@@ -239,9 +239,12 @@ impl RemoteStore {
         let LinkState::Up(welcome) = self.master.link() else {
             return Err(RemoteError::Unreachable(CallError::NotConnected(self.master.addr())));
         };
-        let crc32c = larder_engine::checksum::crc32c(&value);
         let start = Request::PutStart { writer: self.writer, key, size: value.len() as u64, replicas };
-        let grant = match self.master.call(&start).await? {
+        // The checksum is taken while the master places the value: the call is sent
+        // when first polled, before the checksum starts.
+        let (granted, crc32c) =
+            tokio::join!(self.master.call(&start), async { larder_engine::checksum::crc32c(&value) });
+        let grant = match granted? {
             Response::PutStart(Ok(grant)) => grant,
             Response::PutStart(Err(e)) => return Err(master_error(e)),
             other => return Err(RemoteError::Protocol(format!("{other:?}"))),
