@@ -104,6 +104,14 @@ impl Mapping {
         (!self.lent().overlaps(start, end, for_reading)).then_some((start, end))
     }
 
+    /// Records `start..start + len` as handed out (shared with readers, or lent to one
+    /// writer) if it lies inside and no lend it may not overlap does; its lend's id.
+    fn hand_out(&self, start: usize, len: usize, shared: bool) -> Option<u64> {
+        let (start, end) = self.inside(start, len)?;
+        let mut lent = self.lent();
+        (!lent.overlaps(start, end, shared)).then(|| lent.take(start, end, shared))
+    }
+
     fn pointer(&self, start: usize) -> *mut u8 {
         // `start` is at most `len` (checked by the callers): inside the mapping or one
         // past its end, as `add` requires.
@@ -173,13 +181,10 @@ impl SegmentMemory {
     /// until the [`LentRange`] is dropped; `None` if they are not all inside, or some
     /// are lent already. The mapping lives at least as long as the range.
     pub fn lend(&mut self, start: usize, len: usize) -> Option<LentRange> {
-        let (start, end) = self.mapping.inside(start, len).filter(|_| len > 0)?;
-        let mut lent = self.mapping.lent();
-        if lent.overlaps(start, end, false) {
+        if len == 0 {
             return None;
         }
-        let id = lent.take(start, end, false);
-        drop(lent);
+        let id = self.mapping.hand_out(start, len, false)?;
         Some(LentRange { mapping: Arc::clone(&self.mapping), id, start, len })
     }
 
@@ -188,13 +193,7 @@ impl SegmentMemory {
     /// and `lend` refuse them). `None` if they are not all inside, or some are lent to
     /// a writer. The mapping lives at least as long as the range.
     pub fn share(&self, start: usize, len: usize) -> Option<SharedRange> {
-        let (start, end) = self.mapping.inside(start, len)?;
-        let mut lent = self.mapping.lent();
-        if lent.overlaps(start, end, true) {
-            return None;
-        }
-        let id = lent.take(start, end, true);
-        drop(lent);
+        let id = self.mapping.hand_out(start, len, true)?;
         Some(SharedRange { mapping: Arc::clone(&self.mapping), id, start, len })
     }
 }

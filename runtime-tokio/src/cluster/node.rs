@@ -35,7 +35,7 @@ use larder_engine::uring::Notifier;
 use larder_engine::wire::{
     DiskReplicaOrigin, MasterError, Message, NodeCommand, PingOutcome, Request, Response, RestoredReplica,
 };
-use larder_engine::{Duration, Incarnation, KeyRef, MemoryReplica, NodeId, ObjectVersion, SegmentId};
+use larder_engine::{Duration, Incarnation, MemoryReplica, NodeId, ObjectVersion, SegmentId};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -210,22 +210,9 @@ struct Segment {
     version_floor: ObjectVersion,
 }
 
-/// Where one write goes, and what it must match.
-#[derive(Debug, Clone, Copy)]
-pub struct SegmentWrite<'a> {
-    /// The segment.
-    pub segment: SegmentId,
-    /// Where in it.
-    pub offset: u64,
-    /// The object version the master granted the range to.
-    pub version: ObjectVersion,
-    /// The master run that granted it.
-    pub epoch: u64,
-    /// The writer's CRC32C of the bytes.
-    pub crc32c: u32,
-    /// The object's key (kept with the range, to name it to a restarted master).
-    pub key: KeyRef<'a>,
-}
+/// Where one write goes, and what it must match: the fields a write request carries
+/// before its value.
+pub use larder_engine::net::data::WriteHead as SegmentWrite;
 
 /// The segment of a node in this process, for a client in the same process (a member
 /// of the cluster contributing memory): its writes and reads of that segment skip the
@@ -293,12 +280,7 @@ impl NodeState {
         let arrived = larder_engine::checksum::crc32c(bytes) == write.crc32c;
         let mut s = self.segment.write().unwrap_or_else(PoisonError::into_inner);
         let len = bytes.len() as u64;
-        if write.segment != s.id {
-            return Err(DataError::UnknownSegment);
-        }
-        if s.epoch != Some(write.epoch) || write.version < s.version_floor {
-            return Err(DataError::Fenced);
-        }
+        s.admits(write.segment, write.epoch, write.version)?;
         if !arrived {
             self.note_crc_failure();
             return Err(DataError::Corrupted);
@@ -365,6 +347,18 @@ impl NodeState {
 }
 
 impl Segment {
+    /// Whether a write into `segment` granted by master run `epoch` to `version` is
+    /// this segment's: mounted with that run, and not below its version floor.
+    fn admits(&self, segment: SegmentId, epoch: u64, version: ObjectVersion) -> Result<(), DataError> {
+        if segment != self.id {
+            return Err(DataError::UnknownSegment);
+        }
+        if self.epoch != Some(epoch) || version < self.version_floor {
+            return Err(DataError::Fenced);
+        }
+        Ok(())
+    }
+
     /// The bytes of a range that [`Extents`] accepted (so it lies inside the segment,
     /// and holds an extent: no receive into it is in flight).
     fn range(&self, offset: u64, len: u64) -> &[u8] {

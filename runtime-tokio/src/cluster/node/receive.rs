@@ -61,12 +61,7 @@ impl NodeState {
             return Err(DataError::OutOfBounds);
         }
         let mut s = self.segment.write().unwrap_or_else(PoisonError::into_inner);
-        if head.segment != s.id {
-            return Err(DataError::UnknownSegment);
-        }
-        if s.epoch != Some(head.epoch) || head.version < s.version_floor {
-            return Err(DataError::Fenced);
-        }
+        s.admits(head.segment, head.epoch, head.version)?;
         s.extents.check_write(head.offset, len, head.version)?;
         let (start, ulen) = usize_range(head.offset, len);
         let range = s.bytes.lend(start, ulen).ok_or(DataError::Fenced)?;
@@ -102,12 +97,7 @@ impl SegmentReceive {
         // The range is the segment's again, under the lock and before it holds an
         // extent, so no read finds an extent over lent bytes.
         drop(self.range);
-        if self.segment != s.id {
-            return Err(DataError::UnknownSegment);
-        }
-        if s.epoch != Some(self.epoch) || self.version < s.version_floor {
-            return Err(DataError::Fenced);
-        }
+        s.admits(self.segment, self.epoch, self.version)?;
         if !arrived {
             self.state.note_crc_failure();
             return Err(DataError::Corrupted);
@@ -151,7 +141,7 @@ mod tests {
     use larder_engine::net::data::Extents;
     use larder_engine::{KeyRef, MemoryReplica};
 
-    use super::super::{Segment, SegmentWrite};
+    use super::super::Segment;
     use super::*;
 
     const SEGMENT: SegmentId = SegmentId(3);
@@ -186,18 +176,6 @@ mod tests {
             epoch: EPOCH,
             crc32c: larder_engine::checksum::crc32c(value),
             key: KeyRef::new(b"k").unwrap(),
-        }
-    }
-
-    fn buffered(offset: u64, version: u64, value: &[u8]) -> SegmentWrite<'static> {
-        let h = head(offset, version, value);
-        SegmentWrite {
-            segment: h.segment,
-            offset,
-            version: h.version,
-            epoch: EPOCH,
-            crc32c: h.crc32c,
-            key: h.key,
         }
     }
 
@@ -249,16 +227,16 @@ mod tests {
     fn while_a_value_is_received_its_range_is_no_one_elses() {
         let node = node();
         let (old, new) = (value(1, 200_000), value(2, 200_000));
-        node.write(&buffered(0, 1, &old), &old).unwrap();
+        node.write(&head(0, 1, &old), &old).unwrap();
         let mut receive = node.begin_receive(&head(100_000, 2, &new), new.len() as u64, &[]).unwrap();
         // What the range held is being overwritten: never read half new.
         assert_eq!(read(&node, 0, old.len(), 1), Err(DataError::NotHeld));
         let overlapping = value(3, 1000);
-        assert_eq!(node.write(&buffered(299_500, 3, &overlapping), &overlapping), Err(DataError::Fenced));
+        assert_eq!(node.write(&head(299_500, 3, &overlapping), &overlapping), Err(DataError::Fenced));
         let err = node.begin_receive(&head(250_000, 3, &new), new.len() as u64, &[]).unwrap_err();
         assert_eq!(err, DataError::Fenced);
         // Beside it, writes go on.
-        node.write(&buffered(300_000, 3, &overlapping), &overlapping).unwrap();
+        node.write(&head(300_000, 3, &overlapping), &overlapping).unwrap();
         feed(&mut receive, &new, 65_536);
         assert_eq!(answer(receive), DataResponse::Written);
         assert_eq!(read(&node, 100_000, new.len(), 2).unwrap(), new);
@@ -274,7 +252,7 @@ mod tests {
         drop(receive);
         assert_eq!(read(&node, 0, v.len(), 5), Err(DataError::NotHeld));
         // The range is the segment's again: the writer's retry lands.
-        node.write(&buffered(0, 5, &v), &v).unwrap();
+        node.write(&head(0, 5, &v), &v).unwrap();
         assert_eq!(read(&node, 0, v.len(), 5).unwrap(), v);
     }
 
@@ -304,11 +282,11 @@ mod tests {
     fn a_range_being_sent_takes_no_write_or_receive_until_it_is_sent() {
         let node = node();
         let (old, new) = (value(7, 100_000), value(8, 100_000));
-        node.write(&buffered(0, 1, &old), &old).unwrap();
+        node.write(&head(0, 1, &old), &old).unwrap();
         let (crc, shared) = node.share_replica(SEGMENT, 0, old.len() as u64, ObjectVersion(1)).unwrap();
         assert_eq!(crc, larder_engine::checksum::crc32c(&old));
         let sent = Bytes::from_owner(shared);
-        assert_eq!(node.write(&buffered(50_000, 2, &new), &new), Err(DataError::Fenced));
+        assert_eq!(node.write(&head(50_000, 2, &new), &new), Err(DataError::Fenced));
         assert_eq!(
             node.begin_receive(&head(0, 2, &new), new.len() as u64, &[]).unwrap_err(),
             DataError::Fenced
@@ -316,7 +294,7 @@ mod tests {
         let again = read(&node, 0, old.len(), 1).unwrap();
         assert!(sent == old && again == old, "sent and read again: the old bytes");
         drop(sent);
-        node.write(&buffered(50_000, 2, &new), &new).unwrap();
+        node.write(&head(50_000, 2, &new), &new).unwrap();
         assert_eq!(read(&node, 50_000, new.len(), 2).unwrap(), new);
         assert_eq!(
             node.share_replica(SEGMENT, 0, old.len() as u64, ObjectVersion(1)).unwrap_err(),
@@ -338,7 +316,7 @@ mod tests {
             node.begin_receive(&head(SIZE as u64 - 10, 8, &v), len, &[]).unwrap_err(),
             DataError::OutOfBounds
         );
-        node.write(&buffered(0, 9, &v), &v).unwrap();
+        node.write(&head(0, 9, &v), &v).unwrap();
         assert_eq!(
             node.begin_receive(&head(0, 8, &v), len, &[]).unwrap_err(),
             DataError::Fenced,
